@@ -50,7 +50,7 @@ impl Wharfie {
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
-            .env("RUST_LOG", std::env::var("WHARFIE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

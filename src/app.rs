@@ -1,0 +1,138 @@
+//! Wiring: open the stores, build the `Registry`, spawn background tasks, serve.
+//! `run(listeners, settings, shutdown)` is the one seam tests and `serve` share.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::blob::BlobStore;
+use crate::config::Settings;
+use crate::meta::{Meta, MetaError};
+use crate::service::{self, Options, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the metadata database: {0}")]
+    Meta(#[from] MetaError),
+    #[error("startup recovery failed: {0}")]
+    Recover(#[from] service::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Open the data directory and recover from whatever a previous run left.
+pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
+    let dir = settings.data_dir.clone();
+    let dir_err = |source| AppError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(dir_err)?;
+    let blobs = BlobStore::open(dir.clone()).map_err(dir_err)?;
+    let db_path = dir.join("meta.redb");
+    let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
+        .await
+        .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??;
+    let opts = Options {
+        max_manifest_bytes: settings.max_manifest_bytes,
+        upload_ttl: settings.upload_ttl,
+    };
+    let reg = Arc::new(Registry::new(meta, blobs, opts));
+    reg.recover().await?;
+    Ok(reg)
+}
+
+/// Serve on `listeners` until `shutdown` resolves.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let reg = open(&settings).await?;
+    let sweeper = tokio::spawn(expire_uploads(reg.clone(), settings.upload_ttl));
+    crate::http::server::serve(listeners, reg, settings.max_connections, shutdown).await;
+    sweeper.abort();
+    Ok(())
+}
+
+async fn expire_uploads(reg: Arc<Registry>, ttl: Duration) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match reg.expire_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "removed idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// `wharfie serve`: bind, announce the address on stdout, run until a signal.
+pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wharfie")
+        .build()
+        .map_err(AppError::Runtime)?;
+    rt.block_on(async move {
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| AppError::Bind {
+                    addr: settings.listen.to_string(),
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.listen.to_string(),
+            source,
+        })?;
+        let reg_settings = settings.clone();
+        let reg = open(&reg_settings).await?;
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "wharfie listening");
+        // The one line on stdout: scripts and tests read the bound address from it.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+        let sweeper = tokio::spawn(expire_uploads(reg.clone(), settings.upload_ttl));
+        crate::http::server::serve(
+            vec![listener],
+            reg,
+            settings.max_connections,
+            shutdown_signal(),
+        )
+        .await;
+        sweeper.abort();
+        tracing::info!("wharfie stopped");
+        Ok(())
+    })
+}

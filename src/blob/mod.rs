@@ -1,0 +1,192 @@
+//! `blob/`: content-addressed blob files and the staging areas that become them.
+//!
+//! May import: memmap2, sha2, blake3, digest. Only this module knows blob paths or maps
+//! files.
+//!
+//! Invariants:
+//! - A file under `blobs/` is complete, verified, fsynced, and never modified or
+//!   truncated afterwards (GC may only unlink it). That is what makes mmap safe.
+//! - Bytes reach `blobs/` only through [`BlobStore::commit`]: verify → fsync → rename →
+//!   fsync the directory (Distribution's validate → move; the link is meta's commit).
+
+mod fs;
+mod layout;
+mod writer;
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::digest::Digest;
+pub use fs::{FaultHook, FsOp, NoFaults};
+use layout::Layout;
+pub use writer::Staging;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("content digest {actual} does not match {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a successful commit recorded about the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// The blob store rooted at the data directory.
+#[derive(Clone)]
+pub struct BlobStore {
+    layout: Arc<Layout>,
+    hook: Arc<dyn FaultHook>,
+}
+
+impl BlobStore {
+    /// Create the directory skeleton under `root`.
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        Self::with_hook(root, Arc::new(NoFaults))
+    }
+
+    /// Like `open`, with a fault-injection hook consulted before each write, fsync and
+    /// rename.
+    pub fn with_hook(root: PathBuf, hook: Arc<dyn FaultHook>) -> io::Result<Self> {
+        let layout = Layout::new(root);
+        std::fs::create_dir_all(layout.blobs_root())?;
+        std::fs::create_dir_all(layout.uploads_root())?;
+        Ok(BlobStore {
+            layout: Arc::new(layout),
+            hook,
+        })
+    }
+
+    /// Start a new, empty staging area `id`.
+    pub fn create_staging(&self, id: &str) -> io::Result<Staging> {
+        Staging::create(&self.layout, id, self.hook.clone())
+    }
+
+    /// Reopen staging area `id` (after a restart or between PATCHes), re-hashing what
+    /// is already there. `None` when it does not exist.
+    pub fn open_staging(&self, id: &str) -> io::Result<Option<Staging>> {
+        Staging::reopen(&self.layout, id, self.hook.clone())
+    }
+
+    /// Remove staging area `id`, if present.
+    pub fn remove_staging(&self, id: &str) {
+        let dir = self.layout.staging_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove staging");
+            }
+        }
+    }
+
+    /// Seconds since staging area `id` last changed (its data file's mtime).
+    pub fn staging_idle_secs(&self, id: &str) -> Option<u64> {
+        let meta = std::fs::metadata(self.layout.staging_file(id)).ok()?;
+        meta.modified().ok()?.elapsed().ok().map(|d| d.as_secs())
+    }
+
+    /// Remove every staging area whose id `keep` rejects; returns how many went.
+    pub fn clean_staging(&self, keep: impl Fn(&str) -> bool) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(self.layout.uploads_root())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !keep(&name) {
+                let p = entry.path();
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove staging");
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The commit protocol's file half: verify the digest, fsync, rename into place
+    /// (an existing file is the same content and is kept), fsync the directory. The
+    /// staging area is removed either way.
+    pub fn commit(&self, staging: Staging, expected: &Digest) -> Result<Committed, BlobError> {
+        let id = staging.id().to_owned();
+        let r = self.commit_inner(staging, expected);
+        self.remove_staging(&id);
+        r
+    }
+
+    fn commit_inner(&self, staging: Staging, expected: &Digest) -> Result<Committed, BlobError> {
+        let (file, path, actual, committed) = staging.finish();
+        if &actual != expected {
+            return Err(BlobError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        self.hook.check(FsOp::Fsync)?;
+        file.sync_all()?;
+        drop(file);
+        let dest = self.layout.blob_path(expected);
+        if dest.exists() {
+            return Ok(committed);
+        }
+        let dir = self.layout.blob_dir(expected);
+        let created_dir = !dir.exists();
+        if created_dir {
+            std::fs::create_dir_all(&dir)?;
+        }
+        self.hook.check(FsOp::Rename)?;
+        std::fs::rename(&path, &dest)?;
+        self.hook.check(FsOp::Fsync)?;
+        fsync_dir(&dir)?;
+        if created_dir {
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Whether the blob file exists.
+    pub fn exists(&self, digest: &Digest) -> bool {
+        self.layout.blob_path(digest).exists()
+    }
+
+    /// Map the whole blob file. Zero-length files yield empty bytes.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Bytes> {
+        let file = File::open(self.layout.blob_path(digest))?;
+        // SAFETY: files under blobs/ are immutable after commit (module invariant).
+        unsafe { map_immutable(&file) }
+    }
+}
+
+/// Map `file` read-only and hand the map to `Bytes`, which keeps it alive for as long as
+/// any slice of it is referenced.
+///
+/// # Safety
+/// The file must never be written or truncated while mapped: a truncation would turn
+/// reads of the map into SIGBUS. Blob files satisfy this: they are renamed into place
+/// complete and are only ever unlinked, which leaves existing maps valid.
+unsafe fn map_immutable(file: &File) -> io::Result<Bytes> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let map = memmap2::Mmap::map(file)?;
+    Ok(Bytes::from_owner(map))
+}
+
+fn fsync_dir(dir: &std::path::Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

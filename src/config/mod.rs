@@ -1,0 +1,171 @@
+//! `config/`: `RawConfig` as figment layers it — embedded defaults < TOML file
+//! (`--config`) < `WHARFIE_*` environment variables (`__` nests) < command-line flags —
+//! resolved into `Settings`, the form the rest of the program uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration, as shipped in /etc/wharfie/wharfie.toml.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The configuration as written: every key, with its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Where `meta.redb`, `blobs/` and `uploads/` live.
+    pub data_dir: PathBuf,
+    /// An upload session idle this long is removed with its staging.
+    #[serde(with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// The largest manifest accepted.
+    pub max_manifest_size: ByteSize,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:5000".into(),
+            data_dir: PathBuf::from("./wharfie-data"),
+            upload_ttl: Duration::from_secs(24 * 3600),
+            max_manifest_size: ByteSize::mib(4),
+            max_connections: 4096,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub upload_ttl: Duration,
+    pub max_manifest_bytes: u64,
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment's message names the key and the source (file, env var, default).
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("listen = {value:?} is not a socket address (host:port): {reason}")]
+    Listen { value: String, reason: String },
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Layer the sources.
+pub fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, ConfigError> {
+    let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
+        }
+        f = f.merge(Toml::file_exact(path));
+    }
+    Ok(
+        f.merge(Env::prefixed("WHARFIE_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides)),
+    )
+}
+
+/// Load and check.
+pub fn load(
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<(RawConfig, Settings), ConfigError> {
+    let raw: RawConfig = figment(file, overrides)?.extract().map_err(Box::new)?;
+    let settings = resolve(&raw)?;
+    Ok((raw, settings))
+}
+
+fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
+    let listen = raw
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| ConfigError::Listen {
+            value: raw.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(Settings {
+        listen,
+        data_dir: raw.data_dir.clone(),
+        upload_ttl: raw.upload_ttl,
+        max_manifest_bytes: raw.max_manifest_size.as_u64(),
+        max_connections: raw.max_connections,
+        log_format: raw.log_format,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_matches_the_defaults() {
+        let f = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::string(DEFAULT_TOML));
+        let raw: RawConfig = f.extract().expect("default.toml parses");
+        let d = RawConfig::default();
+        assert_eq!(raw.listen, d.listen);
+        assert_eq!(raw.upload_ttl, d.upload_ttl);
+        assert_eq!(raw.max_manifest_size, d.max_manifest_size);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn layers_and_errors_name_their_source() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "listen = \"0.0.0.0:6000\"\nupload_ttl = \"90s\"\n",
+            )?;
+            jail.set_env("WHARFIE_MAX_MANIFEST_SIZE", "1MiB");
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.listen.port(), 6000);
+            assert_eq!(s.upload_ttl, Duration::from_secs(90));
+            assert_eq!(s.max_manifest_bytes, 1 << 20);
+            let o = Overrides {
+                listen: Some("127.0.0.1:7000".into()),
+                data_dir: None,
+            };
+            let (_, s) = load(Some(Path::new("w.toml")), &o).expect("loads");
+            assert_eq!(s.listen.port(), 7000);
+            jail.create_file("bad.toml", "upload_ttl = \"soon\"\n")?;
+            let err = load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err("bad");
+            assert!(err.to_string().contains("bad.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,78 @@
+//! `GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference>`.
+
+use bytes::Bytes;
+use http::{header, HeaderName, Response, StatusCode};
+
+use super::{empty, set, Req};
+use crate::http::error::ApiError;
+use crate::names::{Reference, RepoName};
+use crate::service::{Error, Registry};
+
+pub(super) fn get(
+    reg: &Registry,
+    req: &Req,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Response<Bytes>, ApiError> {
+    let m = reg.manifest(name, reference, !req.is_head())?;
+    let mut resp = empty(StatusCode::OK);
+    set(&mut resp, header::CONTENT_TYPE, &m.media_type);
+    set(&mut resp, header::CONTENT_LENGTH, &m.size.to_string());
+    set(
+        &mut resp,
+        HeaderName::from_static("docker-content-digest"),
+        m.digest.as_str(),
+    );
+    set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
+    if let Some(b) = m.body {
+        *resp.body_mut() = b;
+    }
+    Ok(resp)
+}
+
+pub(super) async fn put(
+    reg: &Registry,
+    mut req: Req,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Response<Bytes>, ApiError> {
+    let limit = reg.max_manifest_bytes();
+    let declared = req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::ManifestTooLarge { limit }.into());
+    }
+    let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
+    let out = reg
+        .put_manifest(name, reference, content_type.as_deref(), req.take_body())
+        .await?;
+    let mut resp = empty(StatusCode::CREATED);
+    set(
+        &mut resp,
+        header::LOCATION,
+        &format!("/v2/{name}/manifests/{}", out.digest),
+    );
+    set(
+        &mut resp,
+        HeaderName::from_static("docker-content-digest"),
+        out.digest.as_str(),
+    );
+    if let Some(s) = out.subject {
+        set(
+            &mut resp,
+            HeaderName::from_static("oci-subject"),
+            s.as_str(),
+        );
+    }
+    Ok(resp)
+}
+
+pub(super) async fn delete(
+    reg: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Response<Bytes>, ApiError> {
+    reg.delete_manifest(name, reference).await?;
+    Ok(empty(StatusCode::ACCEPTED))
+}

@@ -1,0 +1,126 @@
+//! Handlers, one file per endpoint family, each *extract → call the service → render*.
+//! `dispatch` is the single entry: it parses the route and picks the handler.
+
+mod base;
+mod blobs;
+mod manifests;
+mod tags;
+mod uploads;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::error::ApiError;
+use super::route::{self, Endpoint};
+use crate::service::{Body, Registry};
+
+/// A request as the handlers see it.
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+impl Req {
+    /// The first value of query parameter `k`.
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn take_body(&mut self) -> Body {
+        std::mem::replace(&mut self.body, Box::pin(futures_util::stream::empty()))
+    }
+
+    fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+}
+
+/// Route and run one request.
+pub async fn dispatch(reg: &Registry, req: Req) -> Result<Response<Bytes>, ApiError> {
+    let ep = route::parse(&req.path)?;
+    let m = req.method.clone();
+    match ep {
+        Endpoint::Base | Endpoint::Health => match m {
+            Method::GET | Method::HEAD => Ok(base::base()),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Catalog => match m {
+            Method::GET => tags::catalog(reg, &req),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Tags { name } => match m {
+            Method::GET => tags::list(reg, &req, &name),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Referrers { name, digest } => match m {
+            Method::GET => tags::referrers(reg, &req, &name, &digest),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Manifest { name, reference } => match m {
+            Method::GET | Method::HEAD => manifests::get(reg, &req, &name, &reference),
+            Method::PUT => manifests::put(reg, req, &name, &reference).await,
+            Method::DELETE => manifests::delete(reg, &name, &reference).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Blob { name, digest } => match m {
+            Method::GET | Method::HEAD => blobs::get(reg, &req, &name, &digest),
+            Method::DELETE => blobs::delete(reg, &name, &digest).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Uploads { name } => match m {
+            Method::POST => uploads::post(reg, req, &name).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Upload { name, id } => match m {
+            Method::PATCH => uploads::patch(reg, req, &name, &id).await,
+            Method::PUT => uploads::put(reg, req, &name, &id).await,
+            Method::GET => uploads::status(reg, &name, &id).await,
+            Method::DELETE => uploads::cancel(reg, &name, &id).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+    }
+}
+
+/// An empty response with `status`.
+pub(super) fn empty(status: StatusCode) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = status;
+    r
+}
+
+/// Insert a header whose value we built ourselves (names, digests, numbers: always
+/// valid header text; anything else is skipped rather than panicking).
+pub(super) fn set(resp: &mut Response<Bytes>, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+/// The `Range` value for an upload holding `len` bytes: `0-<last byte>`.
+pub fn range_value(len: u64) -> String {
+    format!("0-{}", len.saturating_sub(1))
+}
+
+/// A JSON body response.
+pub(super) fn json(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+    content_type: &'static str,
+) -> Response<Bytes> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(Bytes::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

@@ -1,0 +1,81 @@
+//! Tags list, catalog (both paged with `n`/`last` and a `Link` header) and referrers.
+
+use bytes::Bytes;
+use http::{header, HeaderName, Response, StatusCode};
+
+use super::{json, set, Req};
+use crate::digest::Digest;
+use crate::http::error::ApiError;
+use crate::names::RepoName;
+use crate::service::{Error, Registry};
+
+fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
+    let n = match req.q("n") {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<usize>().map_err(|_| {
+            Error::Unsupported(format!("n must be a non-negative integer, not {v:?}"))
+        })?),
+    };
+    Ok((n, req.q("last").filter(|l| !l.is_empty())))
+}
+
+fn link(resp: &mut Response<Bytes>, path: &str, n: Option<usize>, items: &[String], more: bool) {
+    if let (true, Some(n), Some(last)) = (more, n, items.last()) {
+        let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+        set(
+            resp,
+            header::LINK,
+            &format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+}
+
+pub(super) fn list(
+    reg: &Registry,
+    req: &Req,
+    name: &RepoName,
+) -> Result<Response<Bytes>, ApiError> {
+    let (n, last) = page(req)?;
+    let (tags, more) = reg.tags(name, last, n)?;
+    let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
+    let mut resp = json(StatusCode::OK, &body, "application/json");
+    link(&mut resp, &format!("/v2/{name}/tags/list"), n, &tags, more);
+    Ok(resp)
+}
+
+pub(super) fn catalog(reg: &Registry, req: &Req) -> Result<Response<Bytes>, ApiError> {
+    let (n, last) = page(req)?;
+    let (repos, more) = reg.catalog(last, n)?;
+    let body = serde_json::json!({ "repositories": repos });
+    let mut resp = json(StatusCode::OK, &body, "application/json");
+    link(&mut resp, "/v2/_catalog", n, &repos, more);
+    Ok(resp)
+}
+
+pub(super) fn referrers(
+    reg: &Registry,
+    req: &Req,
+    name: &RepoName,
+    subject: &Digest,
+) -> Result<Response<Bytes>, ApiError> {
+    let filter = req.q("artifactType").filter(|t| !t.is_empty());
+    let manifests = reg.referrers(name, subject, filter)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let mut resp = json(
+        StatusCode::OK,
+        &index,
+        "application/vnd.oci.image.index.v1+json",
+    );
+    if filter.is_some() {
+        set(
+            &mut resp,
+            HeaderName::from_static("oci-filters-applied"),
+            "artifactType",
+        );
+    }
+    Ok(resp)
+}

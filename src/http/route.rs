@@ -1,0 +1,225 @@
+//! The route parser: `(path) → Endpoint`, a pure function. Repository names have any
+//! number of `/`-separated components, so the path is matched from its end: the last
+//! one to three segments name the endpoint, everything before them is the name.
+//!
+//! Nothing here is percent-decoded except the reference segment (some clients encode
+//! the `:` of a digest); a `%` anywhere in a name makes it invalid, which is what turns
+//! traversal attempts like `..%2f` into `NAME_INVALID`.
+
+use super::error::ApiError;
+use crate::digest::Digest;
+use crate::names::{Reference, RepoName};
+use crate::service::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    /// `/v2/<name>/blobs/<digest>`
+    Blob { name: RepoName, digest: Digest },
+    /// `/v2/<name>/blobs/uploads/`
+    Uploads { name: RepoName },
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload { name: RepoName, id: String },
+    /// `/v2/<name>/tags/list`
+    Tags { name: RepoName },
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers { name: RepoName, digest: Digest },
+    /// `/healthz`
+    Health,
+}
+
+/// Decode `%XX` escapes into ASCII; anything else is kept as it is.
+fn decode_segment(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let hex = |c: u8| (c as char).to_digit(16);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let v = (h * 16 + l) as u8;
+                if v.is_ascii() {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+fn upload_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parse a request path (without the query string).
+pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
+    match path {
+        "/v2" | "/v2/" => return Ok(Endpoint::Base),
+        "/v2/_catalog" => return Ok(Endpoint::Catalog),
+        "/healthz" => return Ok(Endpoint::Health),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Err(ApiError::NoRoute);
+    };
+    let seg: Vec<&str> = rest.split('/').collect();
+    let n = seg.len();
+    let name = |k: usize| -> Result<RepoName, ApiError> {
+        Ok(RepoName::parse(&seg[..k].join("/")).map_err(Error::from)?)
+    };
+    let at = |i: usize, s: &str| n > i && seg[n - 1 - i] == s;
+    if n >= 4 && at(2, "blobs") && at(1, "uploads") {
+        let id = seg[n - 1];
+        let name = name(n - 3)?;
+        if id.is_empty() {
+            return Ok(Endpoint::Uploads { name });
+        }
+        if !upload_id_ok(id) {
+            return Err(Error::BlobUploadUnknown.into());
+        }
+        return Ok(Endpoint::Upload {
+            name,
+            id: id.to_owned(),
+        });
+    }
+    if n >= 3 && at(1, "blobs") && at(0, "uploads") {
+        return Ok(Endpoint::Uploads { name: name(n - 2)? });
+    }
+    if n >= 3 {
+        let last = decode_segment(seg[n - 1]);
+        match seg[n - 2] {
+            "manifests" => {
+                let name = name(n - 2)?;
+                let reference = Reference::parse(&last).map_err(Error::from)?;
+                return Ok(Endpoint::Manifest { name, reference });
+            }
+            "blobs" => {
+                let name = name(n - 2)?;
+                let digest = last.parse().map_err(Error::from)?;
+                return Ok(Endpoint::Blob { name, digest });
+            }
+            "tags" if last == "list" => return Ok(Endpoint::Tags { name: name(n - 2)? }),
+            "referrers" => {
+                let name = name(n - 2)?;
+                let digest = last.parse().map_err(Error::from)?;
+                return Ok(Endpoint::Referrers { name, digest });
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::NoRoute)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> RepoName {
+        RepoName::parse(s).expect("valid name")
+    }
+
+    #[test]
+    fn routes() {
+        let d = Digest::of(b"x");
+        assert_eq!(parse("/v2/").ok(), Some(Endpoint::Base));
+        assert_eq!(parse("/v2").ok(), Some(Endpoint::Base));
+        assert_eq!(parse("/v2/_catalog").ok(), Some(Endpoint::Catalog));
+        assert_eq!(
+            parse("/v2/a/b/c/manifests/latest").ok(),
+            Some(Endpoint::Manifest {
+                name: name("a/b/c"),
+                reference: Reference::parse("latest").expect("tag")
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/blobs/{d}")).ok(),
+            Some(Endpoint::Blob {
+                name: name("a"),
+                digest: d.clone()
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/blobs/{}", d.as_str().replace(':', "%3A"))).ok(),
+            Some(Endpoint::Blob {
+                name: name("a"),
+                digest: d.clone()
+            })
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/").ok(),
+            Some(Endpoint::Uploads { name: name("a") })
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads").ok(),
+            Some(Endpoint::Uploads { name: name("a") })
+        );
+        assert_eq!(
+            parse("/v2/blobs/blobs/uploads/abc-1").ok(),
+            Some(Endpoint::Upload {
+                name: name("blobs"),
+                id: "abc-1".into()
+            })
+        );
+        assert_eq!(
+            parse("/v2/x/tags/list").ok(),
+            Some(Endpoint::Tags { name: name("x") })
+        );
+        assert_eq!(
+            parse("/v2/manifests/manifests/tags/list").ok(),
+            Some(Endpoint::Tags {
+                name: name("manifests/manifests")
+            })
+        );
+        assert_eq!(
+            parse(&format!("/v2/x/y/referrers/{d}")).ok(),
+            Some(Endpoint::Referrers {
+                name: name("x/y"),
+                digest: d
+            })
+        );
+    }
+
+    fn code(path: &str) -> &'static str {
+        match parse(path) {
+            Err(e) => e.status_and_code().1,
+            Ok(e) => panic!("{path} parsed as {e:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_paths() {
+        assert_eq!(code("/v2/A/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("/v2/a//b/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("/v2/..%2f..%2fetc/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("/v2/../manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("/v2/a/manifests/bad:tag"), "DIGEST_INVALID");
+        assert_eq!(code("/v2/a/manifests/-bad"), "TAG_INVALID");
+        assert_eq!(code("/v2/a/blobs/latest"), "DIGEST_INVALID");
+        assert_eq!(code("/v2/a/blobs/uploads/..%2f"), "BLOB_UPLOAD_UNKNOWN");
+        assert_eq!(code("/v2/manifests/latest"), "NOT_FOUND");
+        assert_eq!(code("/v1/x"), "NOT_FOUND");
+        assert_eq!(code("/v2/a/unknown/x"), "NOT_FOUND");
+        assert_eq!(decode_segment("%"), "%");
+        assert_eq!(decode_segment("a%3"), "a%3");
+        assert_eq!(decode_segment("%e2%82%ac"), "%e2%82%ac");
+    }
+}

@@ -1,0 +1,31 @@
+//! # wharfie
+//!
+//! An OCI Distribution v1.1 registry and pull-through cache in one process: metadata in
+//! redb (its write transaction is the single commit point), blobs as content-addressed
+//! files served through mmap.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | the clap commands (`serve`, `config check`) |
+//! | [`config`] | figment layering → `Settings` |
+//! | [`app`] | wiring: open stores, recover, background tasks, serve |
+//! | [`http`] | route parser, handlers, the error → status/OCI code table, accept loop |
+//! | [`service`] | registry semantics: uploads, manifests, tags, catalog, referrers |
+//! | [`meta`] | redb tables, typed reads, the writer thread with group commit |
+//! | [`blob`] | staging, hashing while writing, the commit protocol's file half, mmap |
+//! | [`digest`], [`names`] | the shared vocabulary |
+//!
+//! Data flows one way: http → service → (meta, blob). The stores never import each
+//! other or anything above them.
+
+pub mod app;
+pub mod blob;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod http;
+pub mod meta;
+pub mod names;
+pub mod service;

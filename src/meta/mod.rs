@@ -1,0 +1,511 @@
+//! `meta/`: all metadata in one redb file — blob rows, repository links, manifests,
+//! tags, referrers, upload sessions, leases. Its write transaction is the single commit
+//! point of the registry: nothing is visible or acknowledged before it commits.
+//!
+//! May import: redb, crossbeam, digest, names. Only this module names redb.
+//!
+//! Reads are short MVCC snapshots taken on the caller's thread; writes are closures run
+//! by the one writer thread (`writer.rs`) with group commit.
+
+pub mod model;
+mod schema;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
+};
+
+use crate::digest::Digest;
+use model::{decode, encode};
+pub use model::{
+    BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord,
+};
+use schema::*;
+
+/// Errors of the metadata layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata storage error: {0}")]
+    Storage(Arc<str>),
+    #[error("metadata record is corrupt: {0}")]
+    Corrupt(Arc<str>),
+    #[error("not found")]
+    NotFound,
+    /// A manifest references a blob or manifest that is not linked in its repository.
+    #[error("referenced content {0} is not in the repository")]
+    MissingReference(Digest),
+    #[error("the metadata writer has stopped")]
+    Closed,
+}
+
+impl MetaError {
+    fn storage(e: impl std::fmt::Display) -> Self {
+        MetaError::Storage(e.to_string().into())
+    }
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetaError {
+            fn from(e: $t) -> Self { MetaError::storage(e) }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// Everything a manifest PUT records, applied in one transaction.
+#[derive(Debug, Clone)]
+pub struct PutManifest {
+    pub repo: String,
+    pub digest: Digest,
+    pub record: ManifestRecord,
+    pub body: Vec<u8>,
+    /// Blobs (config, layers) that must be linked in `repo`.
+    pub blobs: Vec<Digest>,
+    /// Child manifests (an index's entries) that must be linked in `repo`.
+    pub manifests: Vec<Digest>,
+    pub tag: Option<String>,
+    /// Written under (repo, subject) when the manifest has a subject.
+    pub referrer: Option<Descriptor>,
+}
+
+/// A manifest row and, when asked for, its exact bytes.
+pub type StoredManifest = (ManifestRecord, Option<Vec<u8>>);
+
+/// The metadata store.
+#[derive(Clone)]
+pub struct Meta {
+    db: Arc<Database>,
+    writer: crossbeam_channel::Sender<writer::Job>,
+}
+
+impl Meta {
+    /// Open or create `path`, create every table, and start the writer thread.
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let db = Arc::new(Database::create(path)?);
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(BLOBS)?;
+            txn.open_table(REPO_BLOBS)?;
+            txn.open_table(MANIFESTS)?;
+            txn.open_table(MANIFEST_BODIES)?;
+            txn.open_table(REPO_MANIFESTS)?;
+            txn.open_table(REPOS)?;
+            txn.open_table(TAGS)?;
+            txn.open_table(REFERRERS)?;
+            txn.open_table(UPLOADS)?;
+            txn.open_table(LEASES)?;
+        }
+        txn.commit()?;
+        let writer = writer::spawn(db.clone()).map_err(MetaError::storage)?;
+        Ok(Meta { db, writer })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, MetaError> + Send + 'static,
+    {
+        let (job, rx) = writer::job(f);
+        self.writer.send(job).map_err(|_| MetaError::Closed)?;
+        rx.await.map_err(|_| MetaError::Closed)?
+    }
+
+    fn read<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: redb::TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, MetaError> {
+        Ok(self.db.begin_read()?.open_table(def)?)
+    }
+
+    // ---- reads -------------------------------------------------------------------
+
+    /// The blob row, whatever repositories link it.
+    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let t = self.read(BLOBS)?;
+        t.get(digest.as_str())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// The blob row if `repo` links the blob.
+    pub fn repo_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        if rtx
+            .open_table(REPO_BLOBS)?
+            .get((repo, digest.as_str()))?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let t = rtx.open_table(BLOBS)?;
+        t.get(digest.as_str())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// Resolve a tag to a digest.
+    pub fn tag(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, MetaError> {
+        let t = self.read(TAGS)?;
+        t.get((repo, tag))?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// The manifest record (and, when `with_body`, its bytes) if `repo` links it.
+    pub fn repo_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        with_body: bool,
+    ) -> Result<Option<StoredManifest>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        if rtx
+            .open_table(REPO_MANIFESTS)?
+            .get((repo, digest.as_str()))?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let Some(rec) = rtx.open_table(MANIFESTS)?.get(digest.as_str())? else {
+            return Ok(None);
+        };
+        let rec: ManifestRecord = decode(rec.value())?;
+        let body = if with_body {
+            rtx.open_table(MANIFEST_BODIES)?
+                .get(digest.as_str())?
+                .map(|b| b.value().to_vec())
+        } else {
+            None
+        };
+        Ok(Some((rec, body)))
+    }
+
+    /// Tags of `repo`, sorted, after `last`, at most `n`; `None` when the repository
+    /// has neither tags nor manifests. The flag says whether more remain.
+    pub fn tags(
+        &self,
+        repo: &str,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Option<(Vec<String>, bool)>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(TAGS)?;
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in t.range((repo, last.unwrap_or(""))..)? {
+            let (k, _) = item?;
+            let (r, tag) = k.value();
+            if r != repo {
+                break;
+            }
+            if Some(tag) == last {
+                continue;
+            }
+            if out.len() == n {
+                more = true;
+                break;
+            }
+            out.push(tag.to_owned());
+        }
+        if out.is_empty() && last.is_none() {
+            let known = rtx.open_table(REPOS)?.get(repo)?.is_some()
+                || t.range((repo, "")..)?
+                    .next()
+                    .transpose()?
+                    .is_some_and(|(k, _)| k.value().0 == repo);
+            if !known {
+                return Ok(None);
+            }
+        }
+        Ok(Some((out, more)))
+    }
+
+    /// Repositories with at least one manifest, sorted, after `last`, at most `n`.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool), MetaError> {
+        let t = self.read(REPOS)?;
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in t.range(last.unwrap_or("")..)? {
+            let (k, _) = item?;
+            let name = k.value();
+            if Some(name) == last {
+                continue;
+            }
+            if out.len() == n {
+                more = true;
+                break;
+            }
+            out.push(name.to_owned());
+        }
+        Ok((out, more))
+    }
+
+    /// Referrers of `subject` in `repo`.
+    pub fn referrers(&self, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>, MetaError> {
+        let t = self.read(REFERRERS)?;
+        let mut out = Vec::new();
+        for item in t.range((repo, subject.as_str(), "")..)? {
+            let (k, v) = item?;
+            let (r, s, _) = k.value();
+            if r != repo || s != subject.as_str() {
+                break;
+            }
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError> {
+        let t = self.read(UPLOADS)?;
+        t.get(id)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every open upload session.
+    pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, MetaError> {
+        let t = self.read(UPLOADS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every lease row.
+    pub fn leases(&self) -> Result<Vec<(String, LeaseRecord)>, MetaError> {
+        let t = self.read(LEASES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    // ---- writes ------------------------------------------------------------------
+
+    /// Record a committed blob file and link it into `repo`; closes `upload` if given.
+    /// An existing row is kept (same content), upgraded to `Pushed` if this is a push.
+    pub async fn commit_blob(
+        &self,
+        repo: String,
+        digest: Digest,
+        record: BlobRecord,
+        upload: Option<String>,
+    ) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let mut blobs = txn.open_table(BLOBS)?;
+            let existing: Option<BlobRecord> = blobs
+                .get(digest.as_str())?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            match existing {
+                Some(old) if old.origin == Origin::Pushed || record.origin == Origin::Mirrored => {}
+                _ => {
+                    blobs.insert(digest.as_str(), encode(&record).as_slice())?;
+                }
+            }
+            txn.open_table(REPO_BLOBS)?
+                .insert((repo.as_str(), digest.as_str()), ())?;
+            if let Some(id) = upload {
+                txn.open_table(UPLOADS)?.remove(id.as_str())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Link an existing blob into `repo`: from `from` when given (it must link the
+    /// blob there), else from anywhere the blob exists. Returns whether it linked.
+    pub async fn mount_blob(
+        &self,
+        repo: String,
+        digest: Digest,
+        from: Option<String>,
+    ) -> Result<bool, MetaError> {
+        self.write(move |txn| {
+            let present = match &from {
+                Some(f) => txn
+                    .open_table(REPO_BLOBS)?
+                    .get((f.as_str(), digest.as_str()))?
+                    .is_some(),
+                None => txn.open_table(BLOBS)?.get(digest.as_str())?.is_some(),
+            };
+            if present {
+                txn.open_table(REPO_BLOBS)?
+                    .insert((repo.as_str(), digest.as_str()), ())?;
+            }
+            Ok(present)
+        })
+        .await
+    }
+
+    /// Store a manifest, link it, move the tag and record the referrer — all or
+    /// nothing, after checking every reference is linked in the repository.
+    pub async fn put_manifest(&self, m: PutManifest) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let repo = m.repo.as_str();
+            {
+                let links = txn.open_table(REPO_BLOBS)?;
+                for b in &m.blobs {
+                    if links.get((repo, b.as_str()))?.is_none() {
+                        return Err(MetaError::MissingReference(b.clone()));
+                    }
+                }
+                let mlinks = txn.open_table(REPO_MANIFESTS)?;
+                for c in &m.manifests {
+                    if mlinks.get((repo, c.as_str()))?.is_none() {
+                        return Err(MetaError::MissingReference(c.clone()));
+                    }
+                }
+            }
+            let d = m.digest.as_str();
+            let mut manifests = txn.open_table(MANIFESTS)?;
+            if manifests.get(d)?.is_none() {
+                manifests.insert(d, encode(&m.record).as_slice())?;
+                txn.open_table(MANIFEST_BODIES)?
+                    .insert(d, m.body.as_slice())?;
+            }
+            let newly_linked = txn
+                .open_table(REPO_MANIFESTS)?
+                .insert((repo, d), ())?
+                .is_none();
+            if newly_linked {
+                let mut repos = txn.open_table(REPOS)?;
+                let n = repos.get(repo)?.map_or(0, |v| v.value());
+                repos.insert(repo, n + 1)?;
+            }
+            if let Some(tag) = &m.tag {
+                let rec = TagRecord {
+                    digest: m.digest.clone(),
+                    updated: model::now(),
+                    checked: None,
+                };
+                txn.open_table(TAGS)?
+                    .insert((repo, tag.as_str()), encode(&rec).as_slice())?;
+            }
+            if let (Some(desc), Some(subject)) = (&m.referrer, &m.record.subject) {
+                txn.open_table(REFERRERS)?
+                    .insert((repo, subject.as_str(), d), encode(desc).as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Unlink a manifest from `repo`, with every tag that points at it and its
+    /// referrer row. The manifest row itself stays for GC.
+    pub async fn delete_manifest(&self, repo: String, digest: Digest) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let r = repo.as_str();
+            let d = digest.as_str();
+            let mut links = txn.open_table(REPO_MANIFESTS)?;
+            if links.get((r, d))?.is_none() {
+                return Err(MetaError::NotFound);
+            }
+            links.remove((r, d))?;
+            let mut repos = txn.open_table(REPOS)?;
+            let n = repos.get(r)?.map_or(0, |v| v.value());
+            if n <= 1 {
+                repos.remove(r)?;
+            } else {
+                repos.insert(r, n - 1)?;
+            }
+            let mut tags = txn.open_table(TAGS)?;
+            let mut doomed = Vec::new();
+            for item in tags.range((r, "")..)? {
+                let (k, v) = item?;
+                let (kr, kt) = k.value();
+                if kr != r {
+                    break;
+                }
+                let rec: TagRecord = decode(v.value())?;
+                if rec.digest == digest {
+                    doomed.push(kt.to_owned());
+                }
+            }
+            for t in doomed {
+                tags.remove((r, t.as_str()))?;
+            }
+            let subject = txn
+                .open_table(MANIFESTS)?
+                .get(d)?
+                .map(|v| decode::<ManifestRecord>(v.value()))
+                .transpose()?
+                .and_then(|m| m.subject);
+            if let Some(s) = subject {
+                txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove one tag; the manifest stays.
+    pub async fn delete_tag(&self, repo: String, tag: String) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let removed = txn
+                .open_table(TAGS)?
+                .remove((repo.as_str(), tag.as_str()))?
+                .is_some();
+            if removed {
+                Ok(())
+            } else {
+                Err(MetaError::NotFound)
+            }
+        })
+        .await
+    }
+
+    /// Unlink a blob from `repo`; the file and row stay for GC.
+    pub async fn delete_blob(&self, repo: String, digest: Digest) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let removed = txn
+                .open_table(REPO_BLOBS)?
+                .remove((repo.as_str(), digest.as_str()))?
+                .is_some();
+            if removed {
+                Ok(())
+            } else {
+                Err(MetaError::NotFound)
+            }
+        })
+        .await
+    }
+
+    pub async fn create_upload(&self, id: String, rec: UploadRecord) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            txn.open_table(UPLOADS)?
+                .insert(id.as_str(), encode(&rec).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove an upload session row; returns whether it existed.
+    pub async fn delete_upload(&self, id: String) -> Result<bool, MetaError> {
+        self.write(move |txn| Ok(txn.open_table(UPLOADS)?.remove(id.as_str())?.is_some()))
+            .await
+    }
+
+    /// Remove every lease row (startup: the process that held them is gone).
+    pub async fn clear_leases(&self) -> Result<usize, MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES)?;
+            let n = usize::try_from(t.len()?).unwrap_or(usize::MAX);
+            t.retain(|_, _| false)?;
+            Ok(n)
+        })
+        .await
+    }
+}

@@ -1,0 +1,27 @@
+//! Every redb table, in one place. Keys are strings (digests, names, ids) or tuples of
+//! them; values are small serde_json records (`model.rs`), raw manifest bytes, or `()`
+//! for pure links.
+
+use redb::TableDefinition;
+
+/// digest → `BlobRecord`
+pub const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// (repo, digest) → () — a blob is visible in a repository only through this link.
+pub const REPO_BLOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_blobs");
+/// digest → `ManifestRecord`
+pub const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+/// digest → the exact pushed bytes
+pub const MANIFEST_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_bodies");
+/// (repo, digest) → ()
+pub const REPO_MANIFESTS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("repo_manifests");
+/// repo → number of manifests linked (the catalog lists repos with at least one)
+pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+/// (repo, tag) → `TagRecord`
+pub const TAGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tags");
+/// (repo, subject digest, referrer digest) → `Descriptor`
+pub const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+/// upload id → `UploadRecord`
+pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// key → `LeaseRecord` (in-flight fills, GC marks)
+pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");

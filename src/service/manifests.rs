@@ -1,0 +1,358 @@
+//! Manifests: parse just enough of the pushed JSON to know its type and references,
+//! store the exact bytes by digest, and let tags be links to digests.
+//!
+//! The parser is deliberately lenient (a small serde shape rather than the full
+//! oci-spec types): clients push fields and platforms the strict types reject, and we
+//! store and serve the exact bytes anyway. What it checks is what the registry relies
+//! on: schema version, media type, and well-formed reference digests.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::{Body, Error, Registry};
+use crate::digest::Digest;
+use crate::meta::{model::now, Descriptor, ManifestRecord, MetaError, Origin, PutManifest};
+use crate::names::{Reference, RepoName};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+const DOCKER_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<u64>,
+    media_type: Option<String>,
+    config: Option<RawDescriptor>,
+    layers: Option<Vec<RawDescriptor>>,
+    manifests: Option<Vec<RawDescriptor>>,
+    subject: Option<RawDescriptor>,
+    artifact_type: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: Option<String>,
+    digest: String,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+/// What the registry needs to know of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub media_type: String,
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+    pub subject: Option<Digest>,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::ManifestInvalid(msg.into())
+}
+
+fn ref_digest(d: &RawDescriptor, what: &str) -> Result<Digest, Error> {
+    d.digest
+        .parse()
+        .map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// A Content-Type header worth believing (generic JSON types say nothing).
+fn meaningful(ct: Option<&str>) -> Option<&str> {
+    let ct = ct?.split(';').next()?.trim();
+    match ct {
+        "" | "application/json" | "application/octet-stream" | "text/plain" => None,
+        t => Some(t),
+    }
+}
+
+/// Parse and classify a pushed manifest.
+pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
+    let header = meaningful(content_type);
+    if matches!(header, Some(DOCKER_V1 | DOCKER_V1_SIGNED)) {
+        return Err(invalid(
+            "Docker schema1 manifests are not supported: push schema2 or OCI",
+        ));
+    }
+    let raw: RawManifest = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+    match raw.schema_version {
+        Some(2) => {}
+        Some(1) => {
+            return Err(invalid(
+                "Docker schema1 manifests are not supported: push schema2 or OCI",
+            ))
+        }
+        Some(v) => return Err(invalid(format!("unsupported schemaVersion {v}"))),
+        None => return Err(invalid("schemaVersion is missing")),
+    }
+    if let (Some(h), Some(m)) = (header, raw.media_type.as_deref()) {
+        if h != m {
+            return Err(invalid(format!(
+                "Content-Type {h} does not match the manifest's mediaType {m}"
+            )));
+        }
+    }
+    let media_type = match header.or(raw.media_type.as_deref()) {
+        Some(t) => t.to_owned(),
+        None if raw.manifests.is_some() => OCI_INDEX.to_owned(),
+        None if raw.config.is_some() => OCI_MANIFEST.to_owned(),
+        None => {
+            return Err(invalid(
+                "cannot tell the manifest type: no mediaType, config or manifests",
+            ))
+        }
+    };
+    let subject = raw
+        .subject
+        .as_ref()
+        .map(|s| ref_digest(s, "subject"))
+        .transpose()?;
+    match media_type.as_str() {
+        OCI_MANIFEST | DOCKER_MANIFEST => {
+            let config = raw
+                .config
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest without config"))?;
+            let layers = raw
+                .layers
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest without layers"))?;
+            let mut blobs = vec![ref_digest(config, "config")?];
+            for l in layers {
+                let d = ref_digest(l, "layer")?;
+                // Non-distributable layers live elsewhere (`urls`): not required here.
+                if l.urls.is_empty() {
+                    blobs.push(d);
+                }
+            }
+            let artifact_type = raw
+                .artifact_type
+                .clone()
+                .or_else(|| config.media_type.clone());
+            Ok(Parsed {
+                media_type,
+                blobs,
+                manifests: vec![],
+                subject,
+                artifact_type,
+                annotations: raw.annotations,
+            })
+        }
+        OCI_INDEX | DOCKER_LIST => {
+            let children = raw
+                .manifests
+                .as_ref()
+                .ok_or_else(|| invalid("index without manifests"))?;
+            let manifests = children
+                .iter()
+                .map(|c| ref_digest(c, "manifests[]"))
+                .collect::<Result<_, _>>()?;
+            Ok(Parsed {
+                media_type,
+                blobs: vec![],
+                manifests,
+                subject,
+                artifact_type: raw.artifact_type,
+                annotations: raw.annotations,
+            })
+        }
+        other => Err(invalid(format!("unsupported manifest media type {other}"))),
+    }
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct ManifestOut {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// `None` for HEAD.
+    pub body: Option<Bytes>,
+}
+
+/// What a PUT answers with.
+#[derive(Debug, Clone)]
+pub struct PutManifestOut {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// Read a body of at most `limit` bytes.
+async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(Error::ManifestTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+impl Registry {
+    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => self
+                .meta
+                .tag(repo.as_str(), t.as_str())?
+                .map(|r| r.digest)
+                .ok_or(Error::ManifestUnknown),
+        }
+    }
+
+    /// GET/HEAD a manifest by tag or digest.
+    pub fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        with_body: bool,
+    ) -> Result<ManifestOut, Error> {
+        let digest = self.resolve(repo, reference)?;
+        let (rec, body) = self
+            .meta
+            .repo_manifest(repo.as_str(), &digest, with_body)?
+            .ok_or(Error::ManifestUnknown)?;
+        Ok(ManifestOut {
+            digest,
+            media_type: rec.media_type,
+            size: rec.size,
+            body: body.map(Bytes::from),
+        })
+    }
+
+    /// The declared maximum manifest size.
+    pub fn max_manifest_bytes(&self) -> u64 {
+        self.opts.max_manifest_bytes
+    }
+
+    /// PUT a manifest by tag or digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Result<PutManifestOut, Error> {
+        let bytes = read_limited(body, self.opts.max_manifest_bytes).await?;
+        let digest = Digest::of(&bytes);
+        if let Reference::Digest(d) = reference {
+            if *d != digest {
+                return Err(Error::DigestInvalid(format!(
+                    "manifest bytes hash to {digest}, not {d}"
+                )));
+            }
+        }
+        let p = parse(content_type, &bytes)?;
+        let size = bytes.len() as u64;
+        let record = ManifestRecord {
+            media_type: p.media_type.clone(),
+            size,
+            subject: p.subject.clone(),
+            artifact_type: p.artifact_type.clone(),
+            annotations: p.annotations.clone(),
+            created: now(),
+            origin: Origin::Pushed,
+        };
+        let referrer = p.subject.as_ref().map(|_| Descriptor {
+            media_type: p.media_type.clone(),
+            digest: digest.clone(),
+            size,
+            artifact_type: p.artifact_type.clone(),
+            annotations: p.annotations.clone(),
+        });
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str().to_owned()),
+            Reference::Digest(_) => None,
+        };
+        self.meta
+            .put_manifest(PutManifest {
+                repo: repo.as_str().to_owned(),
+                digest: digest.clone(),
+                record,
+                body: bytes.to_vec(),
+                blobs: p.blobs,
+                manifests: p.manifests,
+                tag,
+                referrer,
+            })
+            .await?;
+        Ok(PutManifestOut {
+            digest,
+            subject: p.subject,
+        })
+    }
+
+    /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), Error> {
+        let r = match reference {
+            Reference::Digest(d) => {
+                self.meta
+                    .delete_manifest(repo.as_str().to_owned(), d.clone())
+                    .await
+            }
+            Reference::Tag(t) => {
+                self.meta
+                    .delete_tag(repo.as_str().to_owned(), t.as_str().to_owned())
+                    .await
+            }
+        };
+        match r {
+            Err(MetaError::NotFound) => Err(Error::ManifestUnknown),
+            r => Ok(r?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> String {
+        Digest::of(&[n]).to_string()
+    }
+
+    #[test]
+    fn image_manifest_references_config_and_layers() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x/cfg","digest":"{}","size":1}},"layers":[{{"mediaType":"l","digest":"{}","size":1}},{{"mediaType":"l","digest":"{}","size":1,"urls":["http://x"]}}]}}"#,
+            d(1),
+            d(2),
+            d(3)
+        );
+        let p = parse(Some(OCI_MANIFEST), body.as_bytes()).expect("parses");
+        assert_eq!(p.blobs.len(), 2);
+        assert_eq!(p.artifact_type.as_deref(), Some("x/cfg"));
+    }
+
+    #[test]
+    fn refuses_schema1_garbage_and_mismatch() {
+        assert!(parse(Some(DOCKER_V1_SIGNED), b"{}").is_err());
+        assert!(parse(None, br#"{"schemaVersion":1}"#).is_err());
+        assert!(parse(None, b"not json").is_err());
+        let body = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+        assert!(parse(Some(OCI_MANIFEST), body.as_bytes()).is_err());
+        assert!(parse(Some(OCI_INDEX), body.as_bytes()).is_ok());
+        assert!(parse(
+            None,
+            br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:zz"}]}"#
+        )
+        .is_err());
+    }
+}

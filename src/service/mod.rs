@@ -1,0 +1,82 @@
+//! `service/`: registry semantics — uploads, manifests, tags, catalog, referrers —
+//! over the metadata store and the blob store. Knows nothing of HTTP.
+//!
+//! May import: meta, blob, digest, names (and later upstream, flight).
+//!
+//! Invariants: a blob or manifest is acknowledged only after its meta transaction has
+//! committed; a manifest is accepted only when every reference is linked in its
+//! repository, checked in the transaction that stores it.
+
+mod blobs;
+mod error;
+mod manifests;
+mod tags;
+mod uploads;
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::blob::BlobStore;
+use crate::meta::Meta;
+pub use error::Error;
+pub use manifests::{ManifestOut, PutManifestOut};
+use uploads::Slot;
+
+/// A request body, as the HTTP layer hands it over.
+pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Limits and policy the service needs from the settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_manifest_bytes: u64,
+    pub upload_ttl: Duration,
+}
+
+/// The registry: every operation the HTTP layer can ask for.
+pub struct Registry {
+    meta: Meta,
+    blobs: BlobStore,
+    opts: Options,
+    /// Open upload sessions' in-memory state (file handle and hash states). The row in
+    /// meta is the truth; a missing entry is rebuilt from the staging file. A
+    /// `std::sync::Mutex` because it is held only to look up or insert, never across an
+    /// await.
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl Registry {
+    pub fn new(meta: Meta, blobs: BlobStore, opts: Options) -> Self {
+        Registry {
+            meta,
+            blobs,
+            opts,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Startup recovery: remove staging areas that belong to no upload session (a
+    /// crashed monolithic upload or fill) and leases of the previous process.
+    pub async fn recover(&self) -> Result<(), Error> {
+        let open: std::collections::HashSet<String> =
+            self.meta.uploads()?.into_iter().map(|(id, _)| id).collect();
+        let blobs = self.blobs.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id)))
+                .await??;
+        let leases = self.meta.clear_leases().await?;
+        if removed > 0 || leases > 0 {
+            tracing::info!(
+                staging = removed,
+                leases,
+                "removed what a previous run left behind"
+            );
+        }
+        Ok(())
+    }
+}

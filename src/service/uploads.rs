@@ -1,0 +1,349 @@
+//! Upload sessions: the state machine behind POST/PATCH/PUT/GET/DELETE on
+//! `/v2/<name>/blobs/uploads/`, and the write-through commit every blob goes through.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::{Body, Error, Registry};
+use crate::blob::Staging;
+use crate::digest::Digest;
+use crate::meta::{model::now, BlobRecord, Origin, UploadRecord};
+use crate::names::RepoName;
+
+/// One session's in-memory state, behind a per-session async lock so that two requests
+/// on one session run one after the other.
+#[derive(Default)]
+pub(super) struct Slot {
+    staging: Option<Staging>,
+    /// Set when the session finished or was cancelled: later holders must not use it.
+    closed: bool,
+}
+
+/// Stream `body` into `staging` on a blocking thread (disk writes and hashing stay off
+/// the async workers). Returns the staging back, with the body's outcome.
+async fn pump(mut staging: Staging, mut body: Body) -> Result<(Staging, Result<(), Error>), Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut res = Ok(());
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Err(e) = staging.write(&chunk) {
+                res = Err(e);
+                break;
+            }
+        }
+        (staging, res)
+    });
+    let mut body_err = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) if b.is_empty() => {}
+            Ok(b) => {
+                if tx.send(b).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                body_err = Some(Error::BodyRead(e.to_string()));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (staging, write_res) = writer.await?;
+    let outcome = match (write_res, body_err) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    };
+    Ok((staging, outcome))
+}
+
+impl Registry {
+    fn new_upload_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// POST: open a session. Returns its id.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<String, Error> {
+        let id = Self::new_upload_id();
+        let blobs = self.blobs.clone();
+        let sid = id.clone();
+        let staging = tokio::task::spawn_blocking(move || blobs.create_staging(&sid)).await??;
+        let rec = UploadRecord {
+            repo: repo.as_str().to_owned(),
+            started: now(),
+        };
+        if let Err(e) = self.meta.create_upload(id.clone(), rec).await {
+            self.blobs.remove_staging(&id);
+            return Err(e.into());
+        }
+        let slot = Slot {
+            staging: Some(staging),
+            closed: false,
+        };
+        self.lock_sessions()
+            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(slot)));
+        Ok(id)
+    }
+
+    /// POST `?digest=` with the whole blob as the body (no session row: a crash leaves
+    /// only staging, which startup removes).
+    pub async fn upload_monolithic(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: Body,
+    ) -> Result<(), Error> {
+        let id = Self::new_upload_id();
+        let blobs = self.blobs.clone();
+        let sid = id.clone();
+        let staging = tokio::task::spawn_blocking(move || blobs.create_staging(&sid)).await??;
+        let (staging, outcome) = match pump(staging, body).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.blobs.remove_staging(&id);
+                return Err(e);
+            }
+        };
+        if let Err(e) = outcome {
+            self.blobs.remove_staging(&id);
+            return Err(e);
+        }
+        self.commit(repo, digest, staging, None, Origin::Pushed)
+            .await
+    }
+
+    /// The commit protocol: verify + fsync + rename (blob store), then the meta
+    /// transaction. Only when this returns Ok may the caller answer 201.
+    pub(super) async fn commit(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        staging: Staging,
+        upload: Option<String>,
+        origin: Origin,
+    ) -> Result<(), Error> {
+        let blobs = self.blobs.clone();
+        let d = digest.clone();
+        let committed = tokio::task::spawn_blocking(move || blobs.commit(staging, &d)).await?;
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(id) = upload {
+                    // A failed commit ends the session: the client starts over.
+                    let _ = self.meta.delete_upload(id).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let rec = BlobRecord {
+            size: committed.size,
+            blake3: committed.blake3,
+            created: now(),
+            origin,
+        };
+        self.meta
+            .commit_blob(repo.as_str().to_owned(), digest.clone(), rec, upload)
+            .await?;
+        Ok(())
+    }
+
+    /// POST `?mount=&from=`: link an existing blob. `Ok(false)` means the caller should
+    /// open a session instead.
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool, Error> {
+        // A row must also have its file (GC may be between unlink and row removal).
+        if self.meta.blob(digest)?.is_none() || !self.blobs.exists(digest) {
+            return Ok(false);
+        }
+        Ok(self
+            .meta
+            .mount_blob(
+                repo.as_str().to_owned(),
+                digest.clone(),
+                from.map(|f| f.as_str().to_owned()),
+            )
+            .await?)
+    }
+
+    fn lock_sessions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>
+    {
+        // A poisoned map only means a panic elsewhere mid-insert; the map itself is fine.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Find session `id` of `repo` and lock it, loading its state from the staging file
+    /// if this process has not seen it yet (e.g. after a restart).
+    async fn session(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>, Error> {
+        match self.meta.upload(id)? {
+            Some(rec) if rec.repo == repo.as_str() => {}
+            _ => return Err(Error::BlobUploadUnknown),
+        }
+        let slot = self
+            .lock_sessions()
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock_owned().await;
+        if guard.closed {
+            return Err(Error::BlobUploadUnknown);
+        }
+        if guard.staging.is_none() {
+            let blobs = self.blobs.clone();
+            let sid = id.to_owned();
+            match tokio::task::spawn_blocking(move || blobs.open_staging(&sid)).await?? {
+                Some(s) => guard.staging = Some(s),
+                None => {
+                    // The row outlived its staging (removed by hand?): the session is gone.
+                    guard.closed = true;
+                    self.forget(id).await;
+                    return Err(Error::BlobUploadUnknown);
+                }
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Drop a session everywhere: memory, row, staging.
+    async fn forget(&self, id: &str) {
+        self.lock_sessions().remove(id);
+        let _ = self.meta.delete_upload(id.to_owned()).await;
+        self.blobs.remove_staging(id);
+    }
+
+    /// PATCH: append `body`; with `Content-Range` its start must equal the current
+    /// offset. Returns the new length.
+    pub async fn patch_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<u64, Error> {
+        let mut guard = self.session(repo, id).await?;
+        let Some(staging) = guard.staging.take() else {
+            return Err(Error::BlobUploadUnknown);
+        };
+        if let Some((start, _)) = range {
+            if start != staging.len() {
+                let offset = staging.len();
+                guard.staging = Some(staging);
+                return Err(Error::UploadOutOfOrder { start, offset });
+            }
+        }
+        let (staging, outcome) = pump(staging, body).await?;
+        let len = staging.len();
+        if let Err(e) = outcome {
+            // A failed write leaves the in-memory hashes out of step with the file: drop
+            // them; the next request rebuilds them from the file.
+            if !matches!(e, Error::BodyRead(_)) {
+                return Err(e);
+            }
+            guard.staging = Some(staging);
+            return Err(e);
+        }
+        guard.staging = Some(staging);
+        Ok(len)
+    }
+
+    /// PUT `?digest=`: append the optional last chunk, verify and commit.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<(), Error> {
+        let mut guard = self.session(repo, id).await?;
+        let Some(staging) = guard.staging.take() else {
+            return Err(Error::BlobUploadUnknown);
+        };
+        if let Some((start, _)) = range {
+            if start != staging.len() {
+                let offset = staging.len();
+                guard.staging = Some(staging);
+                return Err(Error::UploadOutOfOrder { start, offset });
+            }
+        }
+        let (staging, outcome) = pump(staging, body).await?;
+        if let Err(e) = outcome {
+            if matches!(e, Error::BodyRead(_)) {
+                guard.staging = Some(staging);
+            }
+            return Err(e);
+        }
+        guard.closed = true;
+        let r = self
+            .commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed)
+            .await;
+        self.lock_sessions().remove(id);
+        if r.is_err() {
+            // commit() removed the staging and the row; make sure neither lingers.
+            self.forget(id).await;
+        }
+        r
+    }
+
+    /// GET on a session: the bytes received so far.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<u64, Error> {
+        let guard = self.session(repo, id).await?;
+        guard
+            .staging
+            .as_ref()
+            .map(Staging::len)
+            .ok_or(Error::BlobUploadUnknown)
+    }
+
+    /// DELETE on a session: cancel it.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), Error> {
+        let mut guard = self.session(repo, id).await?;
+        guard.closed = true;
+        guard.staging = None;
+        self.forget(id).await;
+        Ok(())
+    }
+
+    /// Remove sessions idle for longer than the upload TTL, with their staging.
+    pub async fn expire_uploads(&self) -> Result<usize, Error> {
+        let ttl = self.opts.upload_ttl.as_secs();
+        let mut n = 0;
+        for (id, rec) in self.meta.uploads()? {
+            let idle = self
+                .blobs
+                .staging_idle_secs(&id)
+                .unwrap_or_else(|| now().saturating_sub(rec.started));
+            if idle <= ttl {
+                continue;
+            }
+            let slot = self.lock_sessions().get(&id).cloned();
+            match slot {
+                Some(slot) => {
+                    // Busy sessions are not idle; skip rather than wait.
+                    let Ok(mut guard) = slot.try_lock_owned() else {
+                        continue;
+                    };
+                    guard.closed = true;
+                    guard.staging = None;
+                    self.forget(&id).await;
+                }
+                None => self.forget(&id).await,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
