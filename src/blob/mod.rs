@@ -40,11 +40,39 @@ pub struct Committed {
     pub blake3: String,
 }
 
+/// Blobs up to this size are read into memory rather than mapped: for small files
+/// open+read beats mmap+munmap (and its TLB shootdowns) several times over.
+const SMALL_BLOB: u64 = 64 * 1024;
+
+/// Budget of the open-blob cache: small blobs count their bytes, a mapping counts
+/// `MAPPED_WEIGHT` (its pages belong to the page cache, not to us).
+const CACHE_WEIGHT: u64 = 64 * 1024 * 1024;
+const MAPPED_WEIGHT: u64 = 16 * 1024;
+
+#[derive(Clone)]
+struct BlobWeight;
+
+impl quick_cache::Weighter<Digest, Bytes> for BlobWeight {
+    fn weight(&self, _key: &Digest, val: &Bytes) -> u64 {
+        let len = val.len() as u64;
+        if len <= SMALL_BLOB {
+            len.max(64)
+        } else {
+            MAPPED_WEIGHT
+        }
+    }
+}
+
+type OpenCache = quick_cache::sync::Cache<Digest, Bytes, BlobWeight>;
+
 /// The blob store rooted at the data directory.
 #[derive(Clone)]
 pub struct BlobStore {
     layout: Arc<Layout>,
     hook: Arc<dyn FaultHook>,
+    /// Recently served blobs, already read or mapped. Sound because blob files are
+    /// immutable; whoever unlinks a blob file must `forget` it here.
+    open: Arc<OpenCache>,
 }
 
 impl BlobStore {
@@ -59,9 +87,11 @@ impl BlobStore {
         let layout = Layout::new(root);
         std::fs::create_dir_all(layout.blobs_root())?;
         std::fs::create_dir_all(layout.uploads_root())?;
+        let open = OpenCache::with_weighter(4096, CACHE_WEIGHT, BlobWeight);
         Ok(BlobStore {
             layout: Arc::new(layout),
             hook,
+            open: Arc::new(open),
         })
     }
 
@@ -163,11 +193,29 @@ impl BlobStore {
         self.layout.blob_path(digest).exists()
     }
 
-    /// Map the whole blob file. Zero-length files yield empty bytes.
+    /// The whole blob: read into memory when small, else mapped. Zero-length files
+    /// yield empty bytes. Served from the open-blob cache when possible.
     pub fn open_blob(&self, digest: &Digest) -> io::Result<Bytes> {
-        let file = File::open(self.layout.blob_path(digest))?;
-        // SAFETY: files under blobs/ are immutable after commit (module invariant).
-        unsafe { map_immutable(&file) }
+        if let Some(b) = self.open.get(digest) {
+            return Ok(b);
+        }
+        let mut file = File::open(self.layout.blob_path(digest))?;
+        let len = file.metadata()?.len();
+        let bytes = if len <= SMALL_BLOB {
+            let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            io::Read::read_to_end(&mut file, &mut buf)?;
+            Bytes::from(buf)
+        } else {
+            // SAFETY: files under blobs/ are immutable after commit (module invariant).
+            unsafe { map_immutable(&file)? }
+        };
+        self.open.insert(digest.clone(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Drop a blob from the open-blob cache (before its file is unlinked).
+    pub fn forget(&self, digest: &Digest) {
+        self.open.remove(digest);
     }
 }
 
