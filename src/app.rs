@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use crate::blob::BlobStore;
 use crate::config::Settings;
 use crate::meta::{Meta, MetaError};
-use crate::service::{self, Options, Registry};
+use crate::service::{self, Metrics, Mirror, Options, Registry};
+use crate::upstream::{Upstream, UpstreamConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -29,6 +30,8 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("upstream {name}: {reason}")]
+    Upstream { name: String, reason: String },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -50,7 +53,34 @@ pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
         max_manifest_bytes: settings.max_manifest_bytes,
         upload_ttl: settings.upload_ttl,
     };
-    let reg = Arc::new(Registry::new(meta, blobs, opts));
+    let metrics = Arc::new(Metrics::default());
+    let mut mirrors = Vec::new();
+    for u in &settings.upstreams {
+        let mut up = Upstream::new(UpstreamConfig {
+            name: u.name.clone(),
+            url: u.url.clone(),
+            username: u.username.clone(),
+            password: u.password.clone(),
+            ca_file: u.ca_file.clone(),
+            deadline: u.timeout,
+        })
+        .map_err(|e| AppError::Upstream {
+            name: u.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let (m, name) = (metrics.clone(), u.name.clone());
+        up.on_request = Some(Arc::new(move |kind: &str, status: u16| {
+            m.upstream_request(&name, kind, status)
+        }));
+        mirrors.push(Arc::new(Mirror {
+            up,
+            tag_ttl: u.tag_ttl,
+            offline: u.offline,
+            stale_if_error: u.stale_if_error,
+            default: u.default,
+        }));
+    }
+    let reg = Arc::new(Registry::new(meta, blobs, opts, mirrors, metrics));
     reg.recover().await?;
     Ok(reg)
 }

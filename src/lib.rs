@@ -15,6 +15,8 @@
 //! | [`service`] | registry semantics: uploads, manifests, tags, catalog, referrers |
 //! | [`meta`] | redb tables, typed reads, the writer thread with group commit |
 //! | [`blob`] | staging, hashing while writing, the commit protocol's file half, mmap |
+//! | [`upstream`] | the client for upstream registries (auth, retries, blob streams) |
+//! | [`flight`] | in-process singleflight with a detached leader |
 //! | [`digest`], [`names`] | the shared vocabulary |
 //!
 //! Data flows one way: http → service → (meta, blob). The stores never import each
@@ -25,7 +27,9 @@ pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod flight;
 pub mod http;
 pub mod meta;
 pub mod names;
 pub mod service;
+pub mod upstream;

@@ -106,6 +106,12 @@ impl BlobStore {
         Staging::reopen(&self.layout, id, self.hook.clone())
     }
 
+    /// A read handle on staging area `id`'s data file (followers of a fill read it as
+    /// it grows; the handle stays valid across the rename at commit).
+    pub fn open_staging_reader(&self, id: &str) -> io::Result<File> {
+        File::open(self.layout.staging_file(id))
+    }
+
     /// Remove staging area `id`, if present.
     pub fn remove_staging(&self, id: &str) {
         let dir = self.layout.staging_dir(id);

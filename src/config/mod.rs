@@ -39,6 +39,53 @@ pub struct RawConfig {
     pub max_connections: usize,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Registries mirrored (pull-through), as `[[upstreams]]` tables.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+}
+
+/// One `[[upstreams]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name and path prefix, e.g. `docker.io` (also matched against containerd's `ns`).
+    pub name: String,
+    /// Base URL, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// PEM file of extra CA certificates to trust for this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve a cached tag this long before revalidating it with a HEAD.
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Never contact the upstream; serve only what is cached.
+    #[serde(default)]
+    pub offline: bool,
+    /// Serve cached tags when the upstream fails.
+    #[serde(default = "yes")]
+    pub stale_if_error: bool,
+    /// Mirror bare names (`/v2/nginx/…`) from this upstream, after hosted repositories.
+    #[serde(default)]
+    pub default: bool,
+    /// Retries of one upstream request stop after this long.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for RawConfig {
@@ -50,6 +97,7 @@ impl Default for RawConfig {
             max_manifest_size: ByteSize::mib(4),
             max_connections: 4096,
             log_format: LogFormat::Text,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -72,6 +120,7 @@ pub struct Settings {
     pub max_manifest_bytes: u64,
     pub max_connections: usize,
     pub log_format: LogFormat,
+    pub upstreams: Vec<RawUpstream>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +132,8 @@ pub enum ConfigError {
     Listen { value: String, reason: String },
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+    #[error("upstream {name:?}: {reason}")]
+    Upstream { name: String, reason: String },
 }
 
 /// Layer the sources.
@@ -118,6 +169,31 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
             value: raw.listen.clone(),
             reason: e.to_string(),
         })?;
+    let mut defaults = 0;
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let bad = |reason: &str| ConfigError::Upstream {
+            name: u.name.clone(),
+            reason: reason.into(),
+        };
+        if crate::names::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
+            return Err(bad(
+                "name must be one repository-name component, like docker.io",
+            ));
+        }
+        if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+            return Err(bad("url must start with http:// or https://"));
+        }
+        if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
+            return Err(bad("the name is used twice"));
+        }
+        defaults += usize::from(u.default);
+    }
+    if defaults > 1 {
+        return Err(ConfigError::Upstream {
+            name: "*".into(),
+            reason: "at most one upstream can be the default".into(),
+        });
+    }
     Ok(Settings {
         listen,
         data_dir: raw.data_dir.clone(),
@@ -125,6 +201,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         max_manifest_bytes: raw.max_manifest_size.as_u64(),
         max_connections: raw.max_connections,
         log_format: raw.log_format,
+        upstreams: raw.upstreams.clone(),
     })
 }
 

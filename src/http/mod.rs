@@ -12,10 +12,10 @@ pub mod server;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, Response};
-use warp::Filter;
+use http::{HeaderMap, HeaderValue, Method};
+use warp::{Filter, Reply as _};
 
 use crate::service::Registry;
 use handlers::Req;
@@ -36,7 +36,7 @@ async fn handle(
     query: String,
     headers: HeaderMap,
     body: crate::service::Body,
-) -> Response<Bytes> {
+) -> warp::reply::Response {
     let started = Instant::now();
     let path = path.as_str().to_owned();
     let req = Req {
@@ -46,9 +46,19 @@ async fn handle(
         headers,
         body,
     };
-    let mut resp = match handlers::dispatch(&reg, req).await {
+    let reply = match handlers::dispatch(&reg, req).await {
         Ok(r) => r,
-        Err(e) => e.render(),
+        Err(e) => handlers::Reply::Full(e.render()),
+    };
+    let mut resp = match reply {
+        handlers::Reply::Full(r) => r.into_response(),
+        handlers::Reply::Stream(head, body) => {
+            let (parts, _) = head.into_parts();
+            let mut r = warp::reply::stream(sync_wrapper::SyncStream::new(body)).into_response();
+            *r.status_mut() = parts.status;
+            *r.headers_mut() = parts.headers;
+            r
+        }
     };
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
@@ -57,7 +67,9 @@ async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(resp.body().len() as u64);
+        .unwrap_or(0);
+    reg.metrics
+        .http_request(method.as_str(), resp.status().as_u16(), bytes);
     tracing::info!(
         target: "wharfie::request",
         %method,
@@ -84,7 +96,7 @@ where
 /// The whole API as one warp filter.
 pub fn routes(
     reg: Arc<Registry>,
-) -> impl Filter<Extract = (Response<Bytes>,), Error = std::convert::Infallible>
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
        + Clone
        + Send
        + Sync
@@ -99,7 +111,7 @@ pub fn routes(
             handle(reg.clone(), method, path, query, headers, into_body(body))
         })
         .recover(|_rej: warp::Rejection| async move {
-            Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render())
+            Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())
         })
         .unify()
 }

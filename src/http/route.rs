@@ -34,6 +34,8 @@ pub enum Endpoint {
     Referrers { name: RepoName, digest: Digest },
     /// `/healthz`
     Health,
+    /// `/metrics`
+    Metrics,
 }
 
 /// Decode `%XX` escapes into ASCII; anything else is kept as it is.
@@ -76,6 +78,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         "/v2" | "/v2/" => return Ok(Endpoint::Base),
         "/v2/_catalog" => return Ok(Endpoint::Catalog),
         "/healthz" => return Ok(Endpoint::Health),
+        "/metrics" => return Ok(Endpoint::Metrics),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {

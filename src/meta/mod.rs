@@ -76,8 +76,13 @@ pub struct PutManifest {
     /// Child manifests (an index's entries) that must be linked in `repo`.
     pub manifests: Vec<Digest>,
     pub tag: Option<String>,
+    /// When the mirror confirmed `tag` upstream (unix seconds); `None` for pushes.
+    pub tag_checked: Option<u64>,
     /// Written under (repo, subject) when the manifest has a subject.
     pub referrer: Option<Descriptor>,
+    /// Require every reference to be linked (pushes). A mirror fill stores a manifest
+    /// before its blobs, which are fetched on demand.
+    pub check_refs: bool,
 }
 
 /// A manifest row and, when asked for, its exact bytes.
@@ -355,7 +360,7 @@ impl Meta {
     pub async fn put_manifest(&self, m: PutManifest) -> Result<(), MetaError> {
         self.write(move |txn| {
             let repo = m.repo.as_str();
-            {
+            if m.check_refs {
                 let links = txn.open_table(REPO_BLOBS)?;
                 for b in &m.blobs {
                     if links.get((repo, b.as_str()))?.is_none() {
@@ -446,6 +451,46 @@ impl Meta {
             if let Some(s) = subject {
                 txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Record that the mirror confirmed `tag` upstream at `checked`.
+    pub async fn touch_tag(
+        &self,
+        repo: String,
+        tag: String,
+        checked: u64,
+    ) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(TAGS)?;
+            let rec: Option<TagRecord> = t
+                .get((repo.as_str(), tag.as_str()))?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            if let Some(mut rec) = rec {
+                rec.checked = Some(checked);
+                t.insert((repo.as_str(), tag.as_str()), encode(&rec).as_slice())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Hold a lease on `key` (an in-flight fill) until `release_lease` or restart.
+    pub async fn take_lease(&self, key: String, rec: LeaseRecord) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            txn.open_table(LEASES)?
+                .insert(key.as_str(), encode(&rec).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn release_lease(&self, key: String) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            txn.open_table(LEASES)?.remove(key.as_str())?;
             Ok(())
         })
         .await

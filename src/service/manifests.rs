@@ -286,7 +286,9 @@ impl Registry {
                 blobs: p.blobs,
                 manifests: p.manifests,
                 tag,
+                tag_checked: None,
                 referrer,
+                check_refs: true,
             })
             .await?;
         Ok(PutManifestOut {

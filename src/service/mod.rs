@@ -10,6 +10,8 @@
 mod blobs;
 mod error;
 mod manifests;
+pub mod metrics;
+mod mirror;
 mod tags;
 mod uploads;
 
@@ -26,6 +28,8 @@ use crate::blob::BlobStore;
 use crate::meta::Meta;
 pub use error::Error;
 pub use manifests::{ManifestOut, PutManifestOut};
+pub use metrics::Metrics;
+pub use mirror::{BlobRead, Located, Mirror};
 use uploads::Slot;
 
 /// A request body, as the HTTP layer hands it over.
@@ -48,15 +52,34 @@ pub struct Registry {
     /// `std::sync::Mutex` because it is held only to look up or insert, never across an
     /// await.
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    mirrors: Vec<Arc<Mirror>>,
+    /// Blob fills in flight, by digest.
+    fills: mirror::Fills,
+    /// Manifest fetches in flight, by upstream/repository/reference.
+    manifest_flights: Arc<ManifestFlights>,
+    pub metrics: Arc<Metrics>,
 }
 
+type ManifestFlights =
+    crate::flight::Flights<String, Result<crate::digest::Digest, mirror::FlightError>>;
+
 impl Registry {
-    pub fn new(meta: Meta, blobs: BlobStore, opts: Options) -> Self {
+    pub fn new(
+        meta: Meta,
+        blobs: BlobStore,
+        opts: Options,
+        mirrors: Vec<Arc<Mirror>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Registry {
             meta,
             blobs,
             opts,
             sessions: Mutex::new(HashMap::new()),
+            mirrors,
+            fills: Mutex::new(HashMap::new()),
+            manifest_flights: Arc::new(crate::flight::Flights::default()),
+            metrics,
         }
     }
 

@@ -22,7 +22,19 @@ pub(super) struct Slot {
 
 /// Stream `body` into `staging` on a blocking thread (disk writes and hashing stay off
 /// the async workers). Returns the staging back, with the body's outcome.
-async fn pump(mut staging: Staging, mut body: Body) -> Result<(Staging, Result<(), Error>), Error> {
+async fn pump(staging: Staging, body: Body) -> Result<(Staging, Result<(), Error>), Error> {
+    pump_with(staging, body, None).await
+}
+
+/// Told the staging length after every write (a fill publishes it to its readers).
+pub(super) type Progress = Box<dyn Fn(u64) + Send>;
+
+/// `pump`, reporting progress.
+pub(super) async fn pump_with(
+    mut staging: Staging,
+    mut body: Body,
+    progress: Option<Progress>,
+) -> Result<(Staging, Result<(), Error>), Error> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || {
         let mut res = Ok(());
@@ -30,6 +42,9 @@ async fn pump(mut staging: Staging, mut body: Body) -> Result<(Staging, Result<(
             if let Err(e) = staging.write(&chunk) {
                 res = Err(e);
                 break;
+            }
+            if let Some(p) = &progress {
+                p(staging.len());
             }
         }
         (staging, res)

@@ -1,4 +1,4 @@
-//! `GET /v2/`: the API version check every client starts with.
+//! `GET /v2/` (the API version check every client starts with), `/healthz`, `/metrics`.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
@@ -8,6 +8,16 @@ pub(super) fn base() -> Response<Bytes> {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(super) fn metrics(reg: &crate::service::Registry) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(reg.metrics.render()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
 }

@@ -3,11 +3,13 @@
 use bytes::Bytes;
 use http::{header, HeaderName, Response, StatusCode};
 
-use super::{empty, set, Req};
+use std::sync::Arc;
+
+use super::{empty, set, Reply};
 use crate::digest::Digest;
 use crate::http::error::ApiError;
 use crate::names::RepoName;
-use crate::service::{Error, Registry};
+use crate::service::{BlobRead, Error, Located, Registry};
 
 /// A parsed `Range: bytes=…` header, resolved against the blob size.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,24 +77,30 @@ fn headers(resp: &mut Response<Bytes>, digest: &Digest, len: u64) {
     set(resp, header::CACHE_CONTROL, "max-age=31536000");
 }
 
-pub(super) fn get(
-    reg: &Registry,
-    req: &Req,
-    name: &RepoName,
+/// `head`: answer without a body; `range`: the `Range` header. (Not the request: its
+/// body stream is not `Sync`, so a reference to it cannot be held across an await.)
+pub(super) async fn get(
+    reg: &Arc<Registry>,
+    head: bool,
+    range: Option<String>,
+    loc: &Located,
     digest: &Digest,
-) -> Result<Response<Bytes>, ApiError> {
-    let size = reg.blob_size(name, digest)?;
-    let range = parse_range(req.header(header::RANGE), size);
+) -> Result<Reply, ApiError> {
+    let (size, bytes) = match reg.read_blob(loc, digest, head).await? {
+        BlobRead::Stored { size, bytes } => (size, bytes),
+        BlobRead::Filling { size, body } => {
+            // Cold: stream the fill from its start (a Range is answered with the whole
+            // blob, which RFC 9110 allows).
+            let mut resp = empty(StatusCode::OK);
+            headers(&mut resp, digest, size);
+            return Ok(Reply::Stream(resp, body));
+        }
+    };
+    let range = parse_range(range.as_deref(), size);
     let (status, start, end) = match range {
         RangeSpec::Full => (StatusCode::OK, 0, size),
         RangeSpec::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
         RangeSpec::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size }.into()),
-    };
-    let body = if req.is_head() {
-        Bytes::new()
-    } else {
-        let all = reg.blob(name, digest)?;
-        all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0))
     };
     let mut resp = empty(status);
     headers(&mut resp, digest, end - start);
@@ -103,8 +111,11 @@ pub(super) fn get(
             &format!("bytes {start}-{}/{size}", end - 1),
         );
     }
-    *resp.body_mut() = body;
-    Ok(resp)
+    if let Some(all) = bytes {
+        *resp.body_mut() =
+            all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0));
+    }
+    Ok(Reply::Full(resp))
 }
 
 pub(super) async fn delete(

@@ -1,20 +1,24 @@
 //! `GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference>`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, HeaderName, Response, StatusCode};
 
 use super::{empty, set, Req};
 use crate::http::error::ApiError;
 use crate::names::{Reference, RepoName};
-use crate::service::{Error, Registry};
+use crate::service::{Error, Located, Registry};
 
-pub(super) fn get(
-    reg: &Registry,
-    req: &Req,
-    name: &RepoName,
+/// `head`: answer without a body. (A flag rather than the request: the request's body
+/// stream is not `Sync`, so a reference to it cannot be held across an await.)
+pub(super) async fn get(
+    reg: &Arc<Registry>,
+    head: bool,
+    loc: &Located,
     reference: &Reference,
 ) -> Result<Response<Bytes>, ApiError> {
-    let m = reg.manifest(name, reference, !req.is_head())?;
+    let m = reg.read_manifest(loc, reference, !head).await?;
     let mut resp = empty(StatusCode::OK);
     set(&mut resp, header::CONTENT_TYPE, &m.media_type);
     set(&mut resp, header::CONTENT_LENGTH, &m.size.to_string());

@@ -7,6 +7,8 @@ mod manifests;
 mod tags;
 mod uploads;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
@@ -45,49 +47,82 @@ impl Req {
     }
 }
 
+/// What a handler answers: a whole body, or headers and a stream.
+pub enum Reply {
+    Full(Response<Bytes>),
+    Stream(Response<Bytes>, Body),
+}
+
+impl From<Response<Bytes>> for Reply {
+    fn from(r: Response<Bytes>) -> Self {
+        Reply::Full(r)
+    }
+}
+
 /// Route and run one request.
-pub async fn dispatch(reg: &Registry, req: Req) -> Result<Response<Bytes>, ApiError> {
+pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> {
     let ep = route::parse(&req.path)?;
     let m = req.method.clone();
+    let ns = req.q("ns").map(str::to_owned);
+    let ns = ns.as_deref();
+    let full = |r: Result<Response<Bytes>, ApiError>| r.map(Reply::Full);
     match ep {
         Endpoint::Base | Endpoint::Health => match m {
-            Method::GET | Method::HEAD => Ok(base::base()),
+            Method::GET | Method::HEAD => Ok(base::base().into()),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Metrics => match m {
+            Method::GET => Ok(base::metrics(reg).into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Catalog => match m {
-            Method::GET => tags::catalog(reg, &req),
+            Method::GET => full(tags::catalog(reg, &req)),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Tags { name } => match m {
-            Method::GET => tags::list(reg, &req, &name),
+            Method::GET => full(tags::list(reg, &req, &reg.locate(&name, ns)?)),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Referrers { name, digest } => match m {
-            Method::GET => tags::referrers(reg, &req, &name, &digest),
+            Method::GET => full(tags::referrers(reg, &req, &reg.locate(&name, ns)?, &digest)),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Manifest { name, reference } => match m {
-            Method::GET | Method::HEAD => manifests::get(reg, &req, &name, &reference),
-            Method::PUT => manifests::put(reg, req, &name, &reference).await,
-            Method::DELETE => manifests::delete(reg, &name, &reference).await,
+            Method::GET | Method::HEAD => {
+                let loc = reg.locate(&name, ns)?;
+                full(manifests::get(reg, req.is_head(), &loc, &reference).await)
+            }
+            Method::PUT => {
+                full(manifests::put(reg, req, &reg.hosted(&name, ns)?, &reference).await)
+            }
+            Method::DELETE => {
+                full(manifests::delete(reg, &reg.hosted(&name, ns)?, &reference).await)
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Blob { name, digest } => match m {
-            Method::GET | Method::HEAD => blobs::get(reg, &req, &name, &digest),
-            Method::DELETE => blobs::delete(reg, &name, &digest).await,
+            Method::GET | Method::HEAD => {
+                let loc = reg.locate(&name, ns)?;
+                let range = req.header(header::RANGE).map(str::to_owned);
+                blobs::get(reg, req.is_head(), range, &loc, &digest).await
+            }
+            Method::DELETE => full(blobs::delete(reg, &reg.hosted(&name, ns)?, &digest).await),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Uploads { name } => match m {
-            Method::POST => uploads::post(reg, req, &name).await,
+            Method::POST => full(uploads::post(reg, req, &reg.hosted(&name, ns)?).await),
             _ => Err(ApiError::MethodNotAllowed),
         },
-        Endpoint::Upload { name, id } => match m {
-            Method::PATCH => uploads::patch(reg, req, &name, &id).await,
-            Method::PUT => uploads::put(reg, req, &name, &id).await,
-            Method::GET => uploads::status(reg, &name, &id).await,
-            Method::DELETE => uploads::cancel(reg, &name, &id).await,
-            _ => Err(ApiError::MethodNotAllowed),
-        },
+        Endpoint::Upload { name, id } => {
+            let repo = reg.hosted(&name, ns)?;
+            full(match m {
+                Method::PATCH => uploads::patch(reg, req, &repo, &id).await,
+                Method::PUT => uploads::put(reg, req, &repo, &id).await,
+                Method::GET => uploads::status(reg, &repo, &id).await,
+                Method::DELETE => uploads::cancel(reg, &repo, &id).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            })
+        }
     }
 }
 

@@ -6,8 +6,7 @@ use http::{header, HeaderName, Response, StatusCode};
 use super::{json, set, Req};
 use crate::digest::Digest;
 use crate::http::error::ApiError;
-use crate::names::RepoName;
-use crate::service::{Error, Registry};
+use crate::service::{Error, Located, Registry};
 
 fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
     let n = match req.q("n") {
@@ -30,13 +29,13 @@ fn link(resp: &mut Response<Bytes>, path: &str, n: Option<usize>, items: &[Strin
     }
 }
 
-pub(super) fn list(
-    reg: &Registry,
-    req: &Req,
-    name: &RepoName,
-) -> Result<Response<Bytes>, ApiError> {
+pub(super) fn list(reg: &Registry, req: &Req, loc: &Located) -> Result<Response<Bytes>, ApiError> {
     let (n, last) = page(req)?;
-    let (tags, more) = reg.tags(name, last, n)?;
+    let hosted = loc.hosted_first.as_ref().map(|h| reg.tags(h, last, n));
+    let (name, (tags, more)) = match hosted {
+        Some(Ok(found)) => (loc.hosted_first.as_ref().unwrap_or(&loc.repo), found),
+        _ => (&loc.repo, reg.tags(&loc.repo, last, n)?),
+    };
     let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
     let mut resp = json(StatusCode::OK, &body, "application/json");
     link(&mut resp, &format!("/v2/{name}/tags/list"), n, &tags, more);
@@ -55,11 +54,14 @@ pub(super) fn catalog(reg: &Registry, req: &Req) -> Result<Response<Bytes>, ApiE
 pub(super) fn referrers(
     reg: &Registry,
     req: &Req,
-    name: &RepoName,
+    loc: &Located,
     subject: &Digest,
 ) -> Result<Response<Bytes>, ApiError> {
     let filter = req.q("artifactType").filter(|t| !t.is_empty());
-    let manifests = reg.referrers(name, subject, filter)?;
+    let mut manifests = reg.referrers(&loc.repo, subject, filter)?;
+    if let Some(h) = &loc.hosted_first {
+        manifests.extend(reg.referrers(h, subject, filter)?);
+    }
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",

@@ -1,0 +1,706 @@
+//! The pull-through mirror: routing a name to an upstream, manifests fetched once per
+//! key however many clients ask (a singleflight), and blob fills that run detached from
+//! any client while every client streams the staging file as it grows.
+//!
+//! A fill verifies the digest before its commit and holds the last byte back from
+//! every reader until then: no client ever receives a complete body with wrong bytes.
+//! What a fill commits goes through the same commit path as a push, marked mirrored.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use super::manifests::{parse, ManifestOut};
+use super::{Error, Registry};
+use crate::digest::Digest;
+use crate::meta::{model::now, LeaseRecord, ManifestRecord, Origin, PutManifest};
+use crate::names::{Reference, RepoName};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// One configured upstream and its policy.
+pub struct Mirror {
+    pub up: Upstream,
+    /// Trust a cached tag this long before revalidating it upstream.
+    pub tag_ttl: Duration,
+    /// Never contact the upstream.
+    pub offline: bool,
+    /// Serve cached tags when the upstream fails.
+    pub stale_if_error: bool,
+    /// Serves bare names (the Docker daemon's `registry-mirrors`).
+    pub default: bool,
+}
+
+impl Mirror {
+    pub fn name(&self) -> &str {
+        self.up.name()
+    }
+
+    /// Docker Hub keeps official images under `library/`.
+    fn is_docker_hub(&self) -> bool {
+        self.name() == "docker.io"
+    }
+
+    fn remote_name(&self, name: &str) -> String {
+        if self.is_docker_hub() && !name.contains('/') {
+            format!("library/{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+}
+
+/// Where a request's name leads.
+#[derive(Clone)]
+pub struct Located {
+    /// The repository the content is stored under here.
+    pub repo: RepoName,
+    /// The upstream and its name for the repository, for mirrored names.
+    pub mirror: Option<(Arc<Mirror>, String)>,
+    /// A hosted repository to try first (bare names under a default upstream).
+    pub hosted_first: Option<RepoName>,
+}
+
+/// Failures shared by every waiter of one flight.
+#[derive(Debug, Clone)]
+pub(super) enum FlightError {
+    NotFound,
+    Unavailable(String),
+    Invalid(String),
+    Internal(String),
+}
+
+impl FlightError {
+    fn into_error(self, not_found: Error) -> Error {
+        match self {
+            FlightError::NotFound => not_found,
+            FlightError::Unavailable(m) => Error::Unavailable(m),
+            FlightError::Invalid(m) => {
+                Error::Unavailable(format!("upstream sent invalid content: {m}"))
+            }
+            FlightError::Internal(m) => Error::Internal(m),
+        }
+    }
+
+    /// Would a cached copy be a better answer than this error?
+    fn transient(&self) -> bool {
+        matches!(self, FlightError::Unavailable(_) | FlightError::Invalid(_))
+    }
+}
+
+impl From<UpstreamError> for FlightError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::NotFound => FlightError::NotFound,
+            UpstreamError::Invalid(m) => FlightError::Invalid(m),
+            e => FlightError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<Error> for FlightError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::ManifestInvalid(m) | Error::DigestInvalid(m) => FlightError::Invalid(m),
+            Error::Unavailable(m) => FlightError::Unavailable(m),
+            e => FlightError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A fill's progress, published to every reader.
+#[derive(Debug, Clone, Default)]
+struct FillState {
+    /// The blob's size, once the upstream said it.
+    total: Option<u64>,
+    /// Bytes readers may send: everything written except the held-back last byte.
+    visible: u64,
+    /// Set when the fill ended: committed, or why not.
+    done: Option<Result<(), FlightError>>,
+}
+
+/// A blob fill in progress.
+pub(super) struct Fill {
+    /// A read handle on the staging file: valid across the rename at commit.
+    file: Arc<File>,
+    state: watch::Receiver<FillState>,
+}
+
+pub(super) type Fills = std::sync::Mutex<HashMap<Digest, Arc<Fill>>>;
+
+/// A blob as a GET or HEAD answers it.
+pub enum BlobRead {
+    /// Stored: its size, and its bytes unless HEAD.
+    Stored { size: u64, bytes: Option<Bytes> },
+    /// Streaming from a fill in progress.
+    Filling { size: u64, body: super::Body },
+}
+
+const READ_CHUNK: u64 = 256 * 1024;
+/// Times a fill broken mid-body is resumed before giving up.
+const MAX_RESUMES: u32 = 5;
+
+impl Registry {
+    /// Route a name: by `ns` (containerd), by an upstream-name prefix, or to the default
+    /// upstream for bare names (hosted first); otherwise a hosted repository.
+    pub fn locate(&self, name: &RepoName, ns: Option<&str>) -> Result<Located, Error> {
+        let hosted = |repo: &RepoName| Located {
+            repo: repo.clone(),
+            mirror: None,
+            hosted_first: None,
+        };
+        let via = |m: &Arc<Mirror>,
+                   rest: &str,
+                   hosted_first: Option<RepoName>|
+         -> Result<Located, Error> {
+            let remote = m.remote_name(rest);
+            let repo = RepoName::parse(&format!("{}/{remote}", m.name()))?;
+            Ok(Located {
+                repo,
+                mirror: Some((m.clone(), remote)),
+                hosted_first,
+            })
+        };
+        if let Some(ns) = ns {
+            if let Some(m) = self.mirrors.iter().find(|m| m.name() == ns) {
+                return via(m, name.as_str(), None);
+            }
+        }
+        if let Some((first, rest)) = name.as_str().split_once('/') {
+            if let Some(m) = self.mirrors.iter().find(|m| m.name() == first) {
+                return via(m, rest, None);
+            }
+        }
+        if let Some(m) = self.mirrors.iter().find(|m| m.default) {
+            return via(m, name.as_str(), Some(name.clone()));
+        }
+        Ok(hosted(name))
+    }
+
+    /// The hosted repository a write goes to; mirrored namespaces are read-only.
+    pub fn hosted(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoName, Error> {
+        let loc = self.locate(name, ns)?;
+        match (loc.mirror, loc.hosted_first) {
+            (None, _) => Ok(loc.repo),
+            (Some(_), Some(h)) => Ok(h),
+            (Some((m, _)), None) => Err(Error::Denied(format!(
+                "{name} is mirrored from {}: push to a repository outside the mirror's namespace",
+                m.name()
+            ))),
+        }
+    }
+
+    /// GET/HEAD a manifest wherever the name leads.
+    pub async fn read_manifest(
+        self: &Arc<Self>,
+        loc: &Located,
+        reference: &Reference,
+        with_body: bool,
+    ) -> Result<ManifestOut, Error> {
+        if let Some(h) = &loc.hosted_first {
+            match self.manifest(h, reference, with_body) {
+                Err(Error::ManifestUnknown) => {}
+                r => return r,
+            }
+        }
+        let Some((m, remote)) = &loc.mirror else {
+            return self.manifest(&loc.repo, reference, with_body);
+        };
+        let local = &loc.repo;
+        match reference {
+            Reference::Digest(d) => {
+                if let Ok(out) = self.manifest(local, reference, with_body) {
+                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    return Ok(out);
+                }
+                if m.offline {
+                    return Err(Error::ManifestUnknown);
+                }
+                self.metrics.cache_misses.fetch_add(1, Relaxed);
+                let key = format!("m {} {remote} {d}", m.name());
+                let (me, m2, r2, l2, d2) = (
+                    self.clone(),
+                    m.clone(),
+                    remote.clone(),
+                    local.clone(),
+                    d.clone(),
+                );
+                let (res, leader) = self
+                    .manifest_flights
+                    .run(key, move || async move {
+                        me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None)
+                            .await
+                    })
+                    .await;
+                self.count_follower(leader);
+                let digest = res
+                    .map_err(|_| Error::Internal("manifest fetch task was lost".into()))?
+                    .map_err(|e| e.into_error(Error::ManifestUnknown))?;
+                self.manifest(local, &Reference::Digest(digest), with_body)
+            }
+            Reference::Tag(t) => {
+                let cached = self.meta.tag(local.as_str(), t.as_str())?;
+                let fresh = cached.as_ref().is_some_and(|r| {
+                    let checked = r.checked.unwrap_or(r.updated);
+                    m.offline || now().saturating_sub(checked) < m.tag_ttl.as_secs()
+                });
+                if fresh {
+                    if let Ok(out) = self.manifest(local, reference, with_body) {
+                        self.metrics.cache_hits.fetch_add(1, Relaxed);
+                        return Ok(out);
+                    }
+                }
+                if m.offline {
+                    return Err(Error::ManifestUnknown);
+                }
+                self.metrics.cache_misses.fetch_add(1, Relaxed);
+                let key = format!("t {} {remote} {t}", m.name());
+                let cached_digest = cached.as_ref().map(|r| r.digest.clone());
+                let (me, m2, r2, l2, t2) = (
+                    self.clone(),
+                    m.clone(),
+                    remote.clone(),
+                    local.clone(),
+                    t.as_str().to_owned(),
+                );
+                let (res, leader) = self
+                    .manifest_flights
+                    .run(key, move || async move {
+                        me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest).await
+                    })
+                    .await;
+                self.count_follower(leader);
+                let res =
+                    res.map_err(|_| Error::Internal("manifest fetch task was lost".into()))?;
+                match res {
+                    Ok(digest) => self.manifest(local, &Reference::Digest(digest), with_body),
+                    Err(e) if e.transient() && m.stale_if_error && cached.is_some() => {
+                        tracing::warn!(upstream = m.name(), repo = %local, tag = %t, error = ?e, "upstream failed; serving the cached tag");
+                        self.metrics.stale_served.fetch_add(1, Relaxed);
+                        self.manifest(local, reference, with_body)
+                    }
+                    Err(e) => Err(e.into_error(Error::ManifestUnknown)),
+                }
+            }
+        }
+    }
+
+    fn count_follower(&self, leader: bool) {
+        if !leader {
+            self.metrics.coalesced_followers.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A tag whose TTL ran out: one HEAD upstream; only a changed digest costs a GET.
+    async fn revalidate_tag(
+        &self,
+        m: &Mirror,
+        remote: &str,
+        local: &RepoName,
+        tag: &str,
+        cached: Option<Digest>,
+    ) -> Result<Digest, FlightError> {
+        if let Some(cd) = cached {
+            let head = m.up.head_manifest(remote, tag).await?;
+            if head.digest.as_ref() == Some(&cd) {
+                self.meta
+                    .touch_tag(local.as_str().to_owned(), tag.to_owned(), now())
+                    .await
+                    .map_err(Error::from)?;
+                return Ok(cd);
+            }
+        }
+        self.fetch_manifest(m, remote, local, tag, None, Some(tag))
+            .await
+    }
+
+    /// GET a manifest upstream, verify it, and store it by digest (and under `tag`) in
+    /// one transaction.
+    async fn fetch_manifest(
+        &self,
+        m: &Mirror,
+        remote: &str,
+        local: &RepoName,
+        reference: &str,
+        expect: Option<&Digest>,
+        tag: Option<&str>,
+    ) -> Result<Digest, FlightError> {
+        let f = m.up.get_manifest(remote, reference).await?;
+        if f.bytes.len() as u64 > self.opts.max_manifest_bytes {
+            return Err(FlightError::Invalid(format!(
+                "manifest of {} bytes is over the limit",
+                f.bytes.len()
+            )));
+        }
+        let digest = Digest::of(&f.bytes);
+        if let Some(e) = expect {
+            if *e != digest {
+                return Err(FlightError::Invalid(format!(
+                    "asked for {e}, got bytes hashing to {digest}"
+                )));
+            }
+        }
+        if let Some(h) = f.digest.as_deref() {
+            if h != digest.as_str() {
+                return Err(FlightError::Invalid(format!(
+                    "Docker-Content-Digest {h} but bytes hash to {digest}"
+                )));
+            }
+        }
+        let p = parse(f.media_type.as_deref(), &f.bytes)?;
+        let size = f.bytes.len() as u64;
+        let record = ManifestRecord {
+            media_type: p.media_type.clone(),
+            size,
+            subject: p.subject.clone(),
+            artifact_type: p.artifact_type.clone(),
+            annotations: p.annotations.clone(),
+            created: now(),
+            origin: Origin::Mirrored,
+        };
+        let referrer = p.subject.as_ref().map(|_| crate::meta::Descriptor {
+            media_type: p.media_type.clone(),
+            digest: digest.clone(),
+            size,
+            artifact_type: p.artifact_type.clone(),
+            annotations: p.annotations.clone(),
+        });
+        self.meta
+            .put_manifest(PutManifest {
+                repo: local.as_str().to_owned(),
+                digest: digest.clone(),
+                record,
+                body: f.bytes.to_vec(),
+                blobs: vec![],
+                manifests: vec![],
+                tag: tag.map(str::to_owned),
+                tag_checked: tag.map(|_| now()),
+                referrer,
+                check_refs: false,
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(digest)
+    }
+
+    /// GET/HEAD a blob wherever the name leads.
+    pub async fn read_blob(
+        self: &Arc<Self>,
+        loc: &Located,
+        digest: &Digest,
+        head: bool,
+    ) -> Result<BlobRead, Error> {
+        let stored = |repo: &RepoName| -> Result<BlobRead, Error> {
+            let size = self.blob_size(repo, digest)?;
+            let bytes = if head {
+                None
+            } else {
+                Some(self.blob(repo, digest)?)
+            };
+            Ok(BlobRead::Stored { size, bytes })
+        };
+        if let Some(h) = &loc.hosted_first {
+            match stored(h) {
+                Err(Error::BlobUnknown) => {}
+                r => return r,
+            }
+        }
+        let Some((m, remote)) = &loc.mirror else {
+            return stored(&loc.repo);
+        };
+        let local = &loc.repo;
+        match stored(local) {
+            Err(Error::BlobUnknown) => {}
+            r => {
+                self.metrics.cache_hits.fetch_add(1, Relaxed);
+                return r;
+            }
+        }
+        // Cached for another repository: link it here, no upstream needed.
+        if self.meta.blob(digest)?.is_some()
+            && self.blobs.exists(digest)
+            && self
+                .meta
+                .mount_blob(local.as_str().to_owned(), digest.clone(), None)
+                .await?
+        {
+            self.metrics.cache_hits.fetch_add(1, Relaxed);
+            return stored(local);
+        }
+        if m.offline {
+            return Err(Error::BlobUnknown);
+        }
+        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        let fill = self.join_fill(m, remote, local, digest)?;
+        let mut rx = fill.state.clone();
+        let st = rx
+            .wait_for(|s| s.total.is_some() || s.done.is_some())
+            .await
+            .map_err(|_| Error::Internal("fill task was lost".into()))?
+            .clone();
+        let size = match (st.total, st.done) {
+            (_, Some(Err(e))) => return Err(e.into_error(Error::BlobUnknown)),
+            (Some(t), _) => t,
+            // Committed before the size was published: it is stored now.
+            (None, Some(Ok(()))) => return stored(local),
+            (None, None) => return Err(Error::Internal("fill state without size".into())),
+        };
+        if head {
+            return Ok(BlobRead::Stored { size, bytes: None });
+        }
+        Ok(BlobRead::Filling {
+            size,
+            body: Box::pin(fill_reader(fill)),
+        })
+    }
+
+    /// Join the fill for `digest`, starting it if none is in flight.
+    fn join_fill(
+        self: &Arc<Self>,
+        m: &Arc<Mirror>,
+        remote: &str,
+        local: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<Fill>, Error> {
+        let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = fills.get(digest) {
+            self.metrics.coalesced_followers.fetch_add(1, Relaxed);
+            // Link the blob into this repository too once the fill commits.
+            let (me, f2, repo, d) = (self.clone(), f.clone(), local.clone(), digest.clone());
+            tokio::spawn(async move {
+                let mut rx = f2.state.clone();
+                let committed = rx
+                    .wait_for(|s| s.done.is_some())
+                    .await
+                    .is_ok_and(|st| matches!(st.done, Some(Ok(()))));
+                if committed {
+                    let _ = me.meta.mount_blob(repo.as_str().to_owned(), d, None).await;
+                }
+            });
+            return Ok(f.clone());
+        }
+        let id = format!("fill-{}", uuid::Uuid::new_v4().simple());
+        let staging = self.blobs.create_staging(&id)?;
+        let file = Arc::new(self.blobs.open_staging_reader(&id)?);
+        let (tx, rx) = watch::channel(FillState::default());
+        let fill = Arc::new(Fill { file, state: rx });
+        fills.insert(digest.clone(), fill.clone());
+        drop(fills);
+        let (me, m2, r2, l2, d2) = (
+            self.clone(),
+            m.clone(),
+            remote.to_owned(),
+            local.clone(),
+            digest.clone(),
+        );
+        tokio::spawn(async move { me.run_fill(m2, r2, l2, d2, staging, tx).await });
+        Ok(fill)
+    }
+
+    /// The detached fill: download (resuming with `Range` after a break), verify,
+    /// commit, publish. Runs to the end whether or not any client is still reading.
+    async fn run_fill(
+        self: Arc<Self>,
+        m: Arc<Mirror>,
+        remote: String,
+        local: RepoName,
+        digest: Digest,
+        staging: crate::blob::Staging,
+        tx: watch::Sender<FillState>,
+    ) {
+        let lease = format!("fill {digest}");
+        let _ = self
+            .meta
+            .take_lease(
+                lease.clone(),
+                LeaseRecord {
+                    owner: staging.id().to_owned(),
+                    expires: now() + 24 * 3600,
+                },
+            )
+            .await;
+        let result = self
+            .download(&m, &remote, &local, &digest, staging, &tx)
+            .await;
+        match &result {
+            Ok(()) => tx.send_modify(|s| {
+                s.visible = s.total.unwrap_or(s.visible);
+                s.done = Some(Ok(()));
+            }),
+            Err(e) => {
+                tracing::warn!(upstream = m.name(), %digest, error = ?e, "blob fill failed; nothing cached");
+                tx.send_modify(|s| s.done = Some(Err(e.clone())));
+            }
+        }
+        self.fills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&digest);
+        let _ = self.meta.release_lease(lease).await;
+    }
+
+    async fn download(
+        &self,
+        m: &Mirror,
+        remote: &str,
+        local: &RepoName,
+        digest: &Digest,
+        mut staging: crate::blob::Staging,
+        tx: &watch::Sender<FillState>,
+    ) -> Result<(), FlightError> {
+        let mut resumes = 0;
+        loop {
+            let offset = staging.len();
+            let stream = match m.up.get_blob(remote, digest, offset).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.blobs.remove_staging(staging.id());
+                    return Err(e.into());
+                }
+            };
+            let total = if stream.partial || offset == 0 {
+                stream
+                    .remaining
+                    .map(|r| r + if stream.partial { offset } else { 0 })
+            } else {
+                stream.remaining
+            };
+            if let Some(t) = total {
+                tx.send_modify(|s| {
+                    if s.total.is_none() {
+                        s.total = Some(t);
+                    }
+                });
+            }
+            // An upstream that ignored our Range resends from 0: skip what we have.
+            let skip = if stream.partial { 0 } else { offset };
+            let metrics = self.metrics.clone();
+            let body: super::Body = Box::pin(skip_prefix(stream.body, skip).map(move |r| {
+                if let Ok(b) = &r {
+                    metrics.upstream_bytes.fetch_add(b.len() as u64, Relaxed);
+                }
+                r.map_err(io::Error::other)
+            }));
+            let total_now = tx.borrow().total;
+            let tx2 = tx.clone();
+            let progress = move |written: u64| {
+                tx2.send_modify(|s| {
+                    // Hold back the last byte until the digest verifies.
+                    let cap = total_now.map_or(written.saturating_sub(1), |t| t.saturating_sub(1));
+                    s.visible = written.min(cap);
+                });
+            };
+            let (st, outcome) =
+                super::uploads::pump_with(staging, body, Some(Box::new(progress))).await?;
+            staging = st;
+            let complete = total_now.is_none_or(|t| staging.len() >= t);
+            match outcome {
+                Ok(()) if complete => break,
+                Ok(()) | Err(Error::BodyRead(_)) => {
+                    resumes += 1;
+                    if resumes > MAX_RESUMES {
+                        self.blobs.remove_staging(staging.id());
+                        return Err(FlightError::Unavailable(format!(
+                            "upstream body broke {resumes} times; giving up at byte {}",
+                            staging.len()
+                        )));
+                    }
+                    tracing::warn!(upstream = m.name(), %digest, at = staging.len(), "upstream body broke; resuming");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
+                }
+                Err(e) => {
+                    self.blobs.remove_staging(staging.id());
+                    return Err(e.into());
+                }
+            }
+        }
+        self.commit(local, digest, staging, None, Origin::Mirrored)
+            .await
+            .map_err(FlightError::from)
+    }
+}
+
+/// Drop the first `skip` bytes of a stream.
+fn skip_prefix<S>(s: S, skip: u64) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send
+where
+    S: Stream<Item = Result<Bytes, UpstreamError>> + Send,
+{
+    let mut left = skip;
+    s.filter_map(move |r| {
+        let out = match r {
+            Ok(mut b) if left > 0 => {
+                let n = left.min(b.len() as u64);
+                left -= n;
+                let _ = b.split_to(usize::try_from(n).unwrap_or(0));
+                if b.is_empty() {
+                    None
+                } else {
+                    Some(Ok(b))
+                }
+            }
+            other => Some(other),
+        };
+        std::future::ready(out)
+    })
+}
+
+/// A reader of a fill: streams the staging file from offset 0 as it grows, ends when
+/// the fill commits, fails (aborting the client's connection) when it fails.
+fn fill_reader(fill: Arc<Fill>) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let rx = fill.state.clone();
+    futures_util::stream::unfold(
+        (fill, rx, 0u64, false),
+        |(fill, mut rx, pos, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let st = rx.borrow_and_update().clone();
+                if let Some(Err(e)) = &st.done {
+                    let err = io::Error::other(format!("upstream fill failed: {e:?}"));
+                    return Some((Err(err), (fill, rx, pos, true)));
+                }
+                let committed = matches!(st.done, Some(Ok(())));
+                let limit = if committed {
+                    st.total.unwrap_or(st.visible)
+                } else {
+                    st.visible
+                };
+                if pos < limit {
+                    let n = (limit - pos).min(READ_CHUNK);
+                    let file = fill.file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    return match read {
+                        Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
+                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                    };
+                }
+                if committed {
+                    return None;
+                }
+                if rx.changed().await.is_err() {
+                    // The fill task is gone; its last state decides.
+                    let st = rx.borrow().clone();
+                    if !matches!(st.done, Some(Ok(()))) {
+                        return Some((
+                            Err(io::Error::other("fill task ended")),
+                            (fill, rx, pos, true),
+                        ));
+                    }
+                }
+            }
+        },
+    )
+}

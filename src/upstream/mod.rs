@@ -1,0 +1,347 @@
+//! `upstream/`: a client for one upstream registry — manifests, blob streams, the
+//! `WWW-Authenticate` dance (anonymous or basic-credential bearer tokens, cached until
+//! they expire; plain basic auth), and retries with exponential backoff and jitter
+//! inside a deadline.
+//!
+//! May import: reqwest, digest, names. Only this module names reqwest.
+
+mod auth;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::{header, Method, StatusCode};
+
+use crate::digest::Digest;
+use auth::Auth;
+
+/// Every manifest type we store, for `Accept`.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream refused our credentials: {0}")]
+    Unauthorized(String),
+    #[error("upstream answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("upstream unreachable: {0}")]
+    Transport(String),
+    #[error("upstream sent something unusable: {0}")]
+    Invalid(String),
+}
+
+impl UpstreamError {
+    /// Worth another try (the upstream may recover)?
+    fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Transport(_) => true,
+            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Settings of one upstream, as the config resolves them.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Total time one logical request may spend on retries.
+    pub deadline: Duration,
+}
+
+/// A manifest as fetched.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: Option<String>,
+    /// The upstream's `Docker-Content-Digest`, when it sent one.
+    pub digest: Option<String>,
+}
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+}
+
+/// An open blob body.
+pub struct BlobStream {
+    /// Bytes still to come (the full size for a fresh GET, the rest for a range).
+    pub remaining: Option<u64>,
+    /// Whether the upstream honoured the `Range` we asked for.
+    pub partial: bool,
+    pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+}
+
+/// Called with (kind, status) for every request sent.
+pub type RequestHook = Arc<dyn Fn(&str, u16) + Send + Sync>;
+
+/// One upstream registry.
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    http: reqwest::Client,
+    auth: Auth,
+    /// Counts every HTTP request sent, by kind and status (for metrics).
+    pub on_request: Option<RequestHook>,
+}
+
+impl Upstream {
+    pub fn new(cfg: UpstreamConfig) -> Result<Self, UpstreamError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("wharfie/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| UpstreamError::Invalid(format!("ca_file {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| UpstreamError::Invalid(format!("ca_file {}: {e}", ca.display())))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b
+            .build()
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let auth = Auth::new(cfg.username.clone(), cfg.password.clone());
+        Ok(Upstream {
+            cfg,
+            http,
+            auth,
+            on_request: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.url.trim_end_matches('/'), path)
+    }
+
+    /// Send one request with auth, retrying what is worth retrying until the deadline.
+    async fn send(
+        &self,
+        kind: &str,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let deadline = Instant::now() + self.cfg.deadline;
+        let mut attempt: u32 = 0;
+        loop {
+            let r = self
+                .send_once(kind, method.clone(), path, repo, headers)
+                .await;
+            let err = match r {
+                Ok(resp) => return Ok(resp),
+                Err((e, retry_after)) => {
+                    if !e.retryable() {
+                        return Err(e);
+                    }
+                    (e, retry_after)
+                }
+            };
+            attempt += 1;
+            let backoff = err.1.unwrap_or_else(|| backoff(attempt));
+            if Instant::now() + backoff >= deadline {
+                return Err(err.0);
+            }
+            tracing::warn!(upstream = %self.cfg.name, %path, attempt, error = %err.0, ?backoff, "retrying upstream");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        kind: &str,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<reqwest::Response, (UpstreamError, Option<Duration>)> {
+        let mut reauthed = false;
+        loop {
+            let mut req = self.http.request(method.clone(), self.url(path));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(h) = self.auth.header_for(repo) {
+                req = req.header(header::AUTHORIZATION, h);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| (UpstreamError::Transport(error_chain(&e)), None))?;
+            let status = resp.status();
+            if let Some(cb) = &self.on_request {
+                cb(kind, status.as_u16());
+            }
+            if status == StatusCode::UNAUTHORIZED && !reauthed {
+                let challenge = resp
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if let Some(c) = challenge {
+                    reauthed = true;
+                    self.auth
+                        .answer(&self.http, &c, repo)
+                        .await
+                        .map_err(|e| (e, None))?;
+                    continue;
+                }
+            }
+            return match status {
+                s if s.is_success() => Ok(resp),
+                StatusCode::NOT_FOUND => Err((UpstreamError::NotFound, None)),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    Err((UpstreamError::Unauthorized(status.to_string()), None))
+                }
+                s => {
+                    let retry_after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(30)));
+                    let message = resp.text().await.unwrap_or_default();
+                    let message: String = message.chars().take(200).collect();
+                    Err((
+                        UpstreamError::Status {
+                            status: s.as_u16(),
+                            message,
+                        },
+                        retry_after,
+                    ))
+                }
+            };
+        }
+    }
+
+    /// GET a manifest by tag or digest.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self
+            .send(
+                "manifest",
+                Method::GET,
+                &path,
+                repo,
+                &[(header::ACCEPT, MANIFEST_ACCEPT.into())],
+            )
+            .await?;
+        let media_type = content_type(&resp);
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// HEAD a manifest (free against Docker Hub's pull limit).
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self
+            .send(
+                "manifest_head",
+                Method::HEAD,
+                &path,
+                repo,
+                &[(header::ACCEPT, MANIFEST_ACCEPT.into())],
+            )
+            .await?;
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(ManifestHead {
+            digest,
+            media_type: content_type(&resp),
+        })
+    }
+
+    /// GET a blob from byte `offset` on.
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobStream, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let headers: Vec<(header::HeaderName, String)> = if offset > 0 {
+            vec![(header::RANGE, format!("bytes={offset}-"))]
+        } else {
+            vec![]
+        };
+        let resp = self
+            .send("blob", Method::GET, &path, repo, &headers)
+            .await?;
+        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let remaining = resp.content_length();
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map_err(|e| UpstreamError::Transport(error_chain(&e))));
+        Ok(BlobStream {
+            remaining,
+            partial,
+            body: Box::pin(body),
+        })
+    }
+}
+
+fn content_type(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+}
+
+/// Exponential backoff with full jitter: up to 100 ms × 2^attempt, capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    Duration::from_millis(rand::random_range(cap / 2..=cap))
+}
+
+/// An error with its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
