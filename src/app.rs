@@ -92,10 +92,48 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let reg = open(&settings).await?;
-    let sweeper = tokio::spawn(expire_uploads(reg.clone(), settings.upload_ttl));
+    let tasks = spawn_background(&reg, &settings);
     crate::http::server::serve(listeners, reg, settings.max_connections, shutdown).await;
-    sweeper.abort();
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
+}
+
+/// The server's periodic work: upload expiry, GC, the cache cap.
+fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(expire_uploads(reg.clone(), s.upload_ttl))];
+    if !s.gc.interval.is_zero() {
+        let (reg, gc) = (reg.clone(), s.gc.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gc.interval);
+            tick.tick().await; // not at startup: let recovery and clients go first
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.gc(gc.grace, false).await {
+                    tracing::warn!(error = %e, "scheduled gc failed");
+                }
+            }
+        }));
+    }
+    let (reg, cache) = (reg.clone(), s.cache.clone());
+    tasks.push(tokio::spawn(async move {
+        let cap = cache.max_bytes.as_u64();
+        let low = cap / 100 * u64::from(cache.low_water_percent);
+        let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            if let Err(e) = reg.flush_access().await {
+                tracing::warn!(error = %e, "cannot persist access times");
+            }
+            if cap > 0 {
+                if let Err(e) = reg.evict(cap, low).await {
+                    tracing::warn!(error = %e, "eviction failed");
+                }
+            }
+        }
+    }));
+    tasks
 }
 
 async fn expire_uploads(reg: Arc<Registry>, ttl: Duration) {

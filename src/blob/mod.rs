@@ -219,6 +219,57 @@ impl BlobStore {
         Ok(bytes)
     }
 
+    /// Unlink a blob's file (GC and eviction; the meta row is marked `deleting` first).
+    /// Never truncates: readers holding a map keep valid bytes.
+    pub fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
+        self.forget(digest);
+        match std::fs::remove_file(self.layout.blob_path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Move a corrupt blob file aside into `quarantine/` (verify).
+    pub fn quarantine(&self, digest: &Digest) -> io::Result<PathBuf> {
+        self.forget(digest);
+        let dir = self.layout.quarantine_dir();
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(digest.hex());
+        std::fs::rename(self.layout.blob_path(digest), &dest)?;
+        Ok(dest)
+    }
+
+    /// Hash a blob file: blake3 (fast) or sha256 (`full`), as lowercase hex.
+    pub fn hash_file(&self, digest: &Digest, full: bool) -> io::Result<(u64, String)> {
+        let mut f = File::open(self.layout.blob_path(digest))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        if full {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            loop {
+                let n = io::Read::read(&mut f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Ok((len, hex::encode(h.finalize())))
+        } else {
+            let mut h = blake3::Hasher::new();
+            loop {
+                let n = io::Read::read(&mut f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Ok((len, h.finalize().to_hex().to_string()))
+        }
+    }
+
     /// Drop a blob from the open-blob cache (before its file is unlinked).
     pub fn forget(&self, digest: &Digest) {
         self.open.remove(digest);

@@ -36,6 +36,25 @@ struct ConfigArgs {
 enum Command {
     /// Run the registry.
     Serve(ConfigArgs),
+    /// Collect garbage: unreferenced manifests and blobs (the server also runs this on
+    /// its schedule). Needs the data directory, so run it while the server is stopped.
+    Gc {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override the grace period (e.g. "0s" to collect everything unreferenced).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Re-hash every blob (blake3; sha256 with --full); quarantine corrupt ones.
+    Verify {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long)]
+        full: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -114,6 +133,54 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Gc {
+            cfg,
+            dry_run,
+            grace,
+        } => offline(&cfg, |reg, s| async move {
+            let grace = grace.unwrap_or(s.gc.grace);
+            let r = reg.gc(grace, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} manifests, {} blobs, {} bytes",
+                r.manifests, r.blobs, r.bytes
+            );
+            Ok(())
+        }),
+        Command::Verify { cfg, full } => offline(&cfg, |reg, _| async move {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let b2 = bar.clone();
+            let r = reg
+                .verify(full, move |done, total| {
+                    b2.set_length(total);
+                    b2.set_position(done);
+                })
+                .await?;
+            bar.finish_and_clear();
+            println!(
+                "checked {} blobs ({} bytes), {} corrupt",
+                r.checked,
+                r.bytes,
+                r.corrupt.len()
+            );
+            for d in &r.corrupt {
+                println!("corrupt (quarantined): {d}");
+            }
+            if r.corrupt.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::service::Error::Internal(format!(
+                    "{} corrupt blobs",
+                    r.corrupt.len()
+                )))
+            }
+        }),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
@@ -121,4 +188,53 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Run `f` against the data directory with no server: open the stores (failing with a
+/// clear message when a running server holds them), run, report.
+fn offline<F, Fut>(args: &ConfigArgs, f: F) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<crate::service::Registry>, config::Settings) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::service::Error>>,
+{
+    let settings = match args.load() {
+        Ok((_, s)) => s,
+        Err(e) => {
+            eprintln!("wharfie: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wharfie: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let reg = match crate::app::open(&settings).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("wharfie: {e}");
+                if e.to_string().contains("already open") {
+                    eprintln!(
+                        "wharfie: a running server holds {}; stop it first",
+                        settings.data_dir.display()
+                    );
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        match f(reg, settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wharfie: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

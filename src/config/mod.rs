@@ -42,6 +42,57 @@ pub struct RawConfig {
     /// Registries mirrored (pull-through), as `[[upstreams]]` tables.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: GcConfig,
+    /// The byte cap on mirrored content.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[gc]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run GC this often in the server ("0s" disables the schedule).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Blobs younger than this are never collected (layers pushed ahead of their
+    /// manifest).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::from_secs(3600),
+            grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most bytes of mirrored blobs kept ("0" = no cap). Pushed content never counts.
+    pub max_bytes: ByteSize,
+    /// Eviction stops at this percentage of `max_bytes`.
+    pub low_water_percent: u8,
+    /// How often the cap is checked (and access times persisted).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: ByteSize::b(0),
+            low_water_percent: 90,
+            check_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One `[[upstreams]]` table.
@@ -98,6 +149,8 @@ impl Default for RawConfig {
             max_connections: 4096,
             log_format: LogFormat::Text,
             upstreams: Vec::new(),
+            gc: GcConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -121,6 +174,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub upstreams: Vec<RawUpstream>,
+    pub gc: GcConfig,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +243,12 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         }
         defaults += usize::from(u.default);
     }
+    if !(1..=100).contains(&raw.cache.low_water_percent) {
+        return Err(ConfigError::Upstream {
+            name: "cache".into(),
+            reason: "low_water_percent must be 1 to 100".into(),
+        });
+    }
     if defaults > 1 {
         return Err(ConfigError::Upstream {
             name: "*".into(),
@@ -202,6 +263,8 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         max_connections: raw.max_connections,
         log_format: raw.log_format,
         upstreams: raw.upstreams.clone(),
+        gc: raw.gc.clone(),
+        cache: raw.cache.clone(),
     })
 }
 

@@ -7,6 +7,7 @@
 //! Reads are short MVCC snapshots taken on the caller's thread; writes are closures run
 //! by the one writer thread (`writer.rs`) with group commit.
 
+mod gc;
 pub mod model;
 mod schema;
 mod writer;
@@ -20,6 +21,7 @@ use redb::{
 };
 
 use crate::digest::Digest;
+pub use gc::{BlobCandidate, MarkMode};
 use model::{decode, encode};
 pub use model::{
     BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord,
@@ -111,6 +113,10 @@ impl Meta {
             txn.open_table(REFERRERS)?;
             txn.open_table(UPLOADS)?;
             txn.open_table(LEASES)?;
+            txn.open_table(REFS)?;
+            txn.open_table(MANIFEST_LINKS)?;
+            txn.open_table(BLOB_LINKS)?;
+            txn.open_table(ACCESS)?;
         }
         txn.commit()?;
         let writer = writer::spawn(db.clone()).map_err(MetaError::storage)?;
@@ -139,9 +145,11 @@ impl Meta {
     /// The blob row, whatever repositories link it.
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         let t = self.read(BLOBS)?;
-        t.get(digest.as_str())?
+        let rec: Option<BlobRecord> = t
+            .get(digest.as_str())?
             .map(|v| decode(v.value()))
-            .transpose()
+            .transpose()?;
+        Ok(rec.filter(|r| !r.deleting))
     }
 
     /// The blob row if `repo` links the blob.
@@ -155,9 +163,11 @@ impl Meta {
             return Ok(None);
         }
         let t = rtx.open_table(BLOBS)?;
-        t.get(digest.as_str())?
+        let rec: Option<BlobRecord> = t
+            .get(digest.as_str())?
             .map(|v| decode(v.value()))
-            .transpose()
+            .transpose()?;
+        Ok(rec.filter(|r| !r.deleting))
     }
 
     /// Resolve a tag to a digest.
@@ -301,12 +311,14 @@ impl Meta {
 
     /// Record a committed blob file and link it into `repo`; closes `upload` if given.
     /// An existing row is kept (same content), upgraded to `Pushed` if this is a push.
+    /// `lease` (from `lease_blob`) is released in the same transaction.
     pub async fn commit_blob(
         &self,
         repo: String,
         digest: Digest,
         record: BlobRecord,
         upload: Option<String>,
+        lease: Option<String>,
     ) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut blobs = txn.open_table(BLOBS)?;
@@ -315,17 +327,46 @@ impl Meta {
                 .map(|v| decode(v.value()))
                 .transpose()?;
             match existing {
-                Some(old) if old.origin == Origin::Pushed || record.origin == Origin::Mirrored => {}
+                Some(old)
+                    if !old.deleting
+                        && (old.origin == Origin::Pushed || record.origin == Origin::Mirrored) => {}
                 _ => {
                     blobs.insert(digest.as_str(), encode(&record).as_slice())?;
                 }
             }
-            txn.open_table(REPO_BLOBS)?
-                .insert((repo.as_str(), digest.as_str()), ())?;
+            link_blob(txn, &repo, &digest)?;
             if let Some(id) = upload {
                 txn.open_table(UPLOADS)?.remove(id.as_str())?;
             }
+            if let Some(l) = lease {
+                txn.open_table(LEASES)?.remove(l.as_str())?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    /// Lease `digest` for an upload about to rename its file into place, so GC cannot
+    /// unlink that file between the rename and the commit. `Ok(false)` while GC is
+    /// deleting the digest (retry shortly). The key is unique per upload.
+    pub async fn lease_blob(&self, key: String, digest: Digest) -> Result<bool, MetaError> {
+        self.write(move |txn| {
+            let deleting = txn
+                .open_table(BLOBS)?
+                .get(digest.as_str())?
+                .map(|v| decode::<BlobRecord>(v.value()))
+                .transpose()?
+                .is_some_and(|r| r.deleting);
+            if deleting {
+                return Ok(false);
+            }
+            let rec = LeaseRecord {
+                owner: digest.to_string(),
+                expires: model::now() + 3600,
+            };
+            txn.open_table(LEASES)?
+                .insert(key.as_str(), encode(&rec).as_slice())?;
+            Ok(true)
         })
         .await
     }
@@ -339,16 +380,22 @@ impl Meta {
         from: Option<String>,
     ) -> Result<bool, MetaError> {
         self.write(move |txn| {
-            let present = match &from {
-                Some(f) => txn
-                    .open_table(REPO_BLOBS)?
-                    .get((f.as_str(), digest.as_str()))?
-                    .is_some(),
-                None => txn.open_table(BLOBS)?.get(digest.as_str())?.is_some(),
-            };
+            let live = txn
+                .open_table(BLOBS)?
+                .get(digest.as_str())?
+                .map(|v| decode::<BlobRecord>(v.value()))
+                .transpose()?
+                .is_some_and(|r| !r.deleting);
+            let present = live
+                && match &from {
+                    Some(f) => txn
+                        .open_table(REPO_BLOBS)?
+                        .get((f.as_str(), digest.as_str()))?
+                        .is_some(),
+                    None => true,
+                };
             if present {
-                txn.open_table(REPO_BLOBS)?
-                    .insert((repo.as_str(), digest.as_str()), ())?;
+                link_blob(txn, &repo, &digest)?;
             }
             Ok(present)
         })
@@ -380,21 +427,24 @@ impl Meta {
                 manifests.insert(d, encode(&m.record).as_slice())?;
                 txn.open_table(MANIFEST_BODIES)?
                     .insert(d, m.body.as_slice())?;
+                let mut refs = txn.open_table(REFS)?;
+                for r in &m.record.refs {
+                    add(&mut refs, r.as_str(), 1)?;
+                }
             }
             let newly_linked = txn
                 .open_table(REPO_MANIFESTS)?
                 .insert((repo, d), ())?
                 .is_none();
             if newly_linked {
-                let mut repos = txn.open_table(REPOS)?;
-                let n = repos.get(repo)?.map_or(0, |v| v.value());
-                repos.insert(repo, n + 1)?;
+                add(&mut txn.open_table(REPOS)?, repo, 1)?;
+                add(&mut txn.open_table(MANIFEST_LINKS)?, d, 1)?;
             }
             if let Some(tag) = &m.tag {
                 let rec = TagRecord {
                     digest: m.digest.clone(),
                     updated: model::now(),
-                    checked: None,
+                    checked: m.tag_checked,
                 };
                 txn.open_table(TAGS)?
                     .insert((repo, tag.as_str()), encode(&rec).as_slice())?;
@@ -419,13 +469,8 @@ impl Meta {
                 return Err(MetaError::NotFound);
             }
             links.remove((r, d))?;
-            let mut repos = txn.open_table(REPOS)?;
-            let n = repos.get(r)?.map_or(0, |v| v.value());
-            if n <= 1 {
-                repos.remove(r)?;
-            } else {
-                repos.insert(r, n - 1)?;
-            }
+            add(&mut txn.open_table(REPOS)?, r, -1)?;
+            add(&mut txn.open_table(MANIFEST_LINKS)?, d, -1)?;
             let mut tags = txn.open_table(TAGS)?;
             let mut doomed = Vec::new();
             for item in tags.range((r, "")..)? {
@@ -520,6 +565,8 @@ impl Meta {
                 .remove((repo.as_str(), digest.as_str()))?
                 .is_some();
             if removed {
+                txn.open_table(BLOB_LINKS)?
+                    .remove((digest.as_str(), repo.as_str()))?;
                 Ok(())
             } else {
                 Err(MetaError::NotFound)
@@ -553,4 +600,25 @@ impl Meta {
         })
         .await
     }
+}
+
+/// Link a blob into a repository, both directions.
+fn link_blob(txn: &WriteTransaction, repo: &str, digest: &Digest) -> Result<(), MetaError> {
+    txn.open_table(REPO_BLOBS)?
+        .insert((repo, digest.as_str()), ())?;
+    txn.open_table(BLOB_LINKS)?
+        .insert((digest.as_str(), repo), ())?;
+    Ok(())
+}
+
+/// Add `delta` to a counter row; a count that reaches zero is removed.
+fn add(t: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<(), MetaError> {
+    let n = t.get(key)?.map_or(0, |v| v.value());
+    let n = n.saturating_add_signed(delta);
+    if n == 0 {
+        t.remove(key)?;
+    } else {
+        t.insert(key, n)?;
+    }
+    Ok(())
 }

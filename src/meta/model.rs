@@ -25,6 +25,15 @@ pub struct BlobRecord {
     pub created: u64,
     #[serde(default)]
     pub origin: Origin,
+    /// Set by GC between unlinking the blob everywhere and removing the row: the file
+    /// may already be gone, so readers treat the blob as unknown.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleting: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +49,10 @@ pub struct ManifestRecord {
     pub created: u64,
     #[serde(default)]
     pub origin: Origin,
+    /// Everything this manifest references (config, layers, child manifests): what
+    /// its row adds to `REFS`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

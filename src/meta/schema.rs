@@ -25,3 +25,13 @@ pub const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinitio
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// key → `LeaseRecord` (in-flight fills, GC marks)
 pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// digest → how many manifest rows reference it (as a blob or a child manifest).
+/// Maintained in the transaction that adds or removes the referencing row, so GC's
+/// check of it is exact.
+pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
+/// manifest digest → how many repositories link it.
+pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
+/// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
+pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
+/// blob digest → last access (unix seconds), persisted in batches for eviction.
+pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");

@@ -171,6 +171,39 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
     }
 }
 
+impl Parsed {
+    /// The row stored for this manifest, and its referrers entry when it has a subject.
+    pub fn record(
+        &self,
+        digest: &Digest,
+        size: u64,
+        origin: Origin,
+    ) -> (ManifestRecord, Option<Descriptor>) {
+        let mut refs = self.blobs.clone();
+        refs.extend(self.manifests.iter().cloned());
+        refs.sort();
+        refs.dedup();
+        let record = ManifestRecord {
+            media_type: self.media_type.clone(),
+            size,
+            subject: self.subject.clone(),
+            artifact_type: self.artifact_type.clone(),
+            annotations: self.annotations.clone(),
+            created: now(),
+            origin,
+            refs,
+        };
+        let referrer = self.subject.as_ref().map(|_| Descriptor {
+            media_type: self.media_type.clone(),
+            digest: digest.clone(),
+            size,
+            artifact_type: self.artifact_type.clone(),
+            annotations: self.annotations.clone(),
+        });
+        (record, referrer)
+    }
+}
+
 /// A manifest as served.
 #[derive(Debug, Clone)]
 pub struct ManifestOut {
@@ -257,22 +290,7 @@ impl Registry {
         }
         let p = parse(content_type, &bytes)?;
         let size = bytes.len() as u64;
-        let record = ManifestRecord {
-            media_type: p.media_type.clone(),
-            size,
-            subject: p.subject.clone(),
-            artifact_type: p.artifact_type.clone(),
-            annotations: p.annotations.clone(),
-            created: now(),
-            origin: Origin::Pushed,
-        };
-        let referrer = p.subject.as_ref().map(|_| Descriptor {
-            media_type: p.media_type.clone(),
-            digest: digest.clone(),
-            size,
-            artifact_type: p.artifact_type.clone(),
-            annotations: p.annotations.clone(),
-        });
+        let (record, referrer) = p.record(&digest, size, Origin::Pushed);
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str().to_owned()),
             Reference::Digest(_) => None,

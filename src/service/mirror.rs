@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::manifests::{parse, ManifestOut};
 use super::{Error, Registry};
 use crate::digest::Digest;
-use crate::meta::{model::now, LeaseRecord, ManifestRecord, Origin, PutManifest};
+use crate::meta::{model::now, LeaseRecord, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -356,22 +356,7 @@ impl Registry {
         }
         let p = parse(f.media_type.as_deref(), &f.bytes)?;
         let size = f.bytes.len() as u64;
-        let record = ManifestRecord {
-            media_type: p.media_type.clone(),
-            size,
-            subject: p.subject.clone(),
-            artifact_type: p.artifact_type.clone(),
-            annotations: p.annotations.clone(),
-            created: now(),
-            origin: Origin::Mirrored,
-        };
-        let referrer = p.subject.as_ref().map(|_| crate::meta::Descriptor {
-            media_type: p.media_type.clone(),
-            digest: digest.clone(),
-            size,
-            artifact_type: p.artifact_type.clone(),
-            annotations: p.annotations.clone(),
-        });
+        let (record, referrer) = p.record(&digest, size, Origin::Mirrored);
         self.meta
             .put_manifest(PutManifest {
                 repo: local.as_str().to_owned(),
@@ -416,6 +401,7 @@ impl Registry {
             return stored(&loc.repo);
         };
         let local = &loc.repo;
+        self.touch(digest);
         match stored(local) {
             Err(Error::BlobUnknown) => {}
             r => {

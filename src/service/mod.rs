@@ -9,6 +9,7 @@
 
 mod blobs;
 mod error;
+pub mod gc;
 mod manifests;
 pub mod metrics;
 mod mirror;
@@ -58,6 +59,8 @@ pub struct Registry {
     /// Manifest fetches in flight, by upstream/repository/reference.
     manifest_flights: Arc<ManifestFlights>,
     pub metrics: Arc<Metrics>,
+    /// Last access (unix seconds, dirty flag) of mirrored blobs, for eviction.
+    access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
 
 type ManifestFlights =
@@ -80,6 +83,7 @@ impl Registry {
             fills: Mutex::new(HashMap::new()),
             manifest_flights: Arc::new(crate::flight::Flights::default()),
             metrics,
+            access: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,6 +97,14 @@ impl Registry {
             tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id)))
                 .await??;
         let leases = self.meta.clear_leases().await?;
+        let finished = self.finish_deletions().await?;
+        if finished > 0 {
+            tracing::info!(
+                blobs = finished,
+                "finished deletions an earlier run left half done"
+            );
+        }
+        self.load_access()?;
         if removed > 0 || leases > 0 {
             tracing::info!(
                 staging = removed,

@@ -139,17 +139,30 @@ impl Registry {
         upload: Option<String>,
         origin: Origin,
     ) -> Result<(), Error> {
+        // Lease the digest before the rename, so GC cannot unlink the file between the
+        // rename and the commit that makes it referenced.
+        let lease = format!("blob {digest} {}", staging.id());
+        let leased = self.lease_blob(&lease, digest).await;
         let blobs = self.blobs.clone();
         let d = digest.clone();
-        let committed = tokio::task::spawn_blocking(move || blobs.commit(staging, &d)).await?;
+        let committed = match leased {
+            Ok(()) => tokio::task::spawn_blocking(move || blobs.commit(staging, &d))
+                .await?
+                .map_err(Error::from),
+            Err(e) => {
+                self.blobs.remove_staging(staging.id());
+                Err(e)
+            }
+        };
         let committed = match committed {
             Ok(c) => c,
             Err(e) => {
+                let _ = self.meta.release_lease(lease).await;
                 if let Some(id) = upload {
                     // A failed commit ends the session: the client starts over.
                     let _ = self.meta.delete_upload(id).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let rec = BlobRecord {
@@ -157,11 +170,31 @@ impl Registry {
             blake3: committed.blake3,
             created: now(),
             origin,
+            deleting: false,
         };
         self.meta
-            .commit_blob(repo.as_str().to_owned(), digest.clone(), rec, upload)
+            .commit_blob(
+                repo.as_str().to_owned(),
+                digest.clone(),
+                rec,
+                upload,
+                Some(lease),
+            )
             .await?;
         Ok(())
+    }
+
+    /// Take the per-upload lease on `digest`, waiting while GC finishes deleting it.
+    async fn lease_blob(&self, key: &str, digest: &Digest) -> Result<(), Error> {
+        for _ in 0..600 {
+            if self.meta.lease_blob(key.to_owned(), digest.clone()).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(Error::Unavailable(format!(
+            "{digest} stayed marked for deletion for 30 s"
+        )))
     }
 
     /// POST `?mount=&from=`: link an existing blob. `Ok(false)` means the caller should

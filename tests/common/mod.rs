@@ -50,7 +50,10 @@ impl Wharfie {
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -77,7 +80,13 @@ impl Wharfie {
             .trim()
             .to_string();
         let addr = base.trim_start_matches("http://").to_string();
-        Wharfie { base, addr, dir: dir.to_path_buf(), child: Some(child), _tmp: None }
+        Wharfie {
+            base,
+            addr,
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+        }
     }
 
     /// `base` + `path`.
@@ -126,7 +135,9 @@ impl Wharfie {
 
     /// Number of entries directly under `uploads/` (staging areas).
     pub fn staging_entries(&self) -> usize {
-        std::fs::read_dir(self.dir.join("uploads")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.dir.join("uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -138,7 +149,9 @@ impl Drop for Wharfie {
 
 pub fn count_files(dir: &Path) -> usize {
     let mut n = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -165,7 +178,10 @@ pub fn hex_lower(b: &[u8]) -> String {
 pub fn oci_code(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body)
         .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
-    v["errors"][0]["code"].as_str().unwrap_or_else(|| panic!("no errors[0].code in {body}")).to_string()
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no errors[0].code in {body}"))
+        .to_string()
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no rand crate.

@@ -1,0 +1,355 @@
+//! The metadata half of garbage collection and eviction. Candidates are found in read
+//! snapshots; every deletion re-checks its candidate inside the write transaction that
+//! performs it, so a concurrent push or fill can never lose content:
+//!
+//! - a manifest row goes only when no repository links it and no manifest references
+//!   it (`MANIFEST_LINKS`, `REFS` — both maintained by the transactions that change
+//!   them);
+//! - a blob is first marked `deleting` and unlinked everywhere, only when nothing
+//!   references it, no upload holds a lease on it, and it is older than the grace
+//!   period; the caller then unlinks the file and removes the row. An upload that
+//!   finds the mark waits (`lease_blob` answers false) until the row is gone.
+
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::model::{decode, encode};
+use super::schema::*;
+use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin};
+use crate::digest::Digest;
+
+/// Which blobs `gc_mark_blobs` may mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkMode {
+    /// Unreferenced, unleased, created before `cutoff`.
+    Garbage { cutoff: u64 },
+    /// Mirrored and unleased, referenced or not (a later pull fetches it again).
+    Evict,
+    /// Whatever its state: `verify` found the file corrupt.
+    Corrupt,
+}
+
+/// A blob GC or eviction may remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobCandidate {
+    pub digest: Digest,
+    pub size: u64,
+    pub origin: Origin,
+    pub created: u64,
+}
+
+fn leased(
+    txn_leases: &impl ReadableTable<&'static str, &'static [u8]>,
+    digest: &str,
+) -> Result<bool, MetaError> {
+    let prefix = format!("blob {digest} ");
+    let mut it = txn_leases.range(prefix.as_str()..)?;
+    Ok(match it.next() {
+        Some(item) => item?.0.value().starts_with(&prefix),
+        None => false,
+    })
+}
+
+fn count(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, MetaError> {
+    Ok(t.get(key)?.map_or(0, |v| v.value()))
+}
+
+impl Meta {
+    /// Manifest rows that no repository links and no manifest references.
+    pub fn gc_manifest_candidates(&self, limit: usize) -> Result<Vec<Digest>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let (links, refs) = (rtx.open_table(MANIFEST_LINKS)?, rtx.open_table(REFS)?);
+        let mut out = Vec::new();
+        for item in rtx.open_table(MANIFESTS)?.iter()? {
+            let (k, _) = item?;
+            let d = k.value();
+            if count(&links, d)? == 0 && count(&refs, d)? == 0 {
+                if let Ok(dg) = d.parse() {
+                    out.push(dg);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete those manifest rows that are still unlinked and unreferenced; their
+    /// references are released. Returns the ones deleted.
+    pub async fn gc_delete_manifests(
+        &self,
+        digests: Vec<Digest>,
+    ) -> Result<Vec<Digest>, MetaError> {
+        self.write(move |txn| {
+            let mut done = Vec::new();
+            for d in digests {
+                if !manifest_collectable(txn, d.as_str())? {
+                    continue;
+                }
+                let rec = txn
+                    .open_table(MANIFESTS)?
+                    .remove(d.as_str())?
+                    .map(|v| v.value().to_vec());
+                txn.open_table(MANIFEST_BODIES)?.remove(d.as_str())?;
+                if let Some(rec) = rec {
+                    let rec: ManifestRecord = decode(&rec)?;
+                    let mut refs = txn.open_table(REFS)?;
+                    for r in &rec.refs {
+                        add(&mut refs, r.as_str(), -1)?;
+                    }
+                }
+                done.push(d);
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    /// Every blob row (not being deleted), with what GC and eviction weigh.
+    pub fn blob_rows(&self) -> Result<Vec<BlobCandidate>, MetaError> {
+        let t = self.read(BLOBS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let rec: BlobRecord = decode(v.value())?;
+            if rec.deleting {
+                continue;
+            }
+            if let Ok(digest) = k.value().parse() {
+                out.push(BlobCandidate {
+                    digest,
+                    size: rec.size,
+                    origin: rec.origin,
+                    created: rec.created,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a GC run would remove, simulated on one snapshot (the cascade included:
+    /// removing a manifest releases what it references). For `gc --dry-run`.
+    pub fn gc_plan(&self, cutoff: u64) -> Result<(Vec<Digest>, Vec<BlobCandidate>), MetaError> {
+        use std::collections::HashMap;
+        let rtx = self.db.begin_read()?;
+        let mut refs: HashMap<String, u64> = HashMap::new();
+        for item in rtx.open_table(REFS)?.iter()? {
+            let (k, v) = item?;
+            refs.insert(k.value().to_owned(), v.value());
+        }
+        let links = rtx.open_table(MANIFEST_LINKS)?;
+        let mut records: HashMap<String, ManifestRecord> = HashMap::new();
+        for item in rtx.open_table(MANIFESTS)?.iter()? {
+            let (k, v) = item?;
+            records.insert(k.value().to_owned(), decode(v.value())?);
+        }
+        let mut gone = Vec::new();
+        loop {
+            let next: Vec<String> = records
+                .keys()
+                .filter(|d| refs.get(*d).copied().unwrap_or(0) == 0)
+                .filter(|d| links.get(d.as_str()).ok().flatten().is_none())
+                .cloned()
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            for d in next {
+                if let Some(rec) = records.remove(&d) {
+                    for r in &rec.refs {
+                        if let Some(n) = refs.get_mut(r.as_str()) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                }
+                if let Ok(dg) = d.parse() {
+                    gone.push(dg);
+                }
+            }
+        }
+        let leases = rtx.open_table(LEASES)?;
+        let mut blobs = Vec::new();
+        for item in rtx.open_table(BLOBS)?.iter()? {
+            let (k, v) = item?;
+            let rec: BlobRecord = decode(v.value())?;
+            let d = k.value();
+            if rec.deleting
+                || rec.created >= cutoff
+                || refs.get(d).copied().unwrap_or(0) > 0
+                || leased(&leases, d)?
+            {
+                continue;
+            }
+            if let Ok(digest) = d.parse() {
+                blobs.push(BlobCandidate {
+                    digest,
+                    size: rec.size,
+                    origin: rec.origin,
+                    created: rec.created,
+                });
+            }
+        }
+        Ok((gone, blobs))
+    }
+
+    /// Blobs nothing references, created before `cutoff`, not leased.
+    pub fn gc_blob_candidates(
+        &self,
+        cutoff: u64,
+        limit: usize,
+    ) -> Result<Vec<BlobCandidate>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let (refs, leases) = (rtx.open_table(REFS)?, rtx.open_table(LEASES)?);
+        let mut out = Vec::new();
+        for item in rtx.open_table(BLOBS)?.iter()? {
+            let (k, v) = item?;
+            let rec: BlobRecord = decode(v.value())?;
+            let d = k.value();
+            if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d)?
+            {
+                continue;
+            }
+            if let Ok(digest) = d.parse() {
+                out.push(BlobCandidate {
+                    digest,
+                    size: rec.size,
+                    origin: rec.origin,
+                    created: rec.created,
+                });
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mark blobs `deleting` and unlink them from every repository — each only if it
+    /// still qualifies under `mode`. Returns the ones marked; the caller unlinks their
+    /// files, then calls `gc_remove_blob_rows`.
+    pub async fn gc_mark_blobs(
+        &self,
+        digests: Vec<Digest>,
+        mode: MarkMode,
+    ) -> Result<Vec<Digest>, MetaError> {
+        self.write(move |txn| {
+            let mut marked = Vec::new();
+            for d in digests {
+                let key = d.as_str();
+                let rec: Option<BlobRecord> = txn
+                    .open_table(BLOBS)?
+                    .get(key)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                let Some(mut rec) = rec else { continue };
+                if rec.deleting {
+                    continue;
+                }
+                let qualifies = match mode {
+                    MarkMode::Corrupt => true,
+                    MarkMode::Evict => {
+                        rec.origin == Origin::Mirrored && !leased(&txn.open_table(LEASES)?, key)?
+                    }
+                    MarkMode::Garbage { cutoff } => {
+                        rec.created < cutoff
+                            && count(&txn.open_table(REFS)?, key)? == 0
+                            && !leased(&txn.open_table(LEASES)?, key)?
+                    }
+                };
+                if !qualifies {
+                    continue;
+                }
+                rec.deleting = true;
+                txn.open_table(BLOBS)?
+                    .insert(key, encode(&rec).as_slice())?;
+                let repos: Vec<String> = {
+                    let links = txn.open_table(BLOB_LINKS)?;
+                    let mut v = Vec::new();
+                    for item in links.range((key, "")..)? {
+                        let (k, _) = item?;
+                        let (kd, repo) = k.value();
+                        if kd != key {
+                            break;
+                        }
+                        v.push(repo.to_owned());
+                    }
+                    v
+                };
+                let (mut fwd, mut back) =
+                    (txn.open_table(REPO_BLOBS)?, txn.open_table(BLOB_LINKS)?);
+                for r in &repos {
+                    fwd.remove((r.as_str(), key))?;
+                    back.remove((key, r.as_str()))?;
+                }
+                marked.push(d);
+            }
+            Ok(marked)
+        })
+        .await
+    }
+
+    /// Remove rows of blobs marked `deleting` whose files are gone.
+    pub async fn gc_remove_blob_rows(&self, digests: Vec<Digest>) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(BLOBS)?;
+            for d in digests {
+                let deleting = t
+                    .get(d.as_str())?
+                    .map(|v| decode::<BlobRecord>(v.value()))
+                    .transpose()?
+                    .is_some_and(|r| r.deleting);
+                if deleting {
+                    t.remove(d.as_str())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Blobs left marked `deleting` by a run that stopped midway.
+    pub fn blobs_marked_deleting(&self) -> Result<Vec<Digest>, MetaError> {
+        let t = self.read(BLOBS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if decode::<BlobRecord>(v.value())?.deleting {
+                if let Ok(d) = k.value().parse() {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn manifest_collectable(txn: &WriteTransaction, d: &str) -> Result<bool, MetaError> {
+    Ok(count(&txn.open_table(MANIFEST_LINKS)?, d)? == 0 && count(&txn.open_table(REFS)?, d)? == 0)
+}
+
+impl Meta {
+    /// Persist last-access times (unix seconds) of mirrored blobs, in one transaction.
+    pub async fn record_access(&self, times: Vec<(Digest, u64)>) -> Result<(), MetaError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(ACCESS)?;
+            for (d, at) in times {
+                t.insert(d.as_str(), at)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Persisted last-access times.
+    pub fn access_times(&self) -> Result<Vec<(Digest, u64)>, MetaError> {
+        let t = self.read(ACCESS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if let Ok(d) = k.value().parse() {
+                out.push((d, v.value()));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,276 @@
+//! Online garbage collection, eviction of mirrored content to a byte cap, and verify.
+//!
+//! GC roots are every manifest linked in some repository (tags point only at linked
+//! manifests; untagged manifests stay until deleted by digest). A manifest row goes
+//! when nothing links or references it; a blob goes when no manifest references it,
+//! no upload leases it, and it is older than the grace period (so layers pushed ahead
+//! of their manifest are safe). All checks are re-made inside the deleting
+//! transaction (see `meta/gc.rs`), which is what makes GC safe under concurrent pushes
+//! and fills.
+
+use std::time::Duration;
+
+use super::{Error, Registry};
+use crate::digest::Digest;
+use crate::meta::{model::now, MarkMode, Origin};
+
+/// How many candidates one transaction handles.
+const BATCH: usize = 256;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub manifests: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub bytes: u64,
+    /// Missing, short, or hashing to something else; quarantined and unlinked.
+    pub corrupt: Vec<String>,
+}
+
+impl Registry {
+    /// Collect garbage. With `dry_run`, report what would go and change nothing.
+    pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, Error> {
+        let cutoff = now().saturating_sub(grace.as_secs());
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        if dry_run {
+            let (m, blobs) = self.meta.gc_plan(cutoff)?;
+            report.manifests = m.len();
+            for b in blobs {
+                report.blobs += 1;
+                report.bytes += b.size;
+            }
+            return Ok(report);
+        }
+        // Manifests first: deleting one can release its children and blobs. Bounded:
+        // each pass deletes at least one row or stops.
+        loop {
+            let cands = self.meta.gc_manifest_candidates(BATCH)?;
+            if cands.is_empty() {
+                break;
+            }
+            let done = self.meta.gc_delete_manifests(cands).await?;
+            if done.is_empty() {
+                break;
+            }
+            report.manifests += done.len();
+        }
+        loop {
+            let cands = self.meta.gc_blob_candidates(cutoff, BATCH)?;
+            if cands.is_empty() {
+                break;
+            }
+            let sizes: std::collections::HashMap<Digest, u64> =
+                cands.iter().map(|c| (c.digest.clone(), c.size)).collect();
+            let marked = self
+                .meta
+                .gc_mark_blobs(
+                    cands.into_iter().map(|c| c.digest).collect(),
+                    MarkMode::Garbage { cutoff },
+                )
+                .await?;
+            if marked.is_empty() {
+                break;
+            }
+            report.bytes += marked.iter().filter_map(|d| sizes.get(d)).sum::<u64>();
+            report.blobs += marked.len();
+            self.unlink_marked(marked).await?;
+        }
+        if report.manifests + report.blobs > 0 {
+            tracing::info!(
+                manifests = report.manifests,
+                blobs = report.blobs,
+                bytes = report.bytes,
+                "gc done"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Unlink files of blobs marked `deleting`, then drop their rows.
+    async fn unlink_marked(&self, marked: Vec<Digest>) -> Result<(), Error> {
+        let blobs = self.blobs.clone();
+        let list = marked.clone();
+        tokio::task::spawn_blocking(move || {
+            for d in &list {
+                if let Err(e) = blobs.remove_blob(d) {
+                    tracing::warn!(digest = %d, error = %e, "cannot unlink blob file");
+                }
+            }
+        })
+        .await?;
+        self.meta.gc_remove_blob_rows(marked).await?;
+        Ok(())
+    }
+
+    /// Finish deletions a previous run left half done (startup).
+    pub async fn finish_deletions(&self) -> Result<usize, Error> {
+        let marked = self.meta.blobs_marked_deleting()?;
+        let n = marked.len();
+        if n > 0 {
+            self.unlink_marked(marked).await?;
+        }
+        Ok(n)
+    }
+
+    /// Note a read of a mirrored blob (in memory; `flush_access` persists).
+    pub fn touch(&self, digest: &Digest) {
+        let mut a = self
+            .access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.insert(digest.clone(), (now(), true));
+    }
+
+    fn last_access(&self, digest: &Digest) -> Option<u64> {
+        let a = self
+            .access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.get(digest).map(|(t, _)| *t)
+    }
+
+    /// Load persisted access times (startup).
+    pub fn load_access(&self) -> Result<(), Error> {
+        let times = self.meta.access_times()?;
+        let mut a = self
+            .access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (d, t) in times {
+            a.entry(d).or_insert((t, false));
+        }
+        Ok(())
+    }
+
+    /// Persist access times changed since the last flush, in one transaction.
+    pub async fn flush_access(&self) -> Result<usize, Error> {
+        let dirty: Vec<(Digest, u64)> = {
+            let mut a = self
+                .access
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            a.iter_mut()
+                .filter(|(_, (_, dirty))| *dirty)
+                .map(|(d, (t, dirty))| {
+                    *dirty = false;
+                    (d.clone(), *t)
+                })
+                .collect()
+        };
+        let n = dirty.len();
+        if n > 0 {
+            self.meta.record_access(dirty).await?;
+        }
+        Ok(n)
+    }
+
+    /// Bytes of mirrored blobs stored.
+    pub fn mirrored_bytes(&self) -> Result<u64, Error> {
+        Ok(self
+            .meta
+            .blob_rows()?
+            .iter()
+            .filter(|b| b.origin == Origin::Mirrored)
+            .map(|b| b.size)
+            .sum())
+    }
+
+    /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes.
+    /// Pushed content is never evicted. Returns (blobs, bytes) evicted.
+    pub async fn evict(&self, high_water: u64, low_water: u64) -> Result<(usize, u64), Error> {
+        let mut rows: Vec<_> = self
+            .meta
+            .blob_rows()?
+            .into_iter()
+            .filter(|b| b.origin == Origin::Mirrored)
+            .collect();
+        let mut total: u64 = rows.iter().map(|b| b.size).sum();
+        if total <= high_water {
+            return Ok((0, 0));
+        }
+        // Least recently used first: in-memory access times, else creation time.
+        rows.sort_by_key(|b| self.last_access(&b.digest).unwrap_or(b.created));
+        let (mut n, mut bytes) = (0usize, 0u64);
+        for chunk in rows.chunks(BATCH) {
+            if total <= low_water {
+                break;
+            }
+            let mut take = Vec::new();
+            let mut planned = total;
+            for b in chunk {
+                if planned <= low_water {
+                    break;
+                }
+                planned = planned.saturating_sub(b.size);
+                take.push(b.digest.clone());
+            }
+            let marked = self.meta.gc_mark_blobs(take, MarkMode::Evict).await?;
+            for d in &marked {
+                if let Some(b) = chunk.iter().find(|b| &b.digest == d) {
+                    total = total.saturating_sub(b.size);
+                    bytes += b.size;
+                }
+            }
+            n += marked.len();
+            self.unlink_marked(marked).await?;
+        }
+        if n > 0 {
+            tracing::info!(
+                blobs = n,
+                bytes,
+                "evicted mirrored blobs over the cache cap"
+            );
+        }
+        Ok((n, bytes))
+    }
+
+    /// Re-hash every blob (blake3 from the row; sha256 with `full`); quarantine and
+    /// unlink corrupt ones so they are re-pushed or re-fetched. `progress` is told
+    /// (done, total) bytes.
+    pub async fn verify(
+        &self,
+        full: bool,
+        progress: impl Fn(u64, u64) + Send + 'static,
+    ) -> Result<VerifyReport, Error> {
+        let rows = self.meta.blob_rows()?;
+        let total: u64 = rows.iter().map(|b| b.size).sum();
+        let mut report = VerifyReport::default();
+        let mut corrupt = Vec::new();
+        for b in rows {
+            let expected = if full {
+                Some(b.digest.hex().to_owned())
+            } else {
+                self.meta.blob(&b.digest)?.map(|r| r.blake3)
+            };
+            let blobs = self.blobs.clone();
+            let d = b.digest.clone();
+            let got = tokio::task::spawn_blocking(move || blobs.hash_file(&d, full)).await?;
+            let ok =
+                matches!((&got, &expected), (Ok((len, h)), Some(e)) if *len == b.size && h == e);
+            report.checked += 1;
+            report.bytes += b.size;
+            progress(report.bytes, total);
+            if !ok {
+                tracing::error!(digest = %b.digest, ?got, "corrupt blob: quarantined");
+                let _ = self.blobs.quarantine(&b.digest);
+                report.corrupt.push(b.digest.to_string());
+                corrupt.push(b.digest);
+            }
+        }
+        if !corrupt.is_empty() {
+            // Unlink everywhere and drop the rows: the content must come again.
+            let marked = self.meta.gc_mark_blobs(corrupt, MarkMode::Corrupt).await?;
+            self.meta.gc_remove_blob_rows(marked).await?;
+        }
+        Ok(report)
+    }
+}
