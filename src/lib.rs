@@ -15,6 +15,7 @@
 //! | [`service`] | registry semantics: uploads, manifests, tags, catalog, referrers |
 //! | [`meta`] | redb tables, typed reads, the writer thread with group commit |
 //! | [`blob`] | staging, hashing while writing, the commit protocol's file half, mmap |
+//! | [`airgap`] | import (docker save, OCI layout/archive) and export (OCI archive), as registry clients |
 //! | [`upstream`] | the client for upstream registries (auth, retries, blob streams) |
 //! | [`flight`] | in-process singleflight with a detached leader |
 //! | [`digest`], [`names`] | the shared vocabulary |
@@ -22,6 +23,7 @@
 //! Data flows one way: http → service → (meta, blob). The stores never import each
 //! other or anything above them.
 
+pub mod airgap;
 pub mod app;
 pub mod blob;
 pub mod cli;

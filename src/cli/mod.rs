@@ -32,6 +32,17 @@ struct ConfigArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// How import/export reach a registry.
+#[derive(Args, Clone)]
+struct RemoteArgs {
+    /// A registry URL to talk to instead of this machine's server.
+    #[arg(long)]
+    server: Option<String>,
+    /// Credentials as USER:PASSWORD, when the server requires them.
+    #[arg(long)]
+    creds: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry.
@@ -54,6 +65,36 @@ enum Command {
         cfg: ConfigArgs,
         #[arg(long)]
         full: bool,
+    },
+    /// Import images: `docker save` tarballs (plain or gzipped), OCI image layout
+    /// directories and OCI archives. Talks to the running server, or starts one
+    /// in-process on the data directory when none holds it.
+    Import {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Files or directories to import.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Put every image into this repository (and tag, if given) instead of the
+        /// names the archive carries.
+        #[arg(long, value_name = "NAME[:TAG]")]
+        repo: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Export images as one OCI archive (`skopeo copy oci-archive:FILE:TAG …`,
+    /// `podman load -i FILE`).
+    Export {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Images as REPO:TAG.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Configuration tools.
     Config {
@@ -80,9 +121,10 @@ impl ConfigArgs {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr; `RUST_LOG` overrides `default_level`.
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -104,7 +146,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(settings.log_format);
+            init_tracing(settings.log_format, "info");
             match crate::app::serve_blocking(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -133,6 +175,45 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Import {
+            cfg,
+            inputs,
+            repo,
+            remote,
+        } => {
+            let target = match repo.as_deref().map(parse_target).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("wharfie: --repo: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            with_client(&cfg, &remote, |client| {
+                let images =
+                    crate::airgap::import(client, &inputs, target.as_ref(), &|m| eprintln!("{m}"))?;
+                println!("imported {} image(s)", images.len());
+                Ok(())
+            })
+        }
+        Command::Export {
+            cfg,
+            images,
+            output,
+            remote,
+        } => {
+            let mut refs = Vec::new();
+            for i in &images {
+                match i.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                    Some((r, t)) => refs.push((r.to_owned(), t.to_owned())),
+                    None => refs.push((i.clone(), "latest".to_owned())),
+                }
+            }
+            with_client(&cfg, &remote, |client| {
+                crate::airgap::export(client, &refs, &output, &|m| eprintln!("{m}"))?;
+                println!("wrote {}", output.display());
+                Ok(())
+            })
+        }
         Command::Gc {
             cfg,
             dry_run,
@@ -204,7 +285,7 @@ where
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.log_format);
+    init_tracing(settings.log_format, "warn");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,4 +318,117 @@ where
             }
         }
     })
+}
+
+fn parse_target(s: &str) -> Result<crate::airgap::ImportTarget, String> {
+    let (name, tag) = match s.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (s, None),
+    };
+    let repo = crate::names::RepoName::parse(name).map_err(|e| e.to_string())?;
+    let tag = tag
+        .map(crate::names::Tag::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(crate::airgap::ImportTarget { repo, tag })
+}
+
+/// Run a registry client: against `--server`, else the running server (when it holds
+/// the data directory), else a server started in-process on the data directory for
+/// the duration of `f`.
+fn with_client(
+    args: &ConfigArgs,
+    remote: &RemoteArgs,
+    f: impl FnOnce(&crate::upstream::client::RegistryClient) -> Result<(), crate::airgap::AirgapError>,
+) -> ExitCode {
+    let settings = match args.load() {
+        Ok((_, s)) => s,
+        Err(e) => {
+            eprintln!("wharfie: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.log_format, "warn");
+    let creds = remote.creds.as_deref().map(|c| {
+        c.split_once(':')
+            .map_or((c.to_owned(), String::new()), |(u, p)| {
+                (u.to_owned(), p.to_owned())
+            })
+    });
+    let run = |base: &str| -> ExitCode {
+        let client = match crate::upstream::client::RegistryClient::new(base, creds.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("wharfie: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = client.ping() {
+            eprintln!("wharfie: no registry at {base}: {e}");
+            return ExitCode::FAILURE;
+        }
+        match f(&client) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wharfie: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if let Some(url) = &remote.server {
+        return run(url);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wharfie: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reg = match rt.block_on(crate::app::open(&settings)) {
+        Ok(reg) => reg,
+        Err(e) if e.to_string().contains("already open") => {
+            // A server holds the data directory: talk to it.
+            let mut addr = settings.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            return run(&format!("http://{addr}"));
+        }
+        Err(e) => {
+            eprintln!("wharfie: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("wharfie: cannot listen on loopback: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = match listener.local_addr() {
+        Ok(a) => format!("http://{a}"),
+        Err(e) => {
+            eprintln!("wharfie: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let max = settings.max_connections;
+    let server = rt.spawn(crate::http::server::serve(
+        vec![listener],
+        reg,
+        max,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let code = run(&base);
+    let _ = stop_tx.send(());
+    let _ = rt.block_on(server);
+    code
 }

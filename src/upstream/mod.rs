@@ -6,6 +6,7 @@
 //! May import: reqwest, digest, names. Only this module names reqwest.
 
 mod auth;
+pub mod client;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,43 @@
+//! `airgap/`: moving images across an air gap. `import` reads `docker save` tarballs
+//! (plain or gzipped), OCI image layout directories and OCI archives; `export` writes
+//! OCI archives that `skopeo copy oci-archive:…` and `podman load` accept.
+//!
+//! Both are registry clients over HTTP (`upstream::client`): they talk to a running
+//! wharfie, or to one the CLI starts in-process on the data directory, so the server's
+//! commit path (verification, write-through, durability) is the only way in.
+//! Bodies stream through pipes: no layer is ever held in memory.
+//!
+//! May import: upstream (its client), digest, names.
+
+mod export;
+mod import;
+
+pub use export::export;
+pub use import::{import, ImportTarget};
+
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AirgapError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Format(String),
+    #[error("registry: {0}")]
+    Registry(#[from] UpstreamError),
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
+    move |source| AirgapError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// `org.opencontainers.image.ref.name`
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's full image name annotation
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";

@@ -1,0 +1,237 @@
+//! A blocking client for one registry's push and pull API — what `wharfie import` and
+//! `wharfie export` use to talk to a wharfie server (a running one, or one started
+//! in-process on the data directory). Blocking, because archives are read and written
+//! with `std::io` (tar), and bodies stream through `Read`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use reqwest::blocking::{Body, Client, Response};
+use reqwest::{header, StatusCode};
+
+use super::UpstreamError;
+use crate::digest::Digest;
+
+pub struct RegistryClient {
+    base: String,
+    http: Client,
+    auth: Option<(String, String)>,
+}
+
+fn check(resp: Response, what: &str) -> Result<Response, UpstreamError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Err(UpstreamError::NotFound);
+    }
+    let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
+    Err(UpstreamError::Status {
+        status: status.as_u16(),
+        message: format!("{what}: {body}"),
+    })
+}
+
+fn transport(e: reqwest::Error) -> UpstreamError {
+    UpstreamError::Transport(super::error_chain(&e))
+}
+
+impl RegistryClient {
+    /// `base` like `http://127.0.0.1:5000`.
+    pub fn new(base: &str, auth: Option<(String, String)>) -> Result<Self, UpstreamError> {
+        let http = Client::builder()
+            .timeout(None::<Duration>)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(transport)?;
+        Ok(RegistryClient {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            auth,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::blocking::RequestBuilder {
+        let url = if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.base)
+        };
+        let b = self.http.request(method, url);
+        match &self.auth {
+            Some((u, p)) => b.basic_auth(u, Some(p)),
+            None => b,
+        }
+    }
+
+    /// `GET /v2/`: is the server there?
+    pub fn ping(&self) -> Result<(), UpstreamError> {
+        let r = self
+            .req(reqwest::Method::GET, "/v2/")
+            .send()
+            .map_err(transport)?;
+        check(r, "GET /v2/").map(|_| ())
+    }
+
+    /// Upload a blob of known digest and size in one request.
+    pub fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        body: impl Read + Send + 'static,
+    ) -> Result<(), UpstreamError> {
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::sized(body, size))
+            .send()
+            .map_err(transport)?;
+        check(r, "blob upload").map(|_| ())
+    }
+
+    /// Upload a blob whose digest is known only at the end: open a session, stream the
+    /// body with PATCH, then finish with the digest `digest_after` returns.
+    pub fn put_blob_streamed(
+        &self,
+        repo: &str,
+        body: impl Read + Send + 'static,
+        digest_after: impl FnOnce() -> Option<Digest>,
+    ) -> Result<Digest, UpstreamError> {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "open upload")?;
+        let loc = location(&r)?;
+        let r = self
+            .req(reqwest::Method::PATCH, &loc)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::new(body))
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "upload chunk")?;
+        let loc = location(&r)?;
+        let digest = digest_after().ok_or_else(|| {
+            UpstreamError::Invalid("the blob could not be read to its end".into())
+        })?;
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={digest}"))
+            .send()
+            .map_err(transport)?;
+        check(r, "finish upload")?;
+        Ok(digest)
+    }
+
+    /// Cross-repository mount; false when the server opened a session instead (which
+    /// is then cancelled).
+    pub fn mount(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool, UpstreamError> {
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
+            )
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "mount")?;
+        if r.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        if let Ok(loc) = location(&r) {
+            let _ = self.req(reqwest::Method::DELETE, &loc).send();
+        }
+        Ok(false)
+    }
+
+    pub fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), UpstreamError> {
+        let r = self
+            .req(
+                reqwest::Method::DELETE,
+                &format!("/v2/{repo}/blobs/{digest}"),
+            )
+            .send()
+            .map_err(transport)?;
+        check(r, "delete blob").map(|_| ())
+    }
+
+    /// A whole (small) blob.
+    pub fn get_blob_bytes(&self, repo: &str, digest: &Digest) -> Result<Vec<u8>, UpstreamError> {
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "get blob")?;
+        r.bytes().map(|b| b.to_vec()).map_err(transport)
+    }
+
+    /// A blob as a reader, with its length.
+    pub fn get_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, Response), UpstreamError> {
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "get blob")?;
+        let len = r
+            .content_length()
+            .ok_or_else(|| UpstreamError::Invalid("blob without Content-Length".into()))?;
+        Ok((len, r))
+    }
+
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), UpstreamError> {
+        let r = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v2/{repo}/manifests/{reference}"),
+            )
+            .header(header::CONTENT_TYPE, media_type)
+            .body(bytes)
+            .send()
+            .map_err(transport)?;
+        check(r, "manifest upload").map(|_| ())
+    }
+
+    /// A manifest: bytes, media type and digest.
+    pub fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), UpstreamError> {
+        let r = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/v2/{repo}/manifests/{reference}"),
+            )
+            .header(header::ACCEPT, super::MANIFEST_ACCEPT)
+            .send()
+            .map_err(transport)?;
+        let r = check(r, "get manifest")?;
+        let mt = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_owned();
+        let bytes = r.bytes().map_err(transport)?.to_vec();
+        Ok((bytes.clone(), mt, Digest::of(&bytes)))
+    }
+}
+
+fn location(r: &Response) -> Result<String, UpstreamError> {
+    r.headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| UpstreamError::Invalid("upload response without Location".into()))
+}
