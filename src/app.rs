@@ -32,6 +32,8 @@ pub enum AppError {
     },
     #[error("upstream {name}: {reason}")]
     Upstream { name: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -184,22 +186,25 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             addr: settings.listen.to_string(),
             source,
         })?;
-        let reg_settings = settings.clone();
-        let reg = open(&reg_settings).await?;
-        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "wharfie listening");
+        let tls = match &settings.tls {
+            Some(t) => {
+                Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?)
+            }
+            None => None,
+        };
+        let reg = open(&settings).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), scheme, "wharfie listening");
         // The one line on stdout: scripts and tests read the bound address from it.
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = writeln!(out, "listening on {scheme}://{addr}");
         let _ = out.flush();
-        let sweeper = tokio::spawn(expire_uploads(reg.clone(), settings.upload_ttl));
-        crate::http::server::serve(
-            vec![listener],
-            reg,
-            settings.max_connections,
-            shutdown_signal(),
-        )
-        .await;
-        sweeper.abort();
+        let tasks = spawn_background(&reg, &settings);
+        let max = settings.max_connections;
+        crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown_signal()).await;
+        for t in tasks {
+            t.abort();
+        }
         tracing::info!("wharfie stopped");
         Ok(())
     })

@@ -48,6 +48,19 @@ pub struct RawConfig {
     /// The byte cap on mirrored content.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[gc]`
@@ -151,6 +164,7 @@ impl Default for RawConfig {
             upstreams: Vec::new(),
             gc: GcConfig::default(),
             cache: CacheConfig::default(),
+            tls: None,
         }
     }
 }
@@ -176,6 +190,7 @@ pub struct Settings {
     pub upstreams: Vec<RawUpstream>,
     pub gc: GcConfig,
     pub cache: CacheConfig,
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +280,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         upstreams: raw.upstreams.clone(),
         gc: raw.gc.clone(),
         cache: raw.cache.clone(),
+        tls: raw.tls.clone(),
     })
 }
 

@@ -3,6 +3,7 @@
 //! (rather than `warp::serve`) is what lets TLS slot in beside it later.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,19 +11,54 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::service::Registry;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// Build a TLS acceptor from PEM files: HTTP/2 and HTTP/1.1 offered through ALPN.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
 /// Serve `listeners` until `shutdown` resolves, then drain.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
     max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listeners, reg, max_connections, None, shutdown).await;
+}
+
+/// `serve`, with TLS on every listener when `tls` is given.
+pub async fn serve_with(
+    listeners: Vec<TcpListener>,
+    reg: Arc<Registry>,
+    max_connections: usize,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let svc = warp::service(super::routes(reg));
@@ -35,6 +71,7 @@ pub async fn serve(
         let graceful = graceful.clone();
         let limit = limit.clone();
         let mut stop = stop_rx.clone();
+        let tls = tls.clone();
         loops.push(tokio::spawn(async move {
             let builder = Builder::new(TokioExecutor::new());
             loop {
@@ -55,16 +92,43 @@ pub async fn serve(
                     _ = stop.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let hyper_svc = TowerToHyperService::new(svc.clone());
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            drop(permit);
+                        });
                     }
-                    drop(permit);
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, never in the
+                        // accept loop: a slow client cannot stall other accepts.
+                        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                        tokio::spawn(async move {
+                            let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                            let tls_stream = match hs {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), hyper_svc).into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
             }
         }));
     }
