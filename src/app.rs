@@ -17,19 +17,13 @@ use crate::upstream::{Upstream, UpstreamConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot open the metadata database: {0}")]
     Meta(#[from] MetaError),
     #[error("startup recovery failed: {0}")]
     Recover(#[from] service::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("upstream {name}: {reason}")]
     Upstream { name: String, reason: String },
     #[error("TLS: {0}")]
@@ -41,20 +35,14 @@ pub enum AppError {
 /// Open the data directory and recover from whatever a previous run left.
 pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
     let dir = settings.data_dir.clone();
-    let dir_err = |source| AppError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    };
+    let dir_err = |source| AppError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(dir_err)?;
     let blobs = BlobStore::open(dir.clone()).map_err(dir_err)?;
     let db_path = dir.join("meta.redb");
     let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
         .await
         .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??;
-    let opts = Options {
-        max_manifest_bytes: settings.max_manifest_bytes,
-        upload_ttl: settings.upload_ttl,
-    };
+    let opts = Options { max_manifest_bytes: settings.max_manifest_bytes, upload_ttl: settings.upload_ttl };
     let metrics = Arc::new(Metrics::default());
     let mut mirrors = Vec::new();
     for u in &settings.upstreams {
@@ -66,14 +54,10 @@ pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
             ca_file: u.ca_file.clone(),
             deadline: u.timeout,
         })
-        .map_err(|e| AppError::Upstream {
-            name: u.name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| AppError::Upstream { name: u.name.clone(), reason: e.to_string() })?;
         let (m, name) = (metrics.clone(), u.name.clone());
-        up.on_request = Some(Arc::new(move |kind: &str, status: u16| {
-            m.upstream_request(&name, kind, status)
-        }));
+        up.on_request =
+            Some(Arc::new(move |kind: &str, status: u16| m.upstream_request(&name, kind, status)));
         mirrors.push(Arc::new(Mirror {
             up,
             tag_ttl: u.tag_ttl,
@@ -175,21 +159,14 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         .build()
         .map_err(AppError::Runtime)?;
     rt.block_on(async move {
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| AppError::Bind {
-                    addr: settings.listen.to_string(),
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| AppError::Bind {
-            addr: settings.listen.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Bind { addr: settings.listen.to_string(), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr: settings.listen.to_string(), source })?;
         let tls = match &settings.tls {
-            Some(t) => {
-                Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?)
-            }
+            Some(t) => Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?),
             None => None,
         };
         let reg = open(&settings).await?;

@@ -50,15 +50,11 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed(s.into()));
         };
         let algo_ok = !algo.is_empty()
-            && algo.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
+            && algo
+                .split(['+', '.', '_', '-'])
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         let enc_ok = !enc.is_empty()
-            && enc
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+            && enc.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
         if !algo_ok || !enc_ok {
             return Err(DigestError::Malformed(s.into()));
         }
@@ -104,10 +100,7 @@ mod tests {
     #[test]
     fn parses_canonical_sha256() {
         let d = Digest::of(b"");
-        assert_eq!(
-            d.as_str(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(d.as_str().parse::<Digest>(), Ok(d.clone()));
         assert_eq!(d.hex().len(), 64);
     }
@@ -128,9 +121,6 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
         }
-        assert!(matches!(
-            "sha512:abcd".parse::<Digest>(),
-            Err(DigestError::Unsupported(_))
-        ));
+        assert!(matches!("sha512:abcd".parse::<Digest>(), Err(DigestError::Unsupported(_))));
     }
 }

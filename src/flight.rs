@@ -22,9 +22,7 @@ pub struct Lost;
 
 impl<K, V> Default for Flights<K, V> {
     fn default() -> Self {
-        Flights {
-            map: Mutex::new(HashMap::new()),
-        }
+        Flights { map: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -52,10 +50,7 @@ where
                     tokio::spawn(async move {
                         let v = fut.await;
                         let _ = tx.send(Some(v));
-                        me.map
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&key);
+                        me.map.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
                     });
                     (rx, true)
                 }
@@ -71,10 +66,7 @@ where
 
     /// Flights in progress.
     pub fn len(&self) -> usize {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     pub fn is_empty(&self) -> bool {

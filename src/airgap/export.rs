@@ -41,13 +41,7 @@ impl Writer<'_> {
             return Ok(());
         }
         let (len, body) = self.client.get_blob(repo, d)?;
-        append(
-            &mut self.tar,
-            &format!("blobs/sha256/{}", d.hex()),
-            len,
-            body,
-            self.out,
-        )
+        append(&mut self.tar, &format!("blobs/sha256/{}", d.hex()), len, body, self.out)
     }
 
     /// Write manifest `reference` of `repo` and all it references; returns its
@@ -105,20 +99,9 @@ pub fn export(
     progress: &dyn Fn(&str),
 ) -> Result<(), AirgapError> {
     let file = File::create(out).map_err(io_err(out))?;
-    let mut w = Writer {
-        client,
-        tar: tar::Builder::new(BufWriter::new(file)),
-        written: HashSet::new(),
-        out,
-    };
+    let mut w = Writer { client, tar: tar::Builder::new(BufWriter::new(file)), written: HashSet::new(), out };
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    append(
-        &mut w.tar,
-        "oci-layout",
-        layout.len() as u64,
-        &layout[..],
-        out,
-    )?;
+    append(&mut w.tar, "oci-layout", layout.len() as u64, &layout[..], out)?;
     let mut index = Vec::new();
     for (repo, tag) in images {
         let (mt, digest, size) = w.tree(repo, tag, 0)?;
@@ -126,7 +109,8 @@ pub fn export(
         let mut ann = BTreeMap::new();
         ann.insert(REF_NAME, tag.clone());
         ann.insert(CONTAINERD_NAME, format!("{repo}:{tag}"));
-        index.push(serde_json::json!({ "mediaType": mt, "digest": digest, "size": size, "annotations": ann }));
+        index
+            .push(serde_json::json!({ "mediaType": mt, "digest": digest, "size": size, "annotations": ann }));
     }
     let idx = serde_json::json!({
         "schemaVersion": 2,
@@ -134,13 +118,7 @@ pub fn export(
         "manifests": index,
     });
     let bytes = serde_json::to_vec(&idx).map_err(|e| AirgapError::Format(e.to_string()))?;
-    append(
-        &mut w.tar,
-        "index.json",
-        bytes.len() as u64,
-        bytes.as_slice(),
-        out,
-    )?;
+    append(&mut w.tar, "index.json", bytes.len() as u64, bytes.as_slice(), out)?;
     let mut inner = w.tar.into_inner().map_err(io_err(out))?;
     inner.flush().map_err(io_err(out))?;
     inner.get_ref().sync_all().map_err(io_err(out))?;

@@ -105,24 +105,16 @@ fn upload_member(
             // been sent by then.
             None => client.put_blob_streamed(scratch, r, || rx.recv().ok()),
         });
-        let mut h = Hashing {
-            inner: member,
-            sha: Sha256::new(),
-            n: 0,
-        };
+        let mut h = Hashing { inner: member, sha: Sha256::new(), n: 0 };
         let copied = io::copy(&mut h, &mut w);
         drop(w);
         let digest = Digest::from_sha256(h.sha.finalize().into());
         let _ = tx.send(digest.clone());
-        let sent = uploader
-            .join()
-            .map_err(|_| AirgapError::Format("upload thread panicked".into()))?;
+        let sent = uploader.join().map_err(|_| AirgapError::Format("upload thread panicked".into()))?;
         let sent = sent?;
         copied.map_err(|e| AirgapError::Format(format!("reading archive member: {e}")))?;
         if sent != digest {
-            return Err(AirgapError::Format(format!(
-                "member hashes to {digest}, expected {sent}"
-            )));
+            return Err(AirgapError::Format(format!("member hashes to {digest}, expected {sent}")));
         }
         Ok((digest, h.n))
     })
@@ -157,50 +149,33 @@ fn classify(path: &str) -> Member {
 
 fn read_meta(r: &mut dyn Read, path: &str) -> Result<Vec<u8>, AirgapError> {
     let mut buf = Vec::new();
-    r.take(MAX_META + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| AirgapError::Format(format!("{path}: {e}")))?;
+    r.take(MAX_META + 1).read_to_end(&mut buf).map_err(|e| AirgapError::Format(format!("{path}: {e}")))?;
     if buf.len() as u64 > MAX_META {
-        return Err(AirgapError::Format(format!(
-            "{path} is larger than {MAX_META} bytes"
-        )));
+        return Err(AirgapError::Format(format!("{path} is larger than {MAX_META} bytes")));
     }
     Ok(buf)
 }
 
 /// One pass over a tar stream.
-fn scan_tar(
-    client: &RegistryClient,
-    scratch: &str,
-    reader: impl Read + Send,
-) -> Result<Scan, AirgapError> {
+fn scan_tar(client: &RegistryClient, scratch: &str, reader: impl Read + Send) -> Result<Scan, AirgapError> {
     let mut scan = Scan::default();
     let mut ar = tar::Archive::new(reader);
-    let entries = ar
-        .entries()
-        .map_err(|e| AirgapError::Format(format!("not a tar archive: {e}")))?;
+    let entries = ar.entries().map_err(|e| AirgapError::Format(format!("not a tar archive: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| AirgapError::Format(format!("tar: {e}")))?;
         let path = normalize(
-            &entry
-                .path()
-                .map_err(|e| AirgapError::Format(format!("tar path: {e}")))?
-                .to_string_lossy(),
+            &entry.path().map_err(|e| AirgapError::Format(format!("tar path: {e}")))?.to_string_lossy(),
         );
         match entry.header().entry_type() {
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 if let Ok(Some(target)) = entry.link_name() {
                     let target = target.to_string_lossy().to_string();
                     let base = if entry.header().entry_type() == tar::EntryType::Symlink {
-                        Path::new(&path)
-                            .parent()
-                            .map(|p| p.to_string_lossy().to_string())
-                            .unwrap_or_default()
+                        Path::new(&path).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default()
                     } else {
                         String::new()
                     };
-                    scan.links
-                        .insert(path, normalize(&format!("{base}/{target}")));
+                    scan.links.insert(path, normalize(&format!("{base}/{target}")));
                 }
                 continue;
             }
@@ -231,10 +206,7 @@ fn scan_dir(client: &RegistryClient, scratch: &str, dir: &Path) -> Result<Scan, 
         let algo = algo.map_err(io_err(&blobs))?.path();
         for f in std::fs::read_dir(&algo).map_err(io_err(&algo))? {
             let f = f.map_err(io_err(&algo))?.path();
-            let rel = f
-                .strip_prefix(dir)
-                .map(|p| p.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let rel = f.strip_prefix(dir).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
             let Member::Blob(known) = classify(&rel) else {
                 continue;
             };
@@ -303,45 +275,25 @@ fn push_tree(
     let bytes = client.get_blob_bytes(scratch, digest)?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| AirgapError::Format(format!("manifest {digest} is not JSON: {e}")))?;
-    let mt = v["mediaType"]
-        .as_str()
-        .or(media_type)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            if v.get("manifests").is_some() {
-                OCI_INDEX.into()
-            } else {
-                "application/vnd.oci.image.manifest.v1+json".into()
-            }
-        });
+    let mt = v["mediaType"].as_str().or(media_type).map(str::to_owned).unwrap_or_else(|| {
+        if v.get("manifests").is_some() {
+            OCI_INDEX.into()
+        } else {
+            "application/vnd.oci.image.manifest.v1+json".into()
+        }
+    });
     let desc_digest = |d: &Value| -> Option<Digest> { d["digest"].as_str()?.parse().ok() };
     if let Some(children) = v["manifests"].as_array() {
         for c in children {
             if let Some(cd) = desc_digest(c) {
-                push_tree(
-                    client,
-                    scratch,
-                    repo,
-                    &cd,
-                    c["mediaType"].as_str(),
-                    cd.as_str(),
-                    depth + 1,
-                )?;
+                push_tree(client, scratch, repo, &cd, c["mediaType"].as_str(), cd.as_str(), depth + 1)?;
             }
         }
     }
-    let mut blobs: Vec<Digest> = v["config"]
-        .as_object()
-        .and_then(|_| desc_digest(&v["config"]))
-        .into_iter()
-        .collect();
+    let mut blobs: Vec<Digest> =
+        v["config"].as_object().and_then(|_| desc_digest(&v["config"])).into_iter().collect();
     if let Some(layers) = v["layers"].as_array() {
-        blobs.extend(
-            layers
-                .iter()
-                .filter(|l| l.get("urls").is_none())
-                .filter_map(desc_digest),
-        );
+        blobs.extend(layers.iter().filter(|l| l.get("urls").is_none()).filter_map(desc_digest));
     }
     for b in &blobs {
         if !client.mount(repo, b, scratch)? {
@@ -372,10 +324,7 @@ pub fn import(
         };
         let pushed = push_images(client, &scratch, &scan, target, input)?;
         for p in &pushed {
-            progress(&format!(
-                "imported {}:{} ({})",
-                p.repo, p.reference, p.digest
-            ));
+            progress(&format!("imported {}:{} ({})", p.repo, p.reference, p.digest));
         }
         // Drop the scratch links; the images keep what they reference.
         for (d, _) in scan.files.values() {
@@ -394,63 +343,42 @@ fn push_images(
     input: &Path,
 ) -> Result<Vec<Imported>, AirgapError> {
     let mut out = Vec::new();
-    let name_for =
-        |found: Option<(RepoName, Option<Tag>)>| -> Result<(String, String), AirgapError> {
-            let (repo, tag) = match (target, found) {
-                (Some(t), found) => (t.repo.clone(), t.tag.clone().or(found.and_then(|f| f.1))),
-                (None, Some((r, t))) => (r, t),
-                (None, None) => {
-                    return Err(AirgapError::Format(format!(
-                        "{}: an image has no name; pass --repo NAME[:TAG]",
-                        input.display()
-                    )))
-                }
-            };
-            Ok((
-                repo.to_string(),
-                tag.map_or_else(|| "latest".to_owned(), |t| t.to_string()),
-            ))
+    let name_for = |found: Option<(RepoName, Option<Tag>)>| -> Result<(String, String), AirgapError> {
+        let (repo, tag) = match (target, found) {
+            (Some(t), found) => (t.repo.clone(), t.tag.clone().or(found.and_then(|f| f.1))),
+            (None, Some((r, t))) => (r, t),
+            (None, None) => {
+                return Err(AirgapError::Format(format!(
+                    "{}: an image has no name; pass --repo NAME[:TAG]",
+                    input.display()
+                )))
+            }
         };
+        Ok((repo.to_string(), tag.map_or_else(|| "latest".to_owned(), |t| t.to_string())))
+    };
     if let Some(index) = &scan.index {
-        let v: Value = serde_json::from_slice(index)
-            .map_err(|e| AirgapError::Format(format!("index.json: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(index).map_err(|e| AirgapError::Format(format!("index.json: {e}")))?;
         let manifests = v["manifests"].as_array().cloned().unwrap_or_default();
         if !manifests.is_empty() {
             for m in manifests {
                 let Some(d) = m["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()) else {
-                    return Err(AirgapError::Format(
-                        "index.json entry without a valid digest".into(),
-                    ));
+                    return Err(AirgapError::Format("index.json entry without a valid digest".into()));
                 };
                 let ann = &m["annotations"];
-                let found = ann[CONTAINERD_NAME]
-                    .as_str()
-                    .and_then(split_ref)
-                    .or_else(|| {
-                        ann[REF_NAME].as_str().and_then(|r| {
-                            if r.contains(':') || r.contains('/') {
-                                split_ref(r)
-                            } else {
-                                // A bare tag: the repository must come from --repo.
-                                target.map(|t| (t.repo.clone(), Tag::parse(r).ok()))
-                            }
-                        })
-                    });
-                let (repo, reference) = name_for(found)?;
-                push_tree(
-                    client,
-                    scratch,
-                    &repo,
-                    &d,
-                    m["mediaType"].as_str(),
-                    &reference,
-                    0,
-                )?;
-                out.push(Imported {
-                    repo,
-                    reference,
-                    digest: d,
+                let found = ann[CONTAINERD_NAME].as_str().and_then(split_ref).or_else(|| {
+                    ann[REF_NAME].as_str().and_then(|r| {
+                        if r.contains(':') || r.contains('/') {
+                            split_ref(r)
+                        } else {
+                            // A bare tag: the repository must come from --repo.
+                            target.map(|t| (t.repo.clone(), Tag::parse(r).ok()))
+                        }
+                    })
                 });
+                let (repo, reference) = name_for(found)?;
+                push_tree(client, scratch, &repo, &d, m["mediaType"].as_str(), &reference, 0)?;
+                out.push(Imported { repo, reference, digest: d });
             }
             return Ok(out);
         }
@@ -461,8 +389,8 @@ fn push_images(
             input.display()
         )));
     };
-    let entries: Vec<Value> = serde_json::from_slice(dm)
-        .map_err(|e| AirgapError::Format(format!("manifest.json: {e}")))?;
+    let entries: Vec<Value> =
+        serde_json::from_slice(dm).map_err(|e| AirgapError::Format(format!("manifest.json: {e}")))?;
     for e in entries {
         let config_path = e["Config"].as_str().unwrap_or_default();
         let (config, config_size) = scan.resolve(config_path).cloned().ok_or_else(|| {
@@ -471,9 +399,10 @@ fn push_images(
         let mut layers = Vec::new();
         for l in e["Layers"].as_array().cloned().unwrap_or_default() {
             let lp = l.as_str().unwrap_or_default();
-            let (d, n) = scan.resolve(lp).cloned().ok_or_else(|| {
-                AirgapError::Format(format!("manifest.json names missing layer {lp}"))
-            })?;
+            let (d, n) = scan
+                .resolve(lp)
+                .cloned()
+                .ok_or_else(|| AirgapError::Format(format!("manifest.json names missing layer {lp}")))?;
             layers.push(serde_json::json!({ "mediaType": DOCKER_LAYER, "size": n, "digest": d }));
         }
         let manifest = serde_json::json!({
@@ -482,8 +411,7 @@ fn push_images(
             "config": { "mediaType": DOCKER_CONFIG, "size": config_size, "digest": config },
             "layers": layers,
         });
-        let bytes =
-            serde_json::to_vec(&manifest).map_err(|e| AirgapError::Format(e.to_string()))?;
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| AirgapError::Format(e.to_string()))?;
         let digest = Digest::of(&bytes);
         let tags: Vec<Option<(RepoName, Option<Tag>)>> = match e["RepoTags"].as_array() {
             Some(t) if !t.is_empty() => t.iter().map(|r| r.as_str().and_then(split_ref)).collect(),
@@ -492,22 +420,14 @@ fn push_images(
         for found in tags {
             let (repo, reference) = name_for(found)?;
             let mut all = vec![config.clone()];
-            all.extend(
-                layers
-                    .iter()
-                    .filter_map(|l| l["digest"].as_str()?.parse().ok()),
-            );
+            all.extend(layers.iter().filter_map(|l| l["digest"].as_str()?.parse().ok()));
             for b in &all {
                 if !client.mount(&repo, b, scratch)? {
                     return Err(AirgapError::Format(format!("blob {b} did not arrive")));
                 }
             }
             client.put_manifest(&repo, &reference, DOCKER_MANIFEST, bytes.clone())?;
-            out.push(Imported {
-                repo,
-                reference,
-                digest: digest.clone(),
-            });
+            out.push(Imported { repo, reference, digest: digest.clone() });
         }
     }
     Ok(out)
@@ -521,10 +441,7 @@ mod tests {
     fn refs_and_paths() {
         assert_eq!(normalize("./blobs//sha256/../sha256/ab"), "blobs/sha256/ab");
         let (r, t) = split_ref("localhost:5000/team/app:v1").expect("parses");
-        assert_eq!(
-            (r.as_str(), t.map(|t| t.to_string())),
-            ("team/app", Some("v1".into()))
-        );
+        assert_eq!((r.as_str(), t.map(|t| t.to_string())), ("team/app", Some("v1".into())));
         let (r, t) = split_ref("docker.io/library/nginx").expect("parses");
         assert_eq!((r.as_str(), t), ("docker.io/library/nginx", None));
         assert!(split_ref("UPPER:x").is_none());

@@ -20,10 +20,7 @@ use crate::upstream::UpstreamError;
 #[derive(Debug, thiserror::Error)]
 pub enum AirgapError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Format(String),
     #[error("registry: {0}")]
@@ -31,10 +28,7 @@ pub enum AirgapError {
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
-    move |source| AirgapError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| AirgapError::Io { path: path.display().to_string(), source }
 }
 
 /// `org.opencontainers.image.ref.name`

@@ -88,11 +88,7 @@ impl BlobStore {
         std::fs::create_dir_all(layout.blobs_root())?;
         std::fs::create_dir_all(layout.uploads_root())?;
         let open = OpenCache::with_weighter(4096, CACHE_WEIGHT, BlobWeight);
-        Ok(BlobStore {
-            layout: Arc::new(layout),
-            hook,
-            open: Arc::new(open),
-        })
+        Ok(BlobStore { layout: Arc::new(layout), hook, open: Arc::new(open) })
     }
 
     /// Start a new, empty staging area `id`.
@@ -137,11 +133,7 @@ impl BlobStore {
             let name = name.to_string_lossy();
             if !keep(&name) {
                 let p = entry.path();
-                let r = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
+                let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
                 if let Err(e) = r {
                     tracing::warn!(path = %p.display(), error = %e, "cannot remove staging");
                 } else {
@@ -165,10 +157,7 @@ impl BlobStore {
     fn commit_inner(&self, staging: Staging, expected: &Digest) -> Result<Committed, BlobError> {
         let (file, path, actual, committed) = staging.finish();
         if &actual != expected {
-            return Err(BlobError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
+            return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         self.hook.check(FsOp::Fsync)?;
         file.sync_all()?;

@@ -27,11 +27,7 @@ impl Staging {
     pub(super) fn create(layout: &Layout, id: &str, hook: Arc<dyn FaultHook>) -> io::Result<Self> {
         std::fs::create_dir_all(layout.staging_dir(id))?;
         let path = layout.staging_file(id);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
         Ok(Staging {
             id: id.to_owned(),
             path,
@@ -43,11 +39,7 @@ impl Staging {
         })
     }
 
-    pub(super) fn reopen(
-        layout: &Layout,
-        id: &str,
-        hook: Arc<dyn FaultHook>,
-    ) -> io::Result<Option<Self>> {
+    pub(super) fn reopen(layout: &Layout, id: &str, hook: Arc<dyn FaultHook>) -> io::Result<Option<Self>> {
         let path = layout.staging_file(id);
         let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(f) => f,
@@ -67,15 +59,7 @@ impl Staging {
             blake3.update(&buf[..n]);
             len += n as u64;
         }
-        Ok(Some(Staging {
-            id: id.to_owned(),
-            path,
-            file,
-            sha256,
-            blake3,
-            len,
-            hook,
-        }))
+        Ok(Some(Staging { id: id.to_owned(), path, file, sha256, blake3, len, hook }))
     }
 
     pub fn id(&self) -> &str {
@@ -106,10 +90,7 @@ impl Staging {
     /// records.
     pub(super) fn finish(self) -> (File, PathBuf, Digest, Committed) {
         let digest = Digest::from_sha256(self.sha256.finalize().into());
-        let committed = Committed {
-            size: self.len,
-            blake3: self.blake3.finalize().to_hex().to_string(),
-        };
+        let committed = Committed { size: self.len, blake3: self.blake3.finalize().to_hex().to_string() };
         (self.file, self.path, digest, committed)
     }
 }

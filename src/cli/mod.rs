@@ -6,14 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod client_config;
+
 use crate::config::{self, LogFormat, Overrides};
 
 #[derive(Parser)]
-#[command(
-    name = "wharfie",
-    version,
-    about = "An OCI registry and pull-through cache"
-)]
+#[command(name = "wharfie", version, about = "An OCI registry and pull-through cache")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,6 +94,15 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Print containerd hosts.toml, podman registries.conf and Docker daemon.json
+    /// snippets that point those clients at this server.
+    ClientConfig {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// The host:port clients reach this server at (default: the listen address).
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -113,10 +120,7 @@ enum ConfigCommand {
 
 impl ConfigArgs {
     fn load(&self) -> Result<(config::RawConfig, config::Settings), config::ConfigError> {
-        let o = Overrides {
-            listen: self.listen.clone(),
-            data_dir: self.data_dir.clone(),
-        };
+        let o = Overrides { listen: self.listen.clone(), data_dir: self.data_dir.clone() };
         config::load(self.config.as_deref(), &o)
     }
 }
@@ -125,9 +129,7 @@ impl ConfigArgs {
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -156,9 +158,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Config {
-            command: ConfigCommand::Check(args),
-        } => match args.load() {
+        Command::Config { command: ConfigCommand::Check(args) } => match args.load() {
             Ok((raw, _)) => match toml::to_string_pretty(&raw) {
                 Ok(s) => {
                     println!("{s}");
@@ -175,12 +175,18 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Import {
-            cfg,
-            inputs,
-            repo,
-            remote,
-        } => {
+        Command::ClientConfig { cfg, host } => match cfg.load() {
+            Ok((_, s)) => {
+                let host = host.unwrap_or_else(|| s.listen.to_string());
+                print!("{}", client_config::render(&s, &host));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wharfie: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Import { cfg, inputs, repo, remote } => {
             let target = match repo.as_deref().map(parse_target).transpose() {
                 Ok(t) => t,
                 Err(e) => {
@@ -189,18 +195,12 @@ pub fn main() -> ExitCode {
                 }
             };
             with_client(&cfg, &remote, |client| {
-                let images =
-                    crate::airgap::import(client, &inputs, target.as_ref(), &|m| eprintln!("{m}"))?;
+                let images = crate::airgap::import(client, &inputs, target.as_ref(), &|m| eprintln!("{m}"))?;
                 println!("imported {} image(s)", images.len());
                 Ok(())
             })
         }
-        Command::Export {
-            cfg,
-            images,
-            output,
-            remote,
-        } => {
+        Command::Export { cfg, images, output, remote } => {
             let mut refs = Vec::new();
             for i in &images {
                 match i.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
@@ -214,27 +214,18 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Gc {
-            cfg,
-            dry_run,
-            grace,
-        } => offline(&cfg, |reg, s| async move {
+        Command::Gc { cfg, dry_run, grace } => offline(&cfg, |reg, s| async move {
             let grace = grace.unwrap_or(s.gc.grace);
             let r = reg.gc(grace, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!(
-                "{verb} {} manifests, {} blobs, {} bytes",
-                r.manifests, r.blobs, r.bytes
-            );
+            println!("{verb} {} manifests, {} blobs, {} bytes", r.manifests, r.blobs, r.bytes);
             Ok(())
         }),
         Command::Verify { cfg, full } => offline(&cfg, |reg, _| async move {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let b2 = bar.clone();
             let r = reg
@@ -244,27 +235,17 @@ pub fn main() -> ExitCode {
                 })
                 .await?;
             bar.finish_and_clear();
-            println!(
-                "checked {} blobs ({} bytes), {} corrupt",
-                r.checked,
-                r.bytes,
-                r.corrupt.len()
-            );
+            println!("checked {} blobs ({} bytes), {} corrupt", r.checked, r.bytes, r.corrupt.len());
             for d in &r.corrupt {
                 println!("corrupt (quarantined): {d}");
             }
             if r.corrupt.is_empty() {
                 Ok(())
             } else {
-                Err(crate::service::Error::Internal(format!(
-                    "{} corrupt blobs",
-                    r.corrupt.len()
-                )))
+                Err(crate::service::Error::Internal(format!("{} corrupt blobs", r.corrupt.len())))
             }
         }),
-        Command::Config {
-            command: ConfigCommand::Default,
-        } => {
+        Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
@@ -286,10 +267,7 @@ where
         }
     };
     init_tracing(settings.log_format, "warn");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wharfie: cannot start the runtime: {e}");
@@ -326,10 +304,7 @@ fn parse_target(s: &str) -> Result<crate::airgap::ImportTarget, String> {
         _ => (s, None),
     };
     let repo = crate::names::RepoName::parse(name).map_err(|e| e.to_string())?;
-    let tag = tag
-        .map(crate::names::Tag::parse)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let tag = tag.map(crate::names::Tag::parse).transpose().map_err(|e| e.to_string())?;
     Ok(crate::airgap::ImportTarget { repo, tag })
 }
 
@@ -350,10 +325,7 @@ fn with_client(
     };
     init_tracing(settings.log_format, "warn");
     let creds = remote.creds.as_deref().map(|c| {
-        c.split_once(':')
-            .map_or((c.to_owned(), String::new()), |(u, p)| {
-                (u.to_owned(), p.to_owned())
-            })
+        c.split_once(':').map_or((c.to_owned(), String::new()), |(u, p)| (u.to_owned(), p.to_owned()))
     });
     let run = |base: &str| -> ExitCode {
         let client = match crate::upstream::client::RegistryClient::new(base, creds.clone()) {
@@ -378,10 +350,7 @@ fn with_client(
     if let Some(url) = &remote.server {
         return run(url);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wharfie: cannot start the runtime: {e}");
@@ -419,14 +388,9 @@ fn with_client(
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let max = settings.max_connections;
-    let server = rt.spawn(crate::http::server::serve(
-        vec![listener],
-        reg,
-        max,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, max, async {
+        let _ = stop_rx.await;
+    }));
     let code = run(&base);
     let _ = stop_tx.send(());
     let _ = rt.block_on(server);

@@ -78,10 +78,7 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig {
-            interval: Duration::from_secs(3600),
-            grace: Duration::from_secs(24 * 3600),
-        }
+        GcConfig { interval: Duration::from_secs(3600), grace: Duration::from_secs(24 * 3600) }
     }
 }
 
@@ -215,17 +212,12 @@ pub fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, Co
         }
         f = f.merge(Toml::file_exact(path));
     }
-    Ok(
-        f.merge(Env::prefixed("WHARFIE_").split("__").ignore(&["config"]))
-            .merge(Serialized::defaults(overrides)),
-    )
+    Ok(f.merge(Env::prefixed("WHARFIE_").split("__").ignore(&["config"]))
+        .merge(Serialized::defaults(overrides)))
 }
 
 /// Load and check.
-pub fn load(
-    file: Option<&Path>,
-    overrides: &Overrides,
-) -> Result<(RawConfig, Settings), ConfigError> {
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<(RawConfig, Settings), ConfigError> {
     let raw: RawConfig = figment(file, overrides)?.extract().map_err(Box::new)?;
     let settings = resolve(&raw)?;
     Ok((raw, settings))
@@ -235,20 +227,12 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
     let listen = raw
         .listen
         .parse::<SocketAddr>()
-        .map_err(|e| ConfigError::Listen {
-            value: raw.listen.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| ConfigError::Listen { value: raw.listen.clone(), reason: e.to_string() })?;
     let mut defaults = 0;
     for (i, u) in raw.upstreams.iter().enumerate() {
-        let bad = |reason: &str| ConfigError::Upstream {
-            name: u.name.clone(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| ConfigError::Upstream { name: u.name.clone(), reason: reason.into() };
         if crate::names::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
-            return Err(bad(
-                "name must be one repository-name component, like docker.io",
-            ));
+            return Err(bad("name must be one repository-name component, like docker.io"));
         }
         if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
             return Err(bad("url must start with http:// or https://"));
@@ -290,8 +274,7 @@ mod tests {
 
     #[test]
     fn embedded_default_file_matches_the_defaults() {
-        let f = Figment::from(Serialized::defaults(RawConfig::default()))
-            .merge(Toml::string(DEFAULT_TOML));
+        let f = Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(DEFAULT_TOML));
         let raw: RawConfig = f.extract().expect("default.toml parses");
         let d = RawConfig::default();
         assert_eq!(raw.listen, d.listen);
@@ -303,19 +286,13 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn layers_and_errors_name_their_source() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "w.toml",
-                "listen = \"0.0.0.0:6000\"\nupload_ttl = \"90s\"\n",
-            )?;
+            jail.create_file("w.toml", "listen = \"0.0.0.0:6000\"\nupload_ttl = \"90s\"\n")?;
             jail.set_env("WHARFIE_MAX_MANIFEST_SIZE", "1MiB");
             let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
             assert_eq!(s.listen.port(), 6000);
             assert_eq!(s.upload_ttl, Duration::from_secs(90));
             assert_eq!(s.max_manifest_bytes, 1 << 20);
-            let o = Overrides {
-                listen: Some("127.0.0.1:7000".into()),
-                data_dir: None,
-            };
+            let o = Overrides { listen: Some("127.0.0.1:7000".into()), data_dir: None };
             let (_, s) = load(Some(Path::new("w.toml")), &o).expect("loads");
             assert_eq!(s.listen.port(), 7000);
             jail.create_file("bad.toml", "upload_ttl = \"soon\"\n")?;

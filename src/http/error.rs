@@ -36,9 +36,7 @@ impl ApiError {
             Error::DigestInvalid(_) => (S::BAD_REQUEST, "DIGEST_INVALID"),
             Error::BlobUnknown => (S::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::BlobUploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-            Error::BlobUploadInvalid(_) | Error::BodyRead(_) => {
-                (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID")
-            }
+            Error::BlobUploadInvalid(_) | Error::BodyRead(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Error::UploadOutOfOrder { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             Error::ManifestUnknown => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::ManifestInvalid(_) => (S::BAD_REQUEST, "MANIFEST_INVALID"),
@@ -69,10 +67,7 @@ impl ApiError {
         let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             ApiError::Service(Error::RangeNotSatisfiable { size }) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -23,9 +23,7 @@ use handlers::Req;
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 
 fn parse_query(raw: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
 }
 
 /// Run one request: dispatch, render errors, stamp common headers, log one line.
@@ -39,13 +37,7 @@ async fn handle(
 ) -> warp::reply::Response {
     let started = Instant::now();
     let path = path.as_str().to_owned();
-    let req = Req {
-        method: method.clone(),
-        path: path.clone(),
-        query: parse_query(&query),
-        headers,
-        body,
-    };
+    let req = Req { method: method.clone(), path: path.clone(), query: parse_query(&query), headers, body };
     let reply = match handlers::dispatch(&reg, req).await {
         Ok(r) => r,
         Err(e) => handlers::Reply::Full(e.render()),
@@ -60,23 +52,23 @@ async fn handle(
             r
         }
     };
-    resp.headers_mut()
-        .insert("docker-distribution-api-version", API_VERSION);
+    resp.headers_mut().insert("docker-distribution-api-version", API_VERSION);
     let bytes = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    reg.metrics
-        .http_request(method.as_str(), resp.status().as_u16(), bytes);
+    reg.metrics.http_request(method.as_str(), resp.status().as_u16(), bytes);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    reg.metrics.observe_latency(micros);
     tracing::info!(
         target: "wharfie::request",
         %method,
         path,
         status = resp.status().as_u16(),
         bytes,
-        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        micros,
     );
     resp
 }
@@ -87,10 +79,7 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
 {
-    Box::pin(s.map(|r| {
-        r.map(|mut b| b.copy_to_bytes(b.remaining()))
-            .map_err(std::io::Error::other)
-    }))
+    Box::pin(s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())).map_err(std::io::Error::other)))
 }
 
 /// The whole API as one warp filter.

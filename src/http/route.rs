@@ -18,10 +18,7 @@ pub enum Endpoint {
     /// `/v2/_catalog`
     Catalog,
     /// `/v2/<name>/manifests/<reference>`
-    Manifest {
-        name: RepoName,
-        reference: Reference,
-    },
+    Manifest { name: RepoName, reference: Reference },
     /// `/v2/<name>/blobs/<digest>`
     Blob { name: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/`
@@ -36,6 +33,8 @@ pub enum Endpoint {
     Health,
     /// `/metrics`
     Metrics,
+    /// `/readyz`
+    Ready,
 }
 
 /// Decode `%XX` escapes into ASCII; anything else is kept as it is.
@@ -67,9 +66,7 @@ fn decode_segment(s: &str) -> String {
 fn upload_id_ok(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Parse a request path (without the query string).
@@ -79,6 +76,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         "/v2/_catalog" => return Ok(Endpoint::Catalog),
         "/healthz" => return Ok(Endpoint::Health),
         "/metrics" => return Ok(Endpoint::Metrics),
+        "/readyz" => return Ok(Endpoint::Ready),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -99,10 +97,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         if !upload_id_ok(id) {
             return Err(Error::BlobUploadUnknown.into());
         }
-        return Ok(Endpoint::Upload {
-            name,
-            id: id.to_owned(),
-        });
+        return Ok(Endpoint::Upload { name, id: id.to_owned() });
     }
     if n >= 3 && at(1, "blobs") && at(0, "uploads") {
         return Ok(Endpoint::Uploads { name: name(n - 2)? });
@@ -155,49 +150,26 @@ mod tests {
         );
         assert_eq!(
             parse(&format!("/v2/a/blobs/{d}")).ok(),
-            Some(Endpoint::Blob {
-                name: name("a"),
-                digest: d.clone()
-            })
+            Some(Endpoint::Blob { name: name("a"), digest: d.clone() })
         );
         assert_eq!(
             parse(&format!("/v2/a/blobs/{}", d.as_str().replace(':', "%3A"))).ok(),
-            Some(Endpoint::Blob {
-                name: name("a"),
-                digest: d.clone()
-            })
+            Some(Endpoint::Blob { name: name("a"), digest: d.clone() })
         );
-        assert_eq!(
-            parse("/v2/a/blobs/uploads/").ok(),
-            Some(Endpoint::Uploads { name: name("a") })
-        );
-        assert_eq!(
-            parse("/v2/a/blobs/uploads").ok(),
-            Some(Endpoint::Uploads { name: name("a") })
-        );
+        assert_eq!(parse("/v2/a/blobs/uploads/").ok(), Some(Endpoint::Uploads { name: name("a") }));
+        assert_eq!(parse("/v2/a/blobs/uploads").ok(), Some(Endpoint::Uploads { name: name("a") }));
         assert_eq!(
             parse("/v2/blobs/blobs/uploads/abc-1").ok(),
-            Some(Endpoint::Upload {
-                name: name("blobs"),
-                id: "abc-1".into()
-            })
+            Some(Endpoint::Upload { name: name("blobs"), id: "abc-1".into() })
         );
-        assert_eq!(
-            parse("/v2/x/tags/list").ok(),
-            Some(Endpoint::Tags { name: name("x") })
-        );
+        assert_eq!(parse("/v2/x/tags/list").ok(), Some(Endpoint::Tags { name: name("x") }));
         assert_eq!(
             parse("/v2/manifests/manifests/tags/list").ok(),
-            Some(Endpoint::Tags {
-                name: name("manifests/manifests")
-            })
+            Some(Endpoint::Tags { name: name("manifests/manifests") })
         );
         assert_eq!(
             parse(&format!("/v2/x/y/referrers/{d}")).ok(),
-            Some(Endpoint::Referrers {
-                name: name("x/y"),
-                digest: d
-            })
+            Some(Endpoint::Referrers { name: name("x/y"), digest: d })
         );
     }
 

@@ -107,9 +107,11 @@ pub async fn serve_with(
                     Some(acceptor) => {
                         // The handshake runs in the connection's task, never in the
                         // accept loop: a slow client cannot stall other accepts.
-                        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                        let (acceptor, builder, watcher) =
+                            (acceptor.clone(), builder.clone(), graceful.watcher());
                         tokio::spawn(async move {
-                            let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                            let hs =
+                                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                             let tls_stream = match hs {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
@@ -121,7 +123,8 @@ pub async fn serve_with(
                                     return;
                                 }
                             };
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), hyper_svc).into_owned();
+                            let conn =
+                                builder.serve_connection(TokioIo::new(tls_stream), hyper_svc).into_owned();
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
@@ -141,10 +144,7 @@ pub async fn serve_with(
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
         return;
     };
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out; closing remaining connections");
     }
 }

@@ -76,20 +76,14 @@ impl Meta {
 
     /// Delete those manifest rows that are still unlinked and unreferenced; their
     /// references are released. Returns the ones deleted.
-    pub async fn gc_delete_manifests(
-        &self,
-        digests: Vec<Digest>,
-    ) -> Result<Vec<Digest>, MetaError> {
+    pub async fn gc_delete_manifests(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, MetaError> {
         self.write(move |txn| {
             let mut done = Vec::new();
             for d in digests {
                 if !manifest_collectable(txn, d.as_str())? {
                     continue;
                 }
-                let rec = txn
-                    .open_table(MANIFESTS)?
-                    .remove(d.as_str())?
-                    .map(|v| v.value().to_vec());
+                let rec = txn.open_table(MANIFESTS)?.remove(d.as_str())?.map(|v| v.value().to_vec());
                 txn.open_table(MANIFEST_BODIES)?.remove(d.as_str())?;
                 if let Some(rec) = rec {
                     let rec: ManifestRecord = decode(&rec)?;
@@ -116,12 +110,7 @@ impl Meta {
                 continue;
             }
             if let Ok(digest) = k.value().parse() {
-                out.push(BlobCandidate {
-                    digest,
-                    size: rec.size,
-                    origin: rec.origin,
-                    created: rec.created,
-                });
+                out.push(BlobCandidate { digest, size: rec.size, origin: rec.origin, created: rec.created });
             }
         }
         Ok(out)
@@ -193,11 +182,7 @@ impl Meta {
     }
 
     /// Blobs nothing references, created before `cutoff`, not leased.
-    pub fn gc_blob_candidates(
-        &self,
-        cutoff: u64,
-        limit: usize,
-    ) -> Result<Vec<BlobCandidate>, MetaError> {
+    pub fn gc_blob_candidates(&self, cutoff: u64, limit: usize) -> Result<Vec<BlobCandidate>, MetaError> {
         let rtx = self.db.begin_read()?;
         let (refs, leases) = (rtx.open_table(REFS)?, rtx.open_table(LEASES)?);
         let mut out = Vec::new();
@@ -205,17 +190,11 @@ impl Meta {
             let (k, v) = item?;
             let rec: BlobRecord = decode(v.value())?;
             let d = k.value();
-            if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d)?
-            {
+            if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d)? {
                 continue;
             }
             if let Ok(digest) = d.parse() {
-                out.push(BlobCandidate {
-                    digest,
-                    size: rec.size,
-                    origin: rec.origin,
-                    created: rec.created,
-                });
+                out.push(BlobCandidate { digest, size: rec.size, origin: rec.origin, created: rec.created });
             }
             if out.len() >= limit {
                 break;
@@ -236,11 +215,8 @@ impl Meta {
             let mut marked = Vec::new();
             for d in digests {
                 let key = d.as_str();
-                let rec: Option<BlobRecord> = txn
-                    .open_table(BLOBS)?
-                    .get(key)?
-                    .map(|v| decode(v.value()))
-                    .transpose()?;
+                let rec: Option<BlobRecord> =
+                    txn.open_table(BLOBS)?.get(key)?.map(|v| decode(v.value())).transpose()?;
                 let Some(mut rec) = rec else { continue };
                 if rec.deleting {
                     continue;
@@ -260,8 +236,7 @@ impl Meta {
                     continue;
                 }
                 rec.deleting = true;
-                txn.open_table(BLOBS)?
-                    .insert(key, encode(&rec).as_slice())?;
+                txn.open_table(BLOBS)?.insert(key, encode(&rec).as_slice())?;
                 let repos: Vec<String> = {
                     let links = txn.open_table(BLOB_LINKS)?;
                     let mut v = Vec::new();
@@ -275,8 +250,7 @@ impl Meta {
                     }
                     v
                 };
-                let (mut fwd, mut back) =
-                    (txn.open_table(REPO_BLOBS)?, txn.open_table(BLOB_LINKS)?);
+                let (mut fwd, mut back) = (txn.open_table(REPO_BLOBS)?, txn.open_table(BLOB_LINKS)?);
                 for r in &repos {
                     fwd.remove((r.as_str(), key))?;
                     back.remove((key, r.as_str()))?;

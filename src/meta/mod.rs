@@ -16,16 +16,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    WriteTransaction,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
 };
 
 use crate::digest::Digest;
 pub use gc::{BlobCandidate, MarkMode};
 use model::{decode, encode};
-pub use model::{
-    BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord,
-};
+pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
 use schema::*;
 
 /// Errors of the metadata layer.
@@ -145,28 +142,18 @@ impl Meta {
     /// The blob row, whatever repositories link it.
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         let t = self.read(BLOBS)?;
-        let rec: Option<BlobRecord> = t
-            .get(digest.as_str())?
-            .map(|v| decode(v.value()))
-            .transpose()?;
+        let rec: Option<BlobRecord> = t.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
         Ok(rec.filter(|r| !r.deleting))
     }
 
     /// The blob row if `repo` links the blob.
     pub fn repo_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         let rtx = self.db.begin_read()?;
-        if rtx
-            .open_table(REPO_BLOBS)?
-            .get((repo, digest.as_str()))?
-            .is_none()
-        {
+        if rtx.open_table(REPO_BLOBS)?.get((repo, digest.as_str()))?.is_none() {
             return Ok(None);
         }
         let t = rtx.open_table(BLOBS)?;
-        let rec: Option<BlobRecord> = t
-            .get(digest.as_str())?
-            .map(|v| decode(v.value()))
-            .transpose()?;
+        let rec: Option<BlobRecord> = t.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
         Ok(rec.filter(|r| !r.deleting))
     }
 
@@ -184,11 +171,7 @@ impl Meta {
         with_body: bool,
     ) -> Result<Option<StoredManifest>, MetaError> {
         let rtx = self.db.begin_read()?;
-        if rtx
-            .open_table(REPO_MANIFESTS)?
-            .get((repo, digest.as_str()))?
-            .is_none()
-        {
+        if rtx.open_table(REPO_MANIFESTS)?.get((repo, digest.as_str()))?.is_none() {
             return Ok(None);
         }
         let Some(rec) = rtx.open_table(MANIFESTS)?.get(digest.as_str())? else {
@@ -196,9 +179,7 @@ impl Meta {
         };
         let rec: ManifestRecord = decode(rec.value())?;
         let body = if with_body {
-            rtx.open_table(MANIFEST_BODIES)?
-                .get(digest.as_str())?
-                .map(|b| b.value().to_vec())
+            rtx.open_table(MANIFEST_BODIES)?.get(digest.as_str())?.map(|b| b.value().to_vec())
         } else {
             None
         };
@@ -234,10 +215,7 @@ impl Meta {
         }
         if out.is_empty() && last.is_none() {
             let known = rtx.open_table(REPOS)?.get(repo)?.is_some()
-                || t.range((repo, "")..)?
-                    .next()
-                    .transpose()?
-                    .is_some_and(|(k, _)| k.value().0 == repo);
+                || t.range((repo, "")..)?.next().transpose()?.is_some_and(|(k, _)| k.value().0 == repo);
             if !known {
                 return Ok(None);
             }
@@ -322,10 +300,8 @@ impl Meta {
     ) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut blobs = txn.open_table(BLOBS)?;
-            let existing: Option<BlobRecord> = blobs
-                .get(digest.as_str())?
-                .map(|v| decode(v.value()))
-                .transpose()?;
+            let existing: Option<BlobRecord> =
+                blobs.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
             match existing {
                 Some(old)
                     if !old.deleting
@@ -360,12 +336,8 @@ impl Meta {
             if deleting {
                 return Ok(false);
             }
-            let rec = LeaseRecord {
-                owner: digest.to_string(),
-                expires: model::now() + 3600,
-            };
-            txn.open_table(LEASES)?
-                .insert(key.as_str(), encode(&rec).as_slice())?;
+            let rec = LeaseRecord { owner: digest.to_string(), expires: model::now() + 3600 };
+            txn.open_table(LEASES)?.insert(key.as_str(), encode(&rec).as_slice())?;
             Ok(true)
         })
         .await
@@ -388,10 +360,7 @@ impl Meta {
                 .is_some_and(|r| !r.deleting);
             let present = live
                 && match &from {
-                    Some(f) => txn
-                        .open_table(REPO_BLOBS)?
-                        .get((f.as_str(), digest.as_str()))?
-                        .is_some(),
+                    Some(f) => txn.open_table(REPO_BLOBS)?.get((f.as_str(), digest.as_str()))?.is_some(),
                     None => true,
                 };
             if present {
@@ -425,33 +394,24 @@ impl Meta {
             let mut manifests = txn.open_table(MANIFESTS)?;
             if manifests.get(d)?.is_none() {
                 manifests.insert(d, encode(&m.record).as_slice())?;
-                txn.open_table(MANIFEST_BODIES)?
-                    .insert(d, m.body.as_slice())?;
+                txn.open_table(MANIFEST_BODIES)?.insert(d, m.body.as_slice())?;
                 let mut refs = txn.open_table(REFS)?;
                 for r in &m.record.refs {
                     add(&mut refs, r.as_str(), 1)?;
                 }
             }
-            let newly_linked = txn
-                .open_table(REPO_MANIFESTS)?
-                .insert((repo, d), ())?
-                .is_none();
+            let newly_linked = txn.open_table(REPO_MANIFESTS)?.insert((repo, d), ())?.is_none();
             if newly_linked {
                 add(&mut txn.open_table(REPOS)?, repo, 1)?;
                 add(&mut txn.open_table(MANIFEST_LINKS)?, d, 1)?;
             }
             if let Some(tag) = &m.tag {
-                let rec = TagRecord {
-                    digest: m.digest.clone(),
-                    updated: model::now(),
-                    checked: m.tag_checked,
-                };
-                txn.open_table(TAGS)?
-                    .insert((repo, tag.as_str()), encode(&rec).as_slice())?;
+                let rec =
+                    TagRecord { digest: m.digest.clone(), updated: model::now(), checked: m.tag_checked };
+                txn.open_table(TAGS)?.insert((repo, tag.as_str()), encode(&rec).as_slice())?;
             }
             if let (Some(desc), Some(subject)) = (&m.referrer, &m.record.subject) {
-                txn.open_table(REFERRERS)?
-                    .insert((repo, subject.as_str(), d), encode(desc).as_slice())?;
+                txn.open_table(REFERRERS)?.insert((repo, subject.as_str(), d), encode(desc).as_slice())?;
             }
             Ok(())
         })
@@ -502,18 +462,11 @@ impl Meta {
     }
 
     /// Record that the mirror confirmed `tag` upstream at `checked`.
-    pub async fn touch_tag(
-        &self,
-        repo: String,
-        tag: String,
-        checked: u64,
-    ) -> Result<(), MetaError> {
+    pub async fn touch_tag(&self, repo: String, tag: String, checked: u64) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut t = txn.open_table(TAGS)?;
-            let rec: Option<TagRecord> = t
-                .get((repo.as_str(), tag.as_str()))?
-                .map(|v| decode(v.value()))
-                .transpose()?;
+            let rec: Option<TagRecord> =
+                t.get((repo.as_str(), tag.as_str()))?.map(|v| decode(v.value())).transpose()?;
             if let Some(mut rec) = rec {
                 rec.checked = Some(checked);
                 t.insert((repo.as_str(), tag.as_str()), encode(&rec).as_slice())?;
@@ -526,8 +479,7 @@ impl Meta {
     /// Hold a lease on `key` (an in-flight fill) until `release_lease` or restart.
     pub async fn take_lease(&self, key: String, rec: LeaseRecord) -> Result<(), MetaError> {
         self.write(move |txn| {
-            txn.open_table(LEASES)?
-                .insert(key.as_str(), encode(&rec).as_slice())?;
+            txn.open_table(LEASES)?.insert(key.as_str(), encode(&rec).as_slice())?;
             Ok(())
         })
         .await
@@ -544,10 +496,7 @@ impl Meta {
     /// Remove one tag; the manifest stays.
     pub async fn delete_tag(&self, repo: String, tag: String) -> Result<(), MetaError> {
         self.write(move |txn| {
-            let removed = txn
-                .open_table(TAGS)?
-                .remove((repo.as_str(), tag.as_str()))?
-                .is_some();
+            let removed = txn.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?.is_some();
             if removed {
                 Ok(())
             } else {
@@ -560,13 +509,9 @@ impl Meta {
     /// Unlink a blob from `repo`; the file and row stay for GC.
     pub async fn delete_blob(&self, repo: String, digest: Digest) -> Result<(), MetaError> {
         self.write(move |txn| {
-            let removed = txn
-                .open_table(REPO_BLOBS)?
-                .remove((repo.as_str(), digest.as_str()))?
-                .is_some();
+            let removed = txn.open_table(REPO_BLOBS)?.remove((repo.as_str(), digest.as_str()))?.is_some();
             if removed {
-                txn.open_table(BLOB_LINKS)?
-                    .remove((digest.as_str(), repo.as_str()))?;
+                txn.open_table(BLOB_LINKS)?.remove((digest.as_str(), repo.as_str()))?;
                 Ok(())
             } else {
                 Err(MetaError::NotFound)
@@ -577,8 +522,7 @@ impl Meta {
 
     pub async fn create_upload(&self, id: String, rec: UploadRecord) -> Result<(), MetaError> {
         self.write(move |txn| {
-            txn.open_table(UPLOADS)?
-                .insert(id.as_str(), encode(&rec).as_slice())?;
+            txn.open_table(UPLOADS)?.insert(id.as_str(), encode(&rec).as_slice())?;
             Ok(())
         })
         .await
@@ -586,8 +530,7 @@ impl Meta {
 
     /// Remove an upload session row; returns whether it existed.
     pub async fn delete_upload(&self, id: String) -> Result<bool, MetaError> {
-        self.write(move |txn| Ok(txn.open_table(UPLOADS)?.remove(id.as_str())?.is_some()))
-            .await
+        self.write(move |txn| Ok(txn.open_table(UPLOADS)?.remove(id.as_str())?.is_some())).await
     }
 
     /// Remove every lease row (startup: the process that held them is gone).
@@ -604,10 +547,8 @@ impl Meta {
 
 /// Link a blob into a repository, both directions.
 fn link_blob(txn: &WriteTransaction, repo: &str, digest: &Digest) -> Result<(), MetaError> {
-    txn.open_table(REPO_BLOBS)?
-        .insert((repo, digest.as_str()), ())?;
-    txn.open_table(BLOB_LINKS)?
-        .insert((digest.as_str(), repo), ())?;
+    txn.open_table(REPO_BLOBS)?.insert((repo, digest.as_str()), ())?;
+    txn.open_table(BLOB_LINKS)?.insert((digest.as_str(), repo), ())?;
     Ok(())
 }
 

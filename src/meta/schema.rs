@@ -13,8 +13,7 @@ pub const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manife
 /// digest → the exact pushed bytes
 pub const MANIFEST_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_bodies");
 /// (repo, digest) → ()
-pub const REPO_MANIFESTS: TableDefinition<(&str, &str), ()> =
-    TableDefinition::new("repo_manifests");
+pub const REPO_MANIFESTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_manifests");
 /// repo → number of manifests linked (the catalog lists repos with at least one)
 pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 /// (repo, tag) → `TagRecord`

@@ -49,9 +49,7 @@ where
 
 pub(super) fn spawn(db: Arc<Database>) -> std::io::Result<Sender<Job>> {
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    std::thread::Builder::new()
-        .name("wharfie-meta-writer".into())
-        .spawn(move || run(&db, &rx))?;
+    std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx))?;
     Ok(tx)
 }
 
@@ -83,9 +81,7 @@ fn run(db: &Database, rx: &Receiver<Job>) {
         }
         let result = if fatal {
             let _ = txn.abort();
-            Err(MetaError::Storage(
-                "batch aborted after a storage error".into(),
-            ))
+            Err(MetaError::Storage("batch aborted after a storage error".into()))
         } else {
             txn.commit().map_err(MetaError::storage)
         };

@@ -9,10 +9,7 @@ use crate::names::RepoName;
 impl Registry {
     /// The size of a blob linked in `repo`.
     pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Error> {
-        self.meta
-            .repo_blob(repo.as_str(), digest)?
-            .map(|r| r.size)
-            .ok_or(Error::BlobUnknown)
+        self.meta.repo_blob(repo.as_str(), digest)?.map(|r| r.size).ok_or(Error::BlobUnknown)
     }
 
     /// The whole blob, memory-mapped (slices of it are free).
@@ -35,11 +32,7 @@ impl Registry {
 
     /// Unlink a blob from `repo`.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), Error> {
-        match self
-            .meta
-            .delete_blob(repo.as_str().to_owned(), digest.clone())
-            .await
-        {
+        match self.meta.delete_blob(repo.as_str().to_owned(), digest.clone()).await {
             Err(crate::meta::MetaError::NotFound) => Err(Error::BlobUnknown),
             r => Ok(r?),
         }

@@ -37,10 +37,7 @@ impl Registry {
     /// Collect garbage. With `dry_run`, report what would go and change nothing.
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, Error> {
         let cutoff = now().saturating_sub(grace.as_secs());
-        let mut report = GcReport {
-            dry_run,
-            ..GcReport::default()
-        };
+        let mut report = GcReport { dry_run, ..GcReport::default() };
         if dry_run {
             let (m, blobs) = self.meta.gc_plan(cutoff)?;
             report.manifests = m.len();
@@ -72,10 +69,7 @@ impl Registry {
                 cands.iter().map(|c| (c.digest.clone(), c.size)).collect();
             let marked = self
                 .meta
-                .gc_mark_blobs(
-                    cands.into_iter().map(|c| c.digest).collect(),
-                    MarkMode::Garbage { cutoff },
-                )
+                .gc_mark_blobs(cands.into_iter().map(|c| c.digest).collect(), MarkMode::Garbage { cutoff })
                 .await?;
             if marked.is_empty() {
                 break;
@@ -123,28 +117,19 @@ impl Registry {
 
     /// Note a read of a mirrored blob (in memory; `flush_access` persists).
     pub fn touch(&self, digest: &Digest) {
-        let mut a = self
-            .access
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         a.insert(digest.clone(), (now(), true));
     }
 
     fn last_access(&self, digest: &Digest) -> Option<u64> {
-        let a = self
-            .access
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         a.get(digest).map(|(t, _)| *t)
     }
 
     /// Load persisted access times (startup).
     pub fn load_access(&self) -> Result<(), Error> {
         let times = self.meta.access_times()?;
-        let mut a = self
-            .access
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (d, t) in times {
             a.entry(d).or_insert((t, false));
         }
@@ -154,10 +139,7 @@ impl Registry {
     /// Persist access times changed since the last flush, in one transaction.
     pub async fn flush_access(&self) -> Result<usize, Error> {
         let dirty: Vec<(Digest, u64)> = {
-            let mut a = self
-                .access
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             a.iter_mut()
                 .filter(|(_, (_, dirty))| *dirty)
                 .map(|(d, (t, dirty))| {
@@ -175,24 +157,14 @@ impl Registry {
 
     /// Bytes of mirrored blobs stored.
     pub fn mirrored_bytes(&self) -> Result<u64, Error> {
-        Ok(self
-            .meta
-            .blob_rows()?
-            .iter()
-            .filter(|b| b.origin == Origin::Mirrored)
-            .map(|b| b.size)
-            .sum())
+        Ok(self.meta.blob_rows()?.iter().filter(|b| b.origin == Origin::Mirrored).map(|b| b.size).sum())
     }
 
     /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes.
     /// Pushed content is never evicted. Returns (blobs, bytes) evicted.
     pub async fn evict(&self, high_water: u64, low_water: u64) -> Result<(usize, u64), Error> {
-        let mut rows: Vec<_> = self
-            .meta
-            .blob_rows()?
-            .into_iter()
-            .filter(|b| b.origin == Origin::Mirrored)
-            .collect();
+        let mut rows: Vec<_> =
+            self.meta.blob_rows()?.into_iter().filter(|b| b.origin == Origin::Mirrored).collect();
         let mut total: u64 = rows.iter().map(|b| b.size).sum();
         if total <= high_water {
             return Ok((0, 0));
@@ -224,11 +196,7 @@ impl Registry {
             self.unlink_marked(marked).await?;
         }
         if n > 0 {
-            tracing::info!(
-                blobs = n,
-                bytes,
-                "evicted mirrored blobs over the cache cap"
-            );
+            tracing::info!(blobs = n, bytes, "evicted mirrored blobs over the cache cap");
         }
         Ok((n, bytes))
     }
@@ -254,8 +222,7 @@ impl Registry {
             let blobs = self.blobs.clone();
             let d = b.digest.clone();
             let got = tokio::task::spawn_blocking(move || blobs.hash_file(&d, full)).await?;
-            let ok =
-                matches!((&got, &expected), (Ok((len, h)), Some(e)) if *len == b.size && h == e);
+            let ok = matches!((&got, &expected), (Ok((len, h)), Some(e)) if *len == b.size && h == e);
             report.checked += 1;
             report.bytes += b.size;
             progress(report.bytes, total);

@@ -62,9 +62,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 fn ref_digest(d: &RawDescriptor, what: &str) -> Result<Digest, Error> {
-    d.digest
-        .parse()
-        .map_err(|e| invalid(format!("{what}: {e}")))
+    d.digest.parse().map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// A Content-Type header worth believing (generic JSON types say nothing).
@@ -80,54 +78,32 @@ fn meaningful(ct: Option<&str>) -> Option<&str> {
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
     let header = meaningful(content_type);
     if matches!(header, Some(DOCKER_V1 | DOCKER_V1_SIGNED)) {
-        return Err(invalid(
-            "Docker schema1 manifests are not supported: push schema2 or OCI",
-        ));
+        return Err(invalid("Docker schema1 manifests are not supported: push schema2 or OCI"));
     }
-    let raw: RawManifest = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+    let raw: RawManifest =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
     match raw.schema_version {
         Some(2) => {}
-        Some(1) => {
-            return Err(invalid(
-                "Docker schema1 manifests are not supported: push schema2 or OCI",
-            ))
-        }
+        Some(1) => return Err(invalid("Docker schema1 manifests are not supported: push schema2 or OCI")),
         Some(v) => return Err(invalid(format!("unsupported schemaVersion {v}"))),
         None => return Err(invalid("schemaVersion is missing")),
     }
     if let (Some(h), Some(m)) = (header, raw.media_type.as_deref()) {
         if h != m {
-            return Err(invalid(format!(
-                "Content-Type {h} does not match the manifest's mediaType {m}"
-            )));
+            return Err(invalid(format!("Content-Type {h} does not match the manifest's mediaType {m}")));
         }
     }
     let media_type = match header.or(raw.media_type.as_deref()) {
         Some(t) => t.to_owned(),
         None if raw.manifests.is_some() => OCI_INDEX.to_owned(),
         None if raw.config.is_some() => OCI_MANIFEST.to_owned(),
-        None => {
-            return Err(invalid(
-                "cannot tell the manifest type: no mediaType, config or manifests",
-            ))
-        }
+        None => return Err(invalid("cannot tell the manifest type: no mediaType, config or manifests")),
     };
-    let subject = raw
-        .subject
-        .as_ref()
-        .map(|s| ref_digest(s, "subject"))
-        .transpose()?;
+    let subject = raw.subject.as_ref().map(|s| ref_digest(s, "subject")).transpose()?;
     match media_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let config = raw
-                .config
-                .as_ref()
-                .ok_or_else(|| invalid("image manifest without config"))?;
-            let layers = raw
-                .layers
-                .as_ref()
-                .ok_or_else(|| invalid("image manifest without layers"))?;
+            let config = raw.config.as_ref().ok_or_else(|| invalid("image manifest without config"))?;
+            let layers = raw.layers.as_ref().ok_or_else(|| invalid("image manifest without layers"))?;
             let mut blobs = vec![ref_digest(config, "config")?];
             for l in layers {
                 let d = ref_digest(l, "layer")?;
@@ -136,10 +112,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
                     blobs.push(d);
                 }
             }
-            let artifact_type = raw
-                .artifact_type
-                .clone()
-                .or_else(|| config.media_type.clone());
+            let artifact_type = raw.artifact_type.clone().or_else(|| config.media_type.clone());
             Ok(Parsed {
                 media_type,
                 blobs,
@@ -150,14 +123,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
             })
         }
         OCI_INDEX | DOCKER_LIST => {
-            let children = raw
-                .manifests
-                .as_ref()
-                .ok_or_else(|| invalid("index without manifests"))?;
-            let manifests = children
-                .iter()
-                .map(|c| ref_digest(c, "manifests[]"))
-                .collect::<Result<_, _>>()?;
+            let children = raw.manifests.as_ref().ok_or_else(|| invalid("index without manifests"))?;
+            let manifests =
+                children.iter().map(|c| ref_digest(c, "manifests[]")).collect::<Result<_, _>>()?;
             Ok(Parsed {
                 media_type,
                 blobs: vec![],
@@ -173,12 +141,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
 
 impl Parsed {
     /// The row stored for this manifest, and its referrers entry when it has a subject.
-    pub fn record(
-        &self,
-        digest: &Digest,
-        size: u64,
-        origin: Origin,
-    ) -> (ManifestRecord, Option<Descriptor>) {
+    pub fn record(&self, digest: &Digest, size: u64, origin: Origin) -> (ManifestRecord, Option<Descriptor>) {
         let mut refs = self.blobs.clone();
         refs.extend(self.manifests.iter().cloned());
         refs.sort();
@@ -238,11 +201,9 @@ impl Registry {
     fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => self
-                .meta
-                .tag(repo.as_str(), t.as_str())?
-                .map(|r| r.digest)
-                .ok_or(Error::ManifestUnknown),
+            Reference::Tag(t) => {
+                self.meta.tag(repo.as_str(), t.as_str())?.map(|r| r.digest).ok_or(Error::ManifestUnknown)
+            }
         }
     }
 
@@ -254,16 +215,9 @@ impl Registry {
         with_body: bool,
     ) -> Result<ManifestOut, Error> {
         let digest = self.resolve(repo, reference)?;
-        let (rec, body) = self
-            .meta
-            .repo_manifest(repo.as_str(), &digest, with_body)?
-            .ok_or(Error::ManifestUnknown)?;
-        Ok(ManifestOut {
-            digest,
-            media_type: rec.media_type,
-            size: rec.size,
-            body: body.map(Bytes::from),
-        })
+        let (rec, body) =
+            self.meta.repo_manifest(repo.as_str(), &digest, with_body)?.ok_or(Error::ManifestUnknown)?;
+        Ok(ManifestOut { digest, media_type: rec.media_type, size: rec.size, body: body.map(Bytes::from) })
     }
 
     /// The declared maximum manifest size.
@@ -283,9 +237,7 @@ impl Registry {
         let digest = Digest::of(&bytes);
         if let Reference::Digest(d) = reference {
             if *d != digest {
-                return Err(Error::DigestInvalid(format!(
-                    "manifest bytes hash to {digest}, not {d}"
-                )));
+                return Err(Error::DigestInvalid(format!("manifest bytes hash to {digest}, not {d}")));
             }
         }
         let p = parse(content_type, &bytes)?;
@@ -309,29 +261,14 @@ impl Registry {
                 check_refs: true,
             })
             .await?;
-        Ok(PutManifestOut {
-            digest,
-            subject: p.subject,
-        })
+        Ok(PutManifestOut { digest, subject: p.subject })
     }
 
     /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
-    pub async fn delete_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<(), Error> {
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
         let r = match reference {
-            Reference::Digest(d) => {
-                self.meta
-                    .delete_manifest(repo.as_str().to_owned(), d.clone())
-                    .await
-            }
-            Reference::Tag(t) => {
-                self.meta
-                    .delete_tag(repo.as_str().to_owned(), t.as_str().to_owned())
-                    .await
-            }
+            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str().to_owned(), d.clone()).await,
+            Reference::Tag(t) => self.meta.delete_tag(repo.as_str().to_owned(), t.as_str().to_owned()).await,
         };
         match r {
             Err(MetaError::NotFound) => Err(Error::ManifestUnknown),
@@ -369,10 +306,6 @@ mod tests {
         let body = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
         assert!(parse(Some(OCI_MANIFEST), body.as_bytes()).is_err());
         assert!(parse(Some(OCI_INDEX), body.as_bytes()).is_ok());
-        assert!(parse(
-            None,
-            br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:zz"}]}"#
-        )
-        .is_err());
+        assert!(parse(None, br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:zz"}]}"#).is_err());
     }
 }

@@ -17,37 +17,43 @@ pub struct Metrics {
     /// (method, status) → responses, and bytes sent.
     http_requests: Mutex<BTreeMap<(String, u16), u64>>,
     pub http_bytes: AtomicU64,
+    /// Request latency histogram: cumulative counts per bucket (seconds), sum in µs.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 impl Metrics {
     pub fn upstream_request(&self, upstream: &str, kind: &str, status: u16) {
-        let mut m = self
-            .upstream_requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *m.entry((upstream.to_owned(), kind.to_owned(), status))
-            .or_default() += 1;
+        let mut m = self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner);
+        *m.entry((upstream.to_owned(), kind.to_owned(), status)).or_default() += 1;
+    }
+
+    pub fn observe_latency(&self, micros: u64) {
+        #[allow(clippy::cast_precision_loss)] // microseconds fit an f64 exactly in practice
+        let secs = micros as f64 / 1e6;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
     }
 
     pub fn http_request(&self, method: &str, status: u16, bytes: u64) {
-        let mut m = self
-            .http_requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut m = self.http_requests.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry((method.to_owned(), status)).or_default() += 1;
         self.http_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Upstream requests of `kind` sent to `upstream` so far, any status.
     pub fn upstream_count(&self, upstream: &str, kind: &str) -> u64 {
-        let m = self
-            .upstream_requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        m.iter()
-            .filter(|((u, k, _), _)| u == upstream && k == kind)
-            .map(|(_, n)| n)
-            .sum()
+        let m = self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner);
+        m.iter().filter(|((u, k, _), _)| u == upstream && k == kind).map(|(_, n)| n).sum()
     }
 
     pub fn render(&self) -> String {
@@ -91,34 +97,31 @@ impl Metrics {
             "Response bytes sent to clients.",
             self.http_bytes.load(Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "# HELP wharfie_upstream_requests_total Requests sent to upstream registries."
-        );
+        let _ = writeln!(o, "# HELP wharfie_upstream_requests_total Requests sent to upstream registries.");
         let _ = writeln!(o, "# TYPE wharfie_upstream_requests_total counter");
-        for ((u, k, s), n) in self
-            .upstream_requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(o, "wharfie_upstream_requests_total{{upstream=\"{u}\",kind=\"{k}\",status=\"{s}\"}} {n}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP wharfie_http_requests_total HTTP requests served."
-        );
-        let _ = writeln!(o, "# TYPE wharfie_http_requests_total counter");
-        for ((m, s), n) in self
-            .http_requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for ((u, k, s), n) in self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let _ = writeln!(
                 o,
-                "wharfie_http_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}"
+                "wharfie_upstream_requests_total{{upstream=\"{u}\",kind=\"{k}\",status=\"{s}\"}} {n}"
             );
+        }
+        let _ =
+            writeln!(o, "# HELP wharfie_http_request_duration_seconds Time to produce a response's head.");
+        let _ = writeln!(o, "# TYPE wharfie_http_request_duration_seconds histogram");
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            let n = self.latency_buckets[i].load(Relaxed);
+            let _ = writeln!(o, "wharfie_http_request_duration_seconds_bucket{{le=\"{le}\"}} {n}");
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(o, "wharfie_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(o, "wharfie_http_request_duration_seconds_sum {sum}");
+        let _ = writeln!(o, "wharfie_http_request_duration_seconds_count {count}");
+        let _ = writeln!(o, "# HELP wharfie_http_requests_total HTTP requests served.");
+        let _ = writeln!(o, "# TYPE wharfie_http_requests_total counter");
+        for ((m, s), n) in self.http_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ = writeln!(o, "wharfie_http_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}");
         }
         o
     }

@@ -82,9 +82,7 @@ impl FlightError {
         match self {
             FlightError::NotFound => not_found,
             FlightError::Unavailable(m) => Error::Unavailable(m),
-            FlightError::Invalid(m) => {
-                Error::Unavailable(format!("upstream sent invalid content: {m}"))
-            }
+            FlightError::Invalid(m) => Error::Unavailable(format!("upstream sent invalid content: {m}")),
             FlightError::Internal(m) => Error::Internal(m),
         }
     }
@@ -151,22 +149,11 @@ impl Registry {
     /// Route a name: by `ns` (containerd), by an upstream-name prefix, or to the default
     /// upstream for bare names (hosted first); otherwise a hosted repository.
     pub fn locate(&self, name: &RepoName, ns: Option<&str>) -> Result<Located, Error> {
-        let hosted = |repo: &RepoName| Located {
-            repo: repo.clone(),
-            mirror: None,
-            hosted_first: None,
-        };
-        let via = |m: &Arc<Mirror>,
-                   rest: &str,
-                   hosted_first: Option<RepoName>|
-         -> Result<Located, Error> {
+        let hosted = |repo: &RepoName| Located { repo: repo.clone(), mirror: None, hosted_first: None };
+        let via = |m: &Arc<Mirror>, rest: &str, hosted_first: Option<RepoName>| -> Result<Located, Error> {
             let remote = m.remote_name(rest);
             let repo = RepoName::parse(&format!("{}/{remote}", m.name()))?;
-            Ok(Located {
-                repo,
-                mirror: Some((m.clone(), remote)),
-                hosted_first,
-            })
+            Ok(Located { repo, mirror: Some((m.clone(), remote)), hosted_first })
         };
         if let Some(ns) = ns {
             if let Some(m) = self.mirrors.iter().find(|m| m.name() == ns) {
@@ -225,18 +212,12 @@ impl Registry {
                 }
                 self.metrics.cache_misses.fetch_add(1, Relaxed);
                 let key = format!("m {} {remote} {d}", m.name());
-                let (me, m2, r2, l2, d2) = (
-                    self.clone(),
-                    m.clone(),
-                    remote.clone(),
-                    local.clone(),
-                    d.clone(),
-                );
+                let (me, m2, r2, l2, d2) =
+                    (self.clone(), m.clone(), remote.clone(), local.clone(), d.clone());
                 let (res, leader) = self
                     .manifest_flights
                     .run(key, move || async move {
-                        me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None)
-                            .await
+                        me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None).await
                     })
                     .await;
                 self.count_follower(leader);
@@ -263,22 +244,16 @@ impl Registry {
                 self.metrics.cache_misses.fetch_add(1, Relaxed);
                 let key = format!("t {} {remote} {t}", m.name());
                 let cached_digest = cached.as_ref().map(|r| r.digest.clone());
-                let (me, m2, r2, l2, t2) = (
-                    self.clone(),
-                    m.clone(),
-                    remote.clone(),
-                    local.clone(),
-                    t.as_str().to_owned(),
-                );
-                let (res, leader) = self
-                    .manifest_flights
-                    .run(key, move || async move {
-                        me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest).await
-                    })
-                    .await;
+                let (me, m2, r2, l2, t2) =
+                    (self.clone(), m.clone(), remote.clone(), local.clone(), t.as_str().to_owned());
+                let (res, leader) =
+                    self.manifest_flights
+                        .run(key, move || async move {
+                            me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest).await
+                        })
+                        .await;
                 self.count_follower(leader);
-                let res =
-                    res.map_err(|_| Error::Internal("manifest fetch task was lost".into()))?;
+                let res = res.map_err(|_| Error::Internal("manifest fetch task was lost".into()))?;
                 match res {
                     Ok(digest) => self.manifest(local, &Reference::Digest(digest), with_body),
                     Err(e) if e.transient() && m.stale_if_error && cached.is_some() => {
@@ -317,8 +292,7 @@ impl Registry {
                 return Ok(cd);
             }
         }
-        self.fetch_manifest(m, remote, local, tag, None, Some(tag))
-            .await
+        self.fetch_manifest(m, remote, local, tag, None, Some(tag)).await
     }
 
     /// GET a manifest upstream, verify it, and store it by digest (and under `tag`) in
@@ -342,9 +316,7 @@ impl Registry {
         let digest = Digest::of(&f.bytes);
         if let Some(e) = expect {
             if *e != digest {
-                return Err(FlightError::Invalid(format!(
-                    "asked for {e}, got bytes hashing to {digest}"
-                )));
+                return Err(FlightError::Invalid(format!("asked for {e}, got bytes hashing to {digest}")));
             }
         }
         if let Some(h) = f.digest.as_deref() {
@@ -384,11 +356,7 @@ impl Registry {
     ) -> Result<BlobRead, Error> {
         let stored = |repo: &RepoName| -> Result<BlobRead, Error> {
             let size = self.blob_size(repo, digest)?;
-            let bytes = if head {
-                None
-            } else {
-                Some(self.blob(repo, digest)?)
-            };
+            let bytes = if head { None } else { Some(self.blob(repo, digest)?) };
             Ok(BlobRead::Stored { size, bytes })
         };
         if let Some(h) = &loc.hosted_first {
@@ -412,10 +380,7 @@ impl Registry {
         // Cached for another repository: link it here, no upstream needed.
         if self.meta.blob(digest)?.is_some()
             && self.blobs.exists(digest)
-            && self
-                .meta
-                .mount_blob(local.as_str().to_owned(), digest.clone(), None)
-                .await?
+            && self.meta.mount_blob(local.as_str().to_owned(), digest.clone(), None).await?
         {
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return stored(local);
@@ -441,10 +406,7 @@ impl Registry {
         if head {
             return Ok(BlobRead::Stored { size, bytes: None });
         }
-        Ok(BlobRead::Filling {
-            size,
-            body: Box::pin(fill_reader(fill)),
-        })
+        Ok(BlobRead::Filling { size, body: Box::pin(fill_reader(fill)) })
     }
 
     /// Join the fill for `digest`, starting it if none is in flight.
@@ -462,10 +424,8 @@ impl Registry {
             let (me, f2, repo, d) = (self.clone(), f.clone(), local.clone(), digest.clone());
             tokio::spawn(async move {
                 let mut rx = f2.state.clone();
-                let committed = rx
-                    .wait_for(|s| s.done.is_some())
-                    .await
-                    .is_ok_and(|st| matches!(st.done, Some(Ok(()))));
+                let committed =
+                    rx.wait_for(|s| s.done.is_some()).await.is_ok_and(|st| matches!(st.done, Some(Ok(()))));
                 if committed {
                     let _ = me.meta.mount_blob(repo.as_str().to_owned(), d, None).await;
                 }
@@ -479,13 +439,8 @@ impl Registry {
         let fill = Arc::new(Fill { file, state: rx });
         fills.insert(digest.clone(), fill.clone());
         drop(fills);
-        let (me, m2, r2, l2, d2) = (
-            self.clone(),
-            m.clone(),
-            remote.to_owned(),
-            local.clone(),
-            digest.clone(),
-        );
+        let (me, m2, r2, l2, d2) =
+            (self.clone(), m.clone(), remote.to_owned(), local.clone(), digest.clone());
         tokio::spawn(async move { me.run_fill(m2, r2, l2, d2, staging, tx).await });
         Ok(fill)
     }
@@ -506,15 +461,10 @@ impl Registry {
             .meta
             .take_lease(
                 lease.clone(),
-                LeaseRecord {
-                    owner: staging.id().to_owned(),
-                    expires: now() + 24 * 3600,
-                },
+                LeaseRecord { owner: staging.id().to_owned(), expires: now() + 24 * 3600 },
             )
             .await;
-        let result = self
-            .download(&m, &remote, &local, &digest, staging, &tx)
-            .await;
+        let result = self.download(&m, &remote, &local, &digest, staging, &tx).await;
         match &result {
             Ok(()) => tx.send_modify(|s| {
                 s.visible = s.total.unwrap_or(s.visible);
@@ -525,10 +475,7 @@ impl Registry {
                 tx.send_modify(|s| s.done = Some(Err(e.clone())));
             }
         }
-        self.fills
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&digest);
+        self.fills.lock().unwrap_or_else(PoisonError::into_inner).remove(&digest);
         let _ = self.meta.release_lease(lease).await;
     }
 
@@ -552,9 +499,7 @@ impl Registry {
                 }
             };
             let total = if stream.partial || offset == 0 {
-                stream
-                    .remaining
-                    .map(|r| r + if stream.partial { offset } else { 0 })
+                stream.remaining.map(|r| r + if stream.partial { offset } else { 0 })
             } else {
                 stream.remaining
             };
@@ -583,8 +528,7 @@ impl Registry {
                     s.visible = written.min(cap);
                 });
             };
-            let (st, outcome) =
-                super::uploads::pump_with(staging, body, Some(Box::new(progress))).await?;
+            let (st, outcome) = super::uploads::pump_with(staging, body, Some(Box::new(progress))).await?;
             staging = st;
             let complete = total_now.is_none_or(|t| staging.len() >= t);
             match outcome {
@@ -607,9 +551,7 @@ impl Registry {
                 }
             }
         }
-        self.commit(local, digest, staging, None, Origin::Mirrored)
-            .await
-            .map_err(FlightError::from)
+        self.commit(local, digest, staging, None, Origin::Mirrored).await.map_err(FlightError::from)
     }
 }
 
@@ -641,52 +583,42 @@ where
 /// the fill commits, fails (aborting the client's connection) when it fails.
 fn fill_reader(fill: Arc<Fill>) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let rx = fill.state.clone();
-    futures_util::stream::unfold(
-        (fill, rx, 0u64, false),
-        |(fill, mut rx, pos, ended)| async move {
-            if ended {
+    futures_util::stream::unfold((fill, rx, 0u64, false), |(fill, mut rx, pos, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let st = rx.borrow_and_update().clone();
+            if let Some(Err(e)) = &st.done {
+                let err = io::Error::other(format!("upstream fill failed: {e:?}"));
+                return Some((Err(err), (fill, rx, pos, true)));
+            }
+            let committed = matches!(st.done, Some(Ok(())));
+            let limit = if committed { st.total.unwrap_or(st.visible) } else { st.visible };
+            if pos < limit {
+                let n = (limit - pos).min(READ_CHUNK);
+                let file = fill.file.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+                return match read {
+                    Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
+                    Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                };
+            }
+            if committed {
                 return None;
             }
-            loop {
-                let st = rx.borrow_and_update().clone();
-                if let Some(Err(e)) = &st.done {
-                    let err = io::Error::other(format!("upstream fill failed: {e:?}"));
-                    return Some((Err(err), (fill, rx, pos, true)));
-                }
-                let committed = matches!(st.done, Some(Ok(())));
-                let limit = if committed {
-                    st.total.unwrap_or(st.visible)
-                } else {
-                    st.visible
-                };
-                if pos < limit {
-                    let n = (limit - pos).min(READ_CHUNK);
-                    let file = fill.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
-                        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)));
-                    return match read {
-                        Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
-                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
-                    };
-                }
-                if committed {
-                    return None;
-                }
-                if rx.changed().await.is_err() {
-                    // The fill task is gone; its last state decides.
-                    let st = rx.borrow().clone();
-                    if !matches!(st.done, Some(Ok(()))) {
-                        return Some((
-                            Err(io::Error::other("fill task ended")),
-                            (fill, rx, pos, true),
-                        ));
-                    }
+            if rx.changed().await.is_err() {
+                // The fill task is gone; its last state decides.
+                let st = rx.borrow().clone();
+                if !matches!(st.done, Some(Ok(()))) {
+                    return Some((Err(io::Error::other("fill task ended")), (fill, rx, pos, true)));
                 }
             }
-        },
-    )
+        }
+    })
 }

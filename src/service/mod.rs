@@ -63,8 +63,7 @@ pub struct Registry {
     access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
 
-type ManifestFlights =
-    crate::flight::Flights<String, Result<crate::digest::Digest, mirror::FlightError>>;
+type ManifestFlights = crate::flight::Flights<String, Result<crate::digest::Digest, mirror::FlightError>>;
 
 impl Registry {
     pub fn new(
@@ -87,6 +86,11 @@ impl Registry {
         }
     }
 
+    /// Ready to serve: the metadata store answers reads.
+    pub fn ready(&self) -> Result<(), Error> {
+        self.meta.uploads().map(|_| ()).map_err(Error::from)
+    }
+
     /// Startup recovery: remove staging areas that belong to no upload session (a
     /// crashed monolithic upload or fill) and leases of the previous process.
     pub async fn recover(&self) -> Result<(), Error> {
@@ -94,23 +98,15 @@ impl Registry {
             self.meta.uploads()?.into_iter().map(|(id, _)| id).collect();
         let blobs = self.blobs.clone();
         let removed =
-            tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id)))
-                .await??;
+            tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id))).await??;
         let leases = self.meta.clear_leases().await?;
         let finished = self.finish_deletions().await?;
         if finished > 0 {
-            tracing::info!(
-                blobs = finished,
-                "finished deletions an earlier run left half done"
-            );
+            tracing::info!(blobs = finished, "finished deletions an earlier run left half done");
         }
         self.load_access()?;
         if removed > 0 || leases > 0 {
-            tracing::info!(
-                staging = removed,
-                leases,
-                "removed what a previous run left behind"
-            );
+            tracing::info!(staging = removed, leases, "removed what a previous run left behind");
         }
         Ok(())
     }

@@ -22,11 +22,7 @@ impl Registry {
     }
 
     /// Sorted repository names after `last`, at most `n`.
-    pub fn catalog(
-        &self,
-        last: Option<&str>,
-        n: Option<usize>,
-    ) -> Result<(Vec<String>, bool), Error> {
+    pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<(Vec<String>, bool), Error> {
         Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE))?)
     }
 

@@ -85,31 +85,19 @@ impl Registry {
         let blobs = self.blobs.clone();
         let sid = id.clone();
         let staging = tokio::task::spawn_blocking(move || blobs.create_staging(&sid)).await??;
-        let rec = UploadRecord {
-            repo: repo.as_str().to_owned(),
-            started: now(),
-        };
+        let rec = UploadRecord { repo: repo.as_str().to_owned(), started: now() };
         if let Err(e) = self.meta.create_upload(id.clone(), rec).await {
             self.blobs.remove_staging(&id);
             return Err(e.into());
         }
-        let slot = Slot {
-            staging: Some(staging),
-            closed: false,
-        };
-        self.lock_sessions()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(slot)));
+        let slot = Slot { staging: Some(staging), closed: false };
+        self.lock_sessions().insert(id.clone(), Arc::new(tokio::sync::Mutex::new(slot)));
         Ok(id)
     }
 
     /// POST `?digest=` with the whole blob as the body (no session row: a crash leaves
     /// only staging, which startup removes).
-    pub async fn upload_monolithic(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        body: Body,
-    ) -> Result<(), Error> {
+    pub async fn upload_monolithic(&self, repo: &RepoName, digest: &Digest, body: Body) -> Result<(), Error> {
         let id = Self::new_upload_id();
         let blobs = self.blobs.clone();
         let sid = id.clone();
@@ -125,8 +113,7 @@ impl Registry {
             self.blobs.remove_staging(&id);
             return Err(e);
         }
-        self.commit(repo, digest, staging, None, Origin::Pushed)
-            .await
+        self.commit(repo, digest, staging, None, Origin::Pushed).await
     }
 
     /// The commit protocol: verify + fsync + rename (blob store), then the meta
@@ -146,9 +133,9 @@ impl Registry {
         let blobs = self.blobs.clone();
         let d = digest.clone();
         let committed = match leased {
-            Ok(()) => tokio::task::spawn_blocking(move || blobs.commit(staging, &d))
-                .await?
-                .map_err(Error::from),
+            Ok(()) => {
+                tokio::task::spawn_blocking(move || blobs.commit(staging, &d)).await?.map_err(Error::from)
+            }
             Err(e) => {
                 self.blobs.remove_staging(staging.id());
                 Err(e)
@@ -172,15 +159,7 @@ impl Registry {
             origin,
             deleting: false,
         };
-        self.meta
-            .commit_blob(
-                repo.as_str().to_owned(),
-                digest.clone(),
-                rec,
-                upload,
-                Some(lease),
-            )
-            .await?;
+        self.meta.commit_blob(repo.as_str().to_owned(), digest.clone(), rec, upload, Some(lease)).await?;
         Ok(())
     }
 
@@ -192,9 +171,7 @@ impl Registry {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Err(Error::Unavailable(format!(
-            "{digest} stayed marked for deletion for 30 s"
-        )))
+        Err(Error::Unavailable(format!("{digest} stayed marked for deletion for 30 s")))
     }
 
     /// POST `?mount=&from=`: link an existing blob. `Ok(false)` means the caller should
@@ -211,40 +188,25 @@ impl Registry {
         }
         Ok(self
             .meta
-            .mount_blob(
-                repo.as_str().to_owned(),
-                digest.clone(),
-                from.map(|f| f.as_str().to_owned()),
-            )
+            .mount_blob(repo.as_str().to_owned(), digest.clone(), from.map(|f| f.as_str().to_owned()))
             .await?)
     }
 
     fn lock_sessions(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>
-    {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
         // A poisoned map only means a panic elsewhere mid-insert; the map itself is fine.
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Find session `id` of `repo` and lock it, loading its state from the staging file
     /// if this process has not seen it yet (e.g. after a restart).
-    async fn session(
-        &self,
-        repo: &RepoName,
-        id: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>, Error> {
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<tokio::sync::OwnedMutexGuard<Slot>, Error> {
         match self.meta.upload(id)? {
             Some(rec) if rec.repo == repo.as_str() => {}
             _ => return Err(Error::BlobUploadUnknown),
         }
-        let slot = self
-            .lock_sessions()
-            .entry(id.to_owned())
-            .or_default()
-            .clone();
+        let slot = self.lock_sessions().entry(id.to_owned()).or_default().clone();
         let mut guard = slot.lock_owned().await;
         if guard.closed {
             return Err(Error::BlobUploadUnknown);
@@ -335,9 +297,7 @@ impl Registry {
             return Err(e);
         }
         guard.closed = true;
-        let r = self
-            .commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed)
-            .await;
+        let r = self.commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed).await;
         self.lock_sessions().remove(id);
         if r.is_err() {
             // commit() removed the staging and the row; make sure neither lingers.
@@ -349,11 +309,7 @@ impl Registry {
     /// GET on a session: the bytes received so far.
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<u64, Error> {
         let guard = self.session(repo, id).await?;
-        guard
-            .staging
-            .as_ref()
-            .map(Staging::len)
-            .ok_or(Error::BlobUploadUnknown)
+        guard.staging.as_ref().map(Staging::len).ok_or(Error::BlobUploadUnknown)
     }
 
     /// DELETE on a session: cancel it.
@@ -370,10 +326,7 @@ impl Registry {
         let ttl = self.opts.upload_ttl.as_secs();
         let mut n = 0;
         for (id, rec) in self.meta.uploads()? {
-            let idle = self
-                .blobs
-                .staging_idle_secs(&id)
-                .unwrap_or_else(|| now().saturating_sub(rec.started));
+            let idle = self.blobs.staging_idle_secs(&id).unwrap_or_else(|| now().saturating_sub(rec.started));
             if idle <= ttl {
                 continue;
             }

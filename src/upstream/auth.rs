@@ -27,10 +27,7 @@ pub(super) struct Auth {
 
 /// Parse `Bearer realm="…",service="…",scope="…"` parameters.
 fn params(challenge: &str) -> (String, HashMap<String, String>) {
-    let (scheme, rest) = challenge
-        .trim()
-        .split_once(' ')
-        .unwrap_or((challenge.trim(), ""));
+    let (scheme, rest) = challenge.trim().split_once(' ').unwrap_or((challenge.trim(), ""));
     let mut out = HashMap::new();
     let mut rest = rest.trim();
     while !rest.is_empty() {
@@ -58,23 +55,12 @@ fn params(challenge: &str) -> (String, HashMap<String, String>) {
 
 impl Auth {
     pub(super) fn new(username: Option<String>, password: Option<String>) -> Self {
-        Auth {
-            username,
-            password,
-            tokens: Mutex::new(HashMap::new()),
-            basic: Mutex::new(false),
-        }
+        Auth { username, password, tokens: Mutex::new(HashMap::new()), basic: Mutex::new(false) }
     }
 
     fn basic_value(&self) -> Option<String> {
-        let (u, p) = (
-            self.username.as_ref()?,
-            self.password.as_deref().unwrap_or(""),
-        );
-        Some(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-        ))
+        let (u, p) = (self.username.as_ref()?, self.password.as_deref().unwrap_or(""));
+        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
     }
 
     /// The `Authorization` value to send for `repo`, if we have one.
@@ -113,13 +99,10 @@ impl Auth {
                 Ok(())
             }
             "bearer" => {
-                let realm = p.get("realm").ok_or_else(|| {
-                    UpstreamError::Invalid("Bearer challenge without realm".into())
-                })?;
-                let scope = p
-                    .get("scope")
-                    .cloned()
-                    .unwrap_or_else(|| format!("repository:{repo}:pull"));
+                let realm = p
+                    .get("realm")
+                    .ok_or_else(|| UpstreamError::Invalid("Bearer challenge without realm".into()))?;
+                let scope = p.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
                 let mut req = http.get(realm).query(&[("scope", scope.as_str())]);
                 if let Some(s) = p.get("service") {
                     req = req.query(&[("service", s.as_str())]);
@@ -127,10 +110,7 @@ impl Auth {
                 if let Some(b) = self.basic_value() {
                     req = req.header(reqwest::header::AUTHORIZATION, b);
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+                let resp = req.send().await.map_err(|e| UpstreamError::Transport(e.to_string()))?;
                 if !resp.status().is_success() {
                     return Err(UpstreamError::Unauthorized(format!(
                         "token endpoint answered {}",
@@ -143,13 +123,12 @@ impl Auth {
                     access_token: Option<String>,
                     expires_in: Option<u64>,
                 }
-                let t: TokenResp = resp
-                    .json()
-                    .await
-                    .map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
-                let value = t.token.or(t.access_token).ok_or_else(|| {
-                    UpstreamError::Invalid("token response without a token".into())
-                })?;
+                let t: TokenResp =
+                    resp.json().await.map_err(|e| UpstreamError::Invalid(format!("token response: {e}")))?;
+                let value = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| UpstreamError::Invalid("token response without a token".into()))?;
                 // Docker's default lifetime is 60 s; renew a little early.
                 let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
                 let expires = Instant::now() + life - Duration::from_secs(5);
@@ -158,9 +137,7 @@ impl Auth {
                 }
                 Ok(())
             }
-            other => Err(UpstreamError::Invalid(format!(
-                "unsupported auth scheme {other:?}"
-            ))),
+            other => Err(UpstreamError::Invalid(format!("unsupported auth scheme {other:?}"))),
         }
     }
 }

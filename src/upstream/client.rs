@@ -27,10 +27,7 @@ fn check(resp: Response, what: &str) -> Result<Response, UpstreamError> {
         return Err(UpstreamError::NotFound);
     }
     let body: String = resp.text().unwrap_or_default().chars().take(300).collect();
-    Err(UpstreamError::Status {
-        status: status.as_u16(),
-        message: format!("{what}: {body}"),
-    })
+    Err(UpstreamError::Status { status: status.as_u16(), message: format!("{what}: {body}") })
 }
 
 fn transport(e: reqwest::Error) -> UpstreamError {
@@ -46,19 +43,11 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(transport)?;
-        Ok(RegistryClient {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
-            auth,
-        })
+        Ok(RegistryClient { base: base.trim_end_matches('/').to_owned(), http, auth })
     }
 
     fn req(&self, method: reqwest::Method, url: &str) -> reqwest::blocking::RequestBuilder {
-        let url = if url.starts_with("http") {
-            url.to_owned()
-        } else {
-            format!("{}{url}", self.base)
-        };
+        let url = if url.starts_with("http") { url.to_owned() } else { format!("{}{url}", self.base) };
         let b = self.http.request(method, url);
         match &self.auth {
             Some((u, p)) => b.basic_auth(u, Some(p)),
@@ -68,10 +57,7 @@ impl RegistryClient {
 
     /// `GET /v2/`: is the server there?
     pub fn ping(&self) -> Result<(), UpstreamError> {
-        let r = self
-            .req(reqwest::Method::GET, "/v2/")
-            .send()
-            .map_err(transport)?;
+        let r = self.req(reqwest::Method::GET, "/v2/").send().map_err(transport)?;
         check(r, "GET /v2/").map(|_| ())
     }
 
@@ -84,10 +70,7 @@ impl RegistryClient {
         body: impl Read + Send + 'static,
     ) -> Result<(), UpstreamError> {
         let r = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
-            )
+            .req(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(Body::sized(body, size))
             .send()
@@ -117,9 +100,8 @@ impl RegistryClient {
             .map_err(transport)?;
         let r = check(r, "upload chunk")?;
         let loc = location(&r)?;
-        let digest = digest_after().ok_or_else(|| {
-            UpstreamError::Invalid("the blob could not be read to its end".into())
-        })?;
+        let digest = digest_after()
+            .ok_or_else(|| UpstreamError::Invalid("the blob could not be read to its end".into()))?;
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={digest}"))
@@ -133,10 +115,7 @@ impl RegistryClient {
     /// is then cancelled).
     pub fn mount(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool, UpstreamError> {
         let r = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
-            )
+            .req(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"))
             .send()
             .map_err(transport)?;
         let r = check(r, "mount")?;
@@ -151,10 +130,7 @@ impl RegistryClient {
 
     pub fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), UpstreamError> {
         let r = self
-            .req(
-                reqwest::Method::DELETE,
-                &format!("/v2/{repo}/blobs/{digest}"),
-            )
+            .req(reqwest::Method::DELETE, &format!("/v2/{repo}/blobs/{digest}"))
             .send()
             .map_err(transport)?;
         check(r, "delete blob").map(|_| ())
@@ -177,9 +153,8 @@ impl RegistryClient {
             .send()
             .map_err(transport)?;
         let r = check(r, "get blob")?;
-        let len = r
-            .content_length()
-            .ok_or_else(|| UpstreamError::Invalid("blob without Content-Length".into()))?;
+        let len =
+            r.content_length().ok_or_else(|| UpstreamError::Invalid("blob without Content-Length".into()))?;
         Ok((len, r))
     }
 
@@ -191,10 +166,7 @@ impl RegistryClient {
         bytes: Vec<u8>,
     ) -> Result<(), UpstreamError> {
         let r = self
-            .req(
-                reqwest::Method::PUT,
-                &format!("/v2/{repo}/manifests/{reference}"),
-            )
+            .req(reqwest::Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
             .header(header::CONTENT_TYPE, media_type)
             .body(bytes)
             .send()
@@ -209,10 +181,7 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<(Vec<u8>, String, Digest), UpstreamError> {
         let r = self
-            .req(
-                reqwest::Method::GET,
-                &format!("/v2/{repo}/manifests/{reference}"),
-            )
+            .req(reqwest::Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
             .header(header::ACCEPT, super::MANIFEST_ACCEPT)
             .send()
             .map_err(transport)?;

@@ -112,16 +112,9 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Invalid(format!("ca_file {}: {e}", ca.display())))?;
             b = b.add_root_certificate(cert);
         }
-        let http = b
-            .build()
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let http = b.build().map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let auth = Auth::new(cfg.username.clone(), cfg.password.clone());
-        Ok(Upstream {
-            cfg,
-            http,
-            auth,
-            on_request: None,
-        })
+        Ok(Upstream { cfg, http, auth, on_request: None })
     }
 
     pub fn name(&self) -> &str {
@@ -144,9 +137,7 @@ impl Upstream {
         let deadline = Instant::now() + self.cfg.deadline;
         let mut attempt: u32 = 0;
         loop {
-            let r = self
-                .send_once(kind, method.clone(), path, repo, headers)
-                .await;
+            let r = self.send_once(kind, method.clone(), path, repo, headers).await;
             let err = match r {
                 Ok(resp) => return Ok(resp),
                 Err((e, retry_after)) => {
@@ -183,10 +174,7 @@ impl Upstream {
             if let Some(h) = self.auth.header_for(repo) {
                 req = req.header(header::AUTHORIZATION, h);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| (UpstreamError::Transport(error_chain(&e)), None))?;
+            let resp = req.send().await.map_err(|e| (UpstreamError::Transport(error_chain(&e)), None))?;
             let status = resp.status();
             if let Some(cb) = &self.on_request {
                 cb(kind, status.as_u16());
@@ -199,10 +187,7 @@ impl Upstream {
                     .map(str::to_owned);
                 if let Some(c) = challenge {
                     reauthed = true;
-                    self.auth
-                        .answer(&self.http, &c, repo)
-                        .await
-                        .map_err(|e| (e, None))?;
+                    self.auth.answer(&self.http, &c, repo).await.map_err(|e| (e, None))?;
                     continue;
                 }
             }
@@ -221,76 +206,37 @@ impl Upstream {
                         .map(|s| Duration::from_secs(s.min(30)));
                     let message = resp.text().await.unwrap_or_default();
                     let message: String = message.chars().take(200).collect();
-                    Err((
-                        UpstreamError::Status {
-                            status: s.as_u16(),
-                            message,
-                        },
-                        retry_after,
-                    ))
+                    Err((UpstreamError::Status { status: s.as_u16(), message }, retry_after))
                 }
             };
         }
     }
 
     /// GET a manifest by tag or digest.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<FetchedManifest, UpstreamError> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(
-                "manifest",
-                Method::GET,
-                &path,
-                repo,
-                &[(header::ACCEPT, MANIFEST_ACCEPT.into())],
-            )
+            .send("manifest", Method::GET, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
             .await?;
         let media_type = content_type(&resp);
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
-        Ok(FetchedManifest {
-            bytes,
-            media_type,
-            digest,
-        })
+        let digest =
+            resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
+        Ok(FetchedManifest { bytes, media_type, digest })
     }
 
     /// HEAD a manifest (free against Docker Hub's pull limit).
-    pub async fn head_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<ManifestHead, UpstreamError> {
+    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestHead, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(
-                "manifest_head",
-                Method::HEAD,
-                &path,
-                repo,
-                &[(header::ACCEPT, MANIFEST_ACCEPT.into())],
-            )
+            .send("manifest_head", Method::HEAD, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
             .await?;
         let digest = resp
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        Ok(ManifestHead {
-            digest,
-            media_type: content_type(&resp),
-        })
+        Ok(ManifestHead { digest, media_type: content_type(&resp) })
     }
 
     /// GET a blob from byte `offset` on.
@@ -301,24 +247,13 @@ impl Upstream {
         offset: u64,
     ) -> Result<BlobStream, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let headers: Vec<(header::HeaderName, String)> = if offset > 0 {
-            vec![(header::RANGE, format!("bytes={offset}-"))]
-        } else {
-            vec![]
-        };
-        let resp = self
-            .send("blob", Method::GET, &path, repo, &headers)
-            .await?;
+        let headers: Vec<(header::HeaderName, String)> =
+            if offset > 0 { vec![(header::RANGE, format!("bytes={offset}-"))] } else { vec![] };
+        let resp = self.send("blob", Method::GET, &path, repo, &headers).await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let remaining = resp.content_length();
-        let body = resp
-            .bytes_stream()
-            .map(|r| r.map_err(|e| UpstreamError::Transport(error_chain(&e))));
-        Ok(BlobStream {
-            remaining,
-            partial,
-            body: Box::pin(body),
-        })
+        let body = resp.bytes_stream().map(|r| r.map_err(|e| UpstreamError::Transport(error_chain(&e))));
+        Ok(BlobStream { remaining, partial, body: Box::pin(body) })
     }
 }
 

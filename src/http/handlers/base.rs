@@ -5,19 +5,14 @@ use http::{header, HeaderValue, Response};
 
 pub(super) fn base() -> Response<Bytes> {
     let mut r = Response::new(Bytes::from_static(b"{}"));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub(super) fn metrics(reg: &crate::service::Registry) -> Response<Bytes> {
     let mut r = Response::new(Bytes::from(reg.metrics.render()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
 }

@@ -67,11 +67,7 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeSpec {
 fn headers(resp: &mut Response<Bytes>, digest: &Digest, len: u64) {
     set(resp, header::CONTENT_LENGTH, &len.to_string());
     set(resp, header::CONTENT_TYPE, "application/octet-stream");
-    set(
-        resp,
-        HeaderName::from_static("docker-content-digest"),
-        digest.as_str(),
-    );
+    set(resp, HeaderName::from_static("docker-content-digest"), digest.as_str());
     set(resp, header::ETAG, &format!("\"{digest}\""));
     set(resp, header::ACCEPT_RANGES, "bytes");
     set(resp, header::CACHE_CONTROL, "max-age=31536000");
@@ -105,15 +101,10 @@ pub(super) async fn get(
     let mut resp = empty(status);
     headers(&mut resp, digest, end - start);
     if status == StatusCode::PARTIAL_CONTENT {
-        set(
-            &mut resp,
-            header::CONTENT_RANGE,
-            &format!("bytes {start}-{}/{size}", end - 1),
-        );
+        set(&mut resp, header::CONTENT_RANGE, &format!("bytes {start}-{}/{size}", end - 1));
     }
     if let Some(all) = bytes {
-        *resp.body_mut() =
-            all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0));
+        *resp.body_mut() = all.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0));
     }
     Ok(Reply::Full(resp))
 }

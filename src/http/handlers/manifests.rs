@@ -22,11 +22,7 @@ pub(super) async fn get(
     let mut resp = empty(StatusCode::OK);
     set(&mut resp, header::CONTENT_TYPE, &m.media_type);
     set(&mut resp, header::CONTENT_LENGTH, &m.size.to_string());
-    set(
-        &mut resp,
-        HeaderName::from_static("docker-content-digest"),
-        m.digest.as_str(),
-    );
+    set(&mut resp, HeaderName::from_static("docker-content-digest"), m.digest.as_str());
     set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
     if let Some(b) = m.body {
         *resp.body_mut() = b;
@@ -41,33 +37,17 @@ pub(super) async fn put(
     reference: &Reference,
 ) -> Result<Response<Bytes>, ApiError> {
     let limit = reg.max_manifest_bytes();
-    let declared = req
-        .header(header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = req.header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::ManifestTooLarge { limit }.into());
     }
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
-    let out = reg
-        .put_manifest(name, reference, content_type.as_deref(), req.take_body())
-        .await?;
+    let out = reg.put_manifest(name, reference, content_type.as_deref(), req.take_body()).await?;
     let mut resp = empty(StatusCode::CREATED);
-    set(
-        &mut resp,
-        header::LOCATION,
-        &format!("/v2/{name}/manifests/{}", out.digest),
-    );
-    set(
-        &mut resp,
-        HeaderName::from_static("docker-content-digest"),
-        out.digest.as_str(),
-    );
+    set(&mut resp, header::LOCATION, &format!("/v2/{name}/manifests/{}", out.digest));
+    set(&mut resp, HeaderName::from_static("docker-content-digest"), out.digest.as_str());
     if let Some(s) = out.subject {
-        set(
-            &mut resp,
-            HeaderName::from_static("oci-subject"),
-            s.as_str(),
-        );
+        set(&mut resp, HeaderName::from_static("oci-subject"), s.as_str());
     }
     Ok(resp)
 }

@@ -28,10 +28,7 @@ pub struct Req {
 impl Req {
     /// The first value of query parameter `k`.
     pub fn q(&self, k: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+        self.query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
     }
 
     pub fn header(&self, name: header::HeaderName) -> Option<&str> {
@@ -71,6 +68,13 @@ pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> 
             Method::GET | Method::HEAD => Ok(base::base().into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
+        Endpoint::Ready => match m {
+            Method::GET | Method::HEAD => {
+                reg.ready()?;
+                Ok(base::base().into())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
         Endpoint::Metrics => match m {
             Method::GET => Ok(base::metrics(reg).into()),
             _ => Err(ApiError::MethodNotAllowed),
@@ -92,12 +96,8 @@ pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> 
                 let loc = reg.locate(&name, ns)?;
                 full(manifests::get(reg, req.is_head(), &loc, &reference).await)
             }
-            Method::PUT => {
-                full(manifests::put(reg, req, &reg.hosted(&name, ns)?, &reference).await)
-            }
-            Method::DELETE => {
-                full(manifests::delete(reg, &reg.hosted(&name, ns)?, &reference).await)
-            }
+            Method::PUT => full(manifests::put(reg, req, &reg.hosted(&name, ns)?, &reference).await),
+            Method::DELETE => full(manifests::delete(reg, &reg.hosted(&name, ns)?, &reference).await),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Blob { name, digest } => match m {
@@ -155,7 +155,6 @@ pub(super) fn json(
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = Response::new(Bytes::from(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }

@@ -11,9 +11,10 @@ use crate::service::{Error, Located, Registry};
 fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
     let n = match req.q("n") {
         None | Some("") => None,
-        Some(v) => Some(v.parse::<usize>().map_err(|_| {
-            Error::Unsupported(format!("n must be a non-negative integer, not {v:?}"))
-        })?),
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| Error::Unsupported(format!("n must be a non-negative integer, not {v:?}")))?,
+        ),
     };
     Ok((n, req.q("last").filter(|l| !l.is_empty())))
 }
@@ -21,11 +22,7 @@ fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
 fn link(resp: &mut Response<Bytes>, path: &str, n: Option<usize>, items: &[String], more: bool) {
     if let (true, Some(n), Some(last)) = (more, n, items.last()) {
         let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
-        set(
-            resp,
-            header::LINK,
-            &format!("<{path}?n={n}&last={last}>; rel=\"next\""),
-        );
+        set(resp, header::LINK, &format!("<{path}?n={n}&last={last}>; rel=\"next\""));
     }
 }
 
@@ -67,17 +64,9 @@ pub(super) fn referrers(
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": manifests,
     });
-    let mut resp = json(
-        StatusCode::OK,
-        &index,
-        "application/vnd.oci.image.index.v1+json",
-    );
+    let mut resp = json(StatusCode::OK, &index, "application/vnd.oci.image.index.v1+json");
     if filter.is_some() {
-        set(
-            &mut resp,
-            HeaderName::from_static("oci-filters-applied"),
-            "artifactType",
-        );
+        set(&mut resp, HeaderName::from_static("oci-filters-applied"), "artifactType");
     }
     Ok(resp)
 }

@@ -27,16 +27,8 @@ fn accepted(name: &RepoName, id: &str, len: u64) -> Response<Bytes> {
 /// 201 for a committed blob.
 fn created(name: &RepoName, digest: &Digest) -> Response<Bytes> {
     let mut r = empty(StatusCode::CREATED);
-    set(
-        &mut r,
-        header::LOCATION,
-        &format!("/v2/{name}/blobs/{digest}"),
-    );
-    set(
-        &mut r,
-        HeaderName::from_static("docker-content-digest"),
-        digest.as_str(),
-    );
+    set(&mut r, header::LOCATION, &format!("/v2/{name}/blobs/{digest}"));
+    set(&mut r, HeaderName::from_static("docker-content-digest"), digest.as_str());
     set(&mut r, header::CONTENT_LENGTH, "0");
     r
 }
@@ -54,16 +46,9 @@ pub fn parse_content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(v) = req.header(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "malformed Content-Range {v:?}: expected <start>-<end>"
-        ))
-    };
+    let bad = || ApiError::BadRequest(format!("malformed Content-Range {v:?}: expected <start>-<end>"));
     let s = v.trim();
-    let s = s
-        .strip_prefix("bytes=")
-        .or_else(|| s.strip_prefix("bytes "))
-        .unwrap_or(s);
+    let s = s.strip_prefix("bytes=").or_else(|| s.strip_prefix("bytes ")).unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
@@ -71,10 +56,7 @@ pub fn parse_content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     if b < a {
         return Err(bad());
     }
-    if let Some(len) = req
-        .header(header::CONTENT_LENGTH)
-        .and_then(|l| l.parse::<u64>().ok())
-    {
+    if let Some(len) = req.header(header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok()) {
         if len != b - a + 1 {
             return Err(ApiError::BadRequest(format!(
                 "Content-Range {v:?} covers {} bytes but Content-Length is {len}",
@@ -85,17 +67,9 @@ pub fn parse_content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((a, b)))
 }
 
-pub(super) async fn post(
-    reg: &Registry,
-    mut req: Req,
-    name: &RepoName,
-) -> Result<Response<Bytes>, ApiError> {
+pub(super) async fn post(reg: &Registry, mut req: Req, name: &RepoName) -> Result<Response<Bytes>, ApiError> {
     if let Some(mount) = digest_param(&req, "mount")? {
-        let from = req
-            .q("from")
-            .map(RepoName::parse)
-            .transpose()
-            .map_err(Error::from)?;
+        let from = req.q("from").map(RepoName::parse).transpose().map_err(Error::from)?;
         if reg.mount(name, &mount, from.as_ref()).await? {
             return Ok(created(name, &mount));
         }
@@ -103,8 +77,7 @@ pub(super) async fn post(
         return Ok(accepted(name, &id, 0));
     }
     if let Some(digest) = digest_param(&req, "digest")? {
-        reg.upload_monolithic(name, &digest, req.take_body())
-            .await?;
+        reg.upload_monolithic(name, &digest, req.take_body()).await?;
         return Ok(created(name, &digest));
     }
     let id = reg.start_upload(name).await?;
@@ -132,27 +105,18 @@ pub(super) async fn put(
         return Err(Error::DigestInvalid("PUT to finish an upload needs ?digest=".into()).into());
     };
     let range = parse_content_range(&req)?;
-    reg.finish_upload(name, id, &digest, range, req.take_body())
-        .await?;
+    reg.finish_upload(name, id, &digest, range, req.take_body()).await?;
     Ok(created(name, &digest))
 }
 
-pub(super) async fn status(
-    reg: &Registry,
-    name: &RepoName,
-    id: &str,
-) -> Result<Response<Bytes>, ApiError> {
+pub(super) async fn status(reg: &Registry, name: &RepoName, id: &str) -> Result<Response<Bytes>, ApiError> {
     let len = reg.upload_status(name, id).await?;
     let mut r = accepted(name, id, len);
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
 }
 
-pub(super) async fn cancel(
-    reg: &Registry,
-    name: &RepoName,
-    id: &str,
-) -> Result<Response<Bytes>, ApiError> {
+pub(super) async fn cancel(reg: &Registry, name: &RepoName, id: &str) -> Result<Response<Bytes>, ApiError> {
     reg.cancel_upload(name, id).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
