@@ -361,7 +361,13 @@ impl Meta {
             let present = live
                 && match &from {
                     Some(f) => txn.open_table(REPO_BLOBS)?.get((f.as_str(), digest.as_str()))?.is_some(),
-                    None => true,
+                    // Automatic mount: some repository must still link it.
+                    None => txn
+                        .open_table(BLOB_LINKS)?
+                        .range((digest.as_str(), "")..)?
+                        .next()
+                        .transpose()?
+                        .is_some_and(|(k, _)| k.value().0 == digest.as_str()),
                 };
             if present {
                 link_blob(txn, &repo, &digest)?;
