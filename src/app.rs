@@ -108,7 +108,11 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
         let low = cap / 100 * u64::from(cache.low_water_percent);
         let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_secs(1)));
         loop {
-            tick.tick().await;
+            // The tick persists access times; a fill commit checks the cap at once.
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = reg.filled.notified(), if cap > 0 => {}
+            }
             if let Err(e) = reg.flush_access().await {
                 tracing::warn!(error = %e, "cannot persist access times");
             }

@@ -466,10 +466,13 @@ impl Registry {
             .await;
         let result = self.download(&m, &remote, &local, &digest, staging, &tx).await;
         match &result {
-            Ok(()) => tx.send_modify(|s| {
-                s.visible = s.total.unwrap_or(s.visible);
-                s.done = Some(Ok(()));
-            }),
+            Ok(()) => {
+                self.filled.notify_one();
+                tx.send_modify(|s| {
+                    s.visible = s.total.unwrap_or(s.visible);
+                    s.done = Some(Ok(()));
+                });
+            }
             Err(e) => {
                 tracing::warn!(upstream = m.name(), %digest, error = ?e, "blob fill failed; nothing cached");
                 tx.send_modify(|s| s.done = Some(Err(e.clone())));

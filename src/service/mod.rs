@@ -59,6 +59,8 @@ pub struct Registry {
     /// Manifest fetches in flight, by upstream/repository/reference.
     manifest_flights: Arc<ManifestFlights>,
     pub metrics: Arc<Metrics>,
+    /// Woken after every fill commit, so the cache cap is enforced as content arrives.
+    pub filled: tokio::sync::Notify,
     /// Last access (unix seconds, dirty flag) of mirrored blobs, for eviction.
     access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
@@ -83,6 +85,7 @@ impl Registry {
             manifest_flights: Arc::new(crate::flight::Flights::default()),
             metrics,
             access: Mutex::new(HashMap::new()),
+            filled: tokio::sync::Notify::new(),
         }
     }
 
