@@ -108,6 +108,13 @@ impl BlobStore {
         File::open(self.layout.staging_file(id))
     }
 
+    /// Cut staging area `id`'s data back to `len` bytes (undoing a rejected chunk).
+    pub fn truncate_staging(&self, id: &str, len: u64) -> io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(self.layout.staging_file(id))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
     /// Remove staging area `id`, if present.
     pub fn remove_staging(&self, id: &str) {
         let dir = self.layout.staging_dir(id);

@@ -45,6 +45,7 @@ impl ApiError {
             Error::SizeInvalid(_) => (S::BAD_REQUEST, "SIZE_INVALID"),
             Error::RangeNotSatisfiable { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Error::PaginationInvalid(_) => (S::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
             Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),

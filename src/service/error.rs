@@ -41,6 +41,8 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
+    PaginationInvalid(String),
+    #[error("{0}")]
     Denied(String),
     #[error("request body could not be read: {0}")]
     BodyRead(String),

@@ -254,6 +254,7 @@ impl Registry {
                 return Err(Error::UploadOutOfOrder { start, offset });
             }
         }
+        let before = staging.len();
         let (staging, outcome) = pump(staging, body).await?;
         let len = staging.len();
         if let Err(e) = outcome {
@@ -264,6 +265,19 @@ impl Registry {
             }
             guard.staging = Some(staging);
             return Err(e);
+        }
+        if let Some((start, end)) = range {
+            if len - before != end - start + 1 {
+                // A chunked body that disagrees with its Content-Range: undo the append
+                // (the hashes cannot be rewound, so the next request rehashes the file).
+                drop(staging);
+                self.blobs.truncate_staging(id, before)?;
+                return Err(Error::BlobUploadInvalid(format!(
+                    "Content-Range {start}-{end} announced {} bytes but the body had {}",
+                    end - start + 1,
+                    len - before
+                )));
+            }
         }
         guard.staging = Some(staging);
         Ok(len)

@@ -50,10 +50,7 @@ impl Wharfie {
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -71,22 +68,14 @@ impl Wharfie {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(START_DEADLINE)
-            .expect("wharfie did not print its listening line in time");
+        let line = rx.recv_timeout(START_DEADLINE).expect("wharfie did not print its listening line in time");
         let base = line
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first stdout line: {line}"))
             .trim()
             .to_string();
         let addr = base.trim_start_matches("http://").to_string();
-        Wharfie {
-            base,
-            addr,
-            dir: dir.to_path_buf(),
-            child: Some(child),
-            _tmp: None,
-        }
+        Wharfie { base, addr, dir: dir.to_path_buf(), child: Some(child), _tmp: None }
     }
 
     /// `base` + `path`.
@@ -135,9 +124,7 @@ impl Wharfie {
 
     /// Number of entries directly under `uploads/` (staging areas).
     pub fn staging_entries(&self) -> usize {
-        std::fs::read_dir(self.dir.join("uploads"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        std::fs::read_dir(self.dir.join("uploads")).map(|d| d.count()).unwrap_or(0)
     }
 }
 
@@ -176,12 +163,9 @@ pub fn hex_lower(b: &[u8]) -> String {
 
 /// The first OCI error code of an error body, e.g. `BLOB_UNKNOWN`.
 pub fn oci_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
-    v["errors"][0]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no errors[0].code in {body}"))
-        .to_string()
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    v["errors"][0]["code"].as_str().unwrap_or_else(|| panic!("no errors[0].code in {body}")).to_string()
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so tests need no rand crate.

@@ -9,13 +9,13 @@ use crate::http::error::ApiError;
 use crate::service::{Error, Located, Registry};
 
 fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
-    let n = match req.q("n") {
-        None | Some("") => None,
-        Some(v) => Some(
-            v.parse::<usize>()
-                .map_err(|_| Error::Unsupported(format!("n must be a non-negative integer, not {v:?}")))?,
-        ),
-    };
+    let n =
+        match req.q("n") {
+            None | Some("") => None,
+            Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                Error::PaginationInvalid(format!("n must be a non-negative integer, not {v:?}"))
+            })?),
+        };
     Ok((n, req.q("last").filter(|l| !l.is_empty())))
 }
 
