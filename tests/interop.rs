@@ -451,7 +451,7 @@ impl Clients {
 
 /// The last non-empty line of a client's stdout (podman/buildah print IDs there).
 fn last_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).next_back().unwrap_or("").to_string()
+    s.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string()
 }
 
 fn parse_json(s: &str, what: &str) -> Value {
