@@ -102,7 +102,8 @@ impl Upstream {
     pub fn new(cfg: UpstreamConfig) -> Result<Self, UpstreamError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(30))
+            // A stalled body must not outlast the deadline of the request it belongs to.
+            .read_timeout(cfg.deadline.clamp(Duration::from_secs(1), Duration::from_secs(30)))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("wharfie/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &cfg.ca_file {
@@ -137,7 +138,19 @@ impl Upstream {
         let deadline = Instant::now() + self.cfg.deadline;
         let mut attempt: u32 = 0;
         loop {
-            let r = self.send_once(kind, method.clone(), path, repo, headers).await;
+            // Each attempt (connect, auth dance, response headers) gets what is left of
+            // the deadline: a stalled upstream costs `timeout`, not the client's own limits.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r =
+                match tokio::time::timeout(left, self.send_once(kind, method.clone(), path, repo, headers))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err((
+                        UpstreamError::Transport(format!("no answer within {:?}", self.cfg.deadline)),
+                        None,
+                    )),
+                };
             let err = match r {
                 Ok(resp) => return Ok(resp),
                 Err((e, retry_after)) => {
