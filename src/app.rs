@@ -182,7 +182,14 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         let _ = out.flush();
         let tasks = spawn_background(&reg, &settings);
         let max = settings.max_connections;
-        crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown_signal()).await;
+        // systemd (Type=notify): ready once the listener is bound and the stores are open;
+        // stopping as soon as a signal starts the drain.
+        crate::notify::ready();
+        let shutdown = async {
+            shutdown_signal().await;
+            crate::notify::stopping();
+        };
+        crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown).await;
         for t in tasks {
             t.abort();
         }

@@ -18,6 +18,8 @@
 //! | [`airgap`] | import (docker save, OCI layout/archive) and export (OCI archive), as registry clients |
 //! | [`upstream`] | the client for upstream registries (auth, retries, blob streams) |
 //! | [`flight`] | in-process singleflight with a detached leader |
+//! | [`auth`] | htpasswd users and per-repository access rules |
+//! | [`notify`] | systemd readiness (`sd_notify`) |
 //! | [`digest`], [`names`] | the shared vocabulary |
 //!
 //! Data flows one way: http → service → (meta, blob). The stores never import each
@@ -25,6 +27,7 @@
 
 pub mod airgap;
 pub mod app;
+pub mod auth;
 pub mod blob;
 pub mod cli;
 pub mod config;
@@ -33,5 +36,6 @@ pub mod flight;
 pub mod http;
 pub mod meta;
 pub mod names;
+pub mod notify;
 pub mod service;
 pub mod upstream;

@@ -387,7 +387,7 @@ impl Worker {
     fn push_monolithic(&self, repo: &str, c: &Content) -> Step<String> {
         let data = c.bytes();
         let d = sha256(&data);
-        self.ledger.lock().unwrap().attempt_blob(repo, &d, &c);
+        self.ledger.lock().unwrap().attempt_blob(repo, &d, c);
         let rb = self
             .http
             .req("POST", &format!("/v2/{repo}/blobs/uploads/?digest={d}"))
@@ -398,7 +398,7 @@ impl Worker {
         if !self.expect(&r, 201, &what) {
             return Step::Failed;
         }
-        self.ledger.lock().unwrap().ack_blob(repo, &d, &c);
+        self.ledger.lock().unwrap().ack_blob(repo, &d, c);
         self.acks.bump();
         Step::Ok(d)
     }
@@ -406,7 +406,7 @@ impl Worker {
     fn push_chunked(&self, repo: &str, c: &Content, rng: &mut Rng) -> Step<String> {
         let data = c.bytes();
         let d = sha256(&data);
-        self.ledger.lock().unwrap().attempt_blob(repo, &d, &c);
+        self.ledger.lock().unwrap().attempt_blob(repo, &d, c);
         let what = format!("chunked upload {repo} {d} ({} B)", c.len());
         let Step::Ok(r) = self.send(self.http.req("POST", &format!("/v2/{repo}/blobs/uploads/")), &what)
         else {
@@ -467,7 +467,7 @@ impl Worker {
         if !self.expect(&r, 201, &format!("{what}: PUT")) {
             return Step::Failed;
         }
-        self.ledger.lock().unwrap().ack_blob(repo, &d, &c);
+        self.ledger.lock().unwrap().ack_blob(repo, &d, c);
         self.acks.bump();
         Step::Ok(d)
     }
@@ -1183,7 +1183,7 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     let mut cycles_done = 0;
     let mut crashed_mono: Vec<String> = Vec::new();
 
-    for cycle in 0..CYCLES {
+    for (cycle, &k) in KILL_AFTER.iter().enumerate() {
         if Instant::now() > deadline {
             println!("deadline reached before cycle {cycle}; stopping after {cycles_done} cycles");
             break;
@@ -1213,7 +1213,6 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
             })
             .collect();
         let stragglers = start_stragglers(&w, &http, &ledger, cycle);
-        let k = KILL_AFTER[cycle];
         let until = (Instant::now() + CYCLE_DEADLINE).min(deadline);
         let got = acks.wait_for(k, until);
         killed.store(true, Ordering::SeqCst);

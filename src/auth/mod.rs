@@ -1,0 +1,542 @@
+//! `auth/`: who is asking ([`Principal`], from an htpasswd file and `Basic` credentials)
+//! and what they may do ([`Access`] on a repository, from `[auth]` rules).
+//!
+//! May import: config-level vocabulary (serde, humantime) and [`crate::names`]. Never
+//! names warp/hyper: the caller hands over the `Authorization` header value and turns the
+//! answers into 401/403 responses.
+//!
+//! # Semantics
+//!
+//! - **No `[auth]` section, or no `htpasswd` file**: auth is off ([`Authenticator::enabled`]
+//!   is false). Everyone may do everything — the behaviour before auth existed. Headers
+//!   are not even parsed. Rules or `anonymous = "none"` without an htpasswd file are a
+//!   configuration error (they would otherwise silently leave the registry open).
+//! - **With an htpasswd file and no rules**: an authenticated user may pull, push and
+//!   delete everywhere. The anonymous principal may pull everywhere when
+//!   `anonymous = "pull"` (the default) and nothing when `anonymous = "none"`.
+//! - **With rules**: a principal's access to a repository is the union of the `access`
+//!   lists of every rule whose `repos` pattern matches the repository and whose `users`
+//!   names the principal (a user name, `"*"` for any authenticated user, `"anonymous"` for
+//!   unauthenticated clients) — plus pull everywhere for everyone (users included: a user
+//!   never has less than an anonymous client) when `anonymous = "pull"`. With
+//!   `anonymous = "none"`, anonymous clients get only what a rule grants `"anonymous"`.
+//!   `push` implies `pull` (pushing reads back what exists). Nothing else is implied:
+//!   `delete` must be granted explicitly. Patterns: see [`rules`] (`*` within one path
+//!   component, `**` across components).
+//! - **Catalog and base** (`repo = None`): every authenticated user may list; anonymous
+//!   clients may only when `anonymous = "pull"`. The caller should filter catalog entries
+//!   with `authorize(p, Some(repo), Access::Pull)`.
+//! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`]. A
+//!   header that is present but malformed ([`AuthError::BadHeader`]) or wrong
+//!   ([`AuthError::BadCredentials`]) is an error, never a silent fallback to anonymous —
+//!   that is what makes `podman login` with a wrong password fail even when anonymous
+//!   pull is allowed.
+//! - **Cost and timing**: bcrypt is slow on purpose. A successful verification is
+//!   remembered for `cache_ttl` (default 60s; `"0s"` disables the cache) as a salted
+//!   sha256 of (user, password) — never the password — keyed by user name and compared in
+//!   constant time. Failures are never cached. An unknown user still costs one bcrypt
+//!   verification against a real hash from the file, so timing does not tell which users
+//!   exist. [`Authenticator::authenticate_async`] runs bcrypt on tokio's blocking pool.
+//!
+//! # Invariants
+//!
+//! - The password cache never outlives the htpasswd contents it was verified against:
+//!   [`Authenticator::reload`] bumps a generation, and entries of an older generation are
+//!   ignored (and dropped).
+//! - A failed reload keeps the previous users.
+
+pub mod htpasswd;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::names::RepoName;
+
+use self::rules::CompiledRule;
+
+/// Whether clients without credentials may pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// Anonymous clients may pull every repository (and list the catalog).
+    #[default]
+    Pull,
+    /// Anonymous clients may do only what a rule grants `"anonymous"`.
+    None,
+}
+
+/// What a request wants to do to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// GET/HEAD of manifests, blobs, tags, referrers.
+    Pull,
+    /// Uploads and manifest PUT.
+    Push,
+    /// DELETE of manifests, tags, blobs.
+    Delete,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Pull => "pull",
+            Access::Push => "push",
+            Access::Delete => "delete",
+        })
+    }
+}
+
+/// One `[[auth.rules]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// A repository-name pattern: `library/nginx`, `team/*`, `team/**`, `**`.
+    pub repos: String,
+    /// User names, `"*"` (any authenticated user) or `"anonymous"`.
+    pub users: Vec<String>,
+    /// Any of `"pull"`, `"push"`, `"delete"`.
+    pub access: Vec<Access>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The htpasswd file (bcrypt entries, as `htpasswd -B` writes). Without it, auth is
+    /// off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// `"pull"` or `"none"`.
+    pub anonymous: Anonymous,
+    /// The realm named in the `Basic` challenge.
+    pub realm: String,
+    /// Per-repository rules; when there are none, every user may do everything.
+    pub rules: Vec<Rule>,
+    /// How long a verified password is remembered ("0s": always run bcrypt).
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            anonymous: Anonymous::Pull,
+            realm: "wharfie".into(),
+            rules: Vec::new(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    /// No credentials were sent (or auth is off).
+    Anonymous,
+    /// A user whose password verified against the htpasswd file.
+    User(String),
+}
+
+impl Principal {
+    /// The user name, for logs and audit; `None` for anonymous.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::User(u) => Some(u),
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self, Principal::User(_))
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Anonymous => f.write_str(rules::ANONYMOUS),
+            Principal::User(u) => f.write_str(u),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read htpasswd file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the htpasswd file (1-based) is not a bcrypt entry.
+    #[error("{path}:{line}: {reason}")]
+    Htpasswd { path: PathBuf, line: usize, reason: String },
+    /// A rule (1-based, in file order) is invalid.
+    #[error("[auth] rule {number} (repos = {repos:?}): {reason}")]
+    Rule { number: usize, repos: String, reason: String },
+    /// An inconsistent `[auth]` section.
+    #[error("[auth]: {0}")]
+    Config(String),
+    /// The `Authorization` header is present but unusable (→ 401 with the challenge).
+    #[error("malformed Authorization header: {0}")]
+    BadHeader(String),
+    /// Unknown user or wrong password (→ 401 with the challenge).
+    #[error("invalid username or password")]
+    BadCredentials,
+    /// The verification task failed (→ 500).
+    #[error("credential check failed: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    /// Errors that mean "answer 401 with the challenge" (the client's fault).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, AuthError::BadHeader(_) | AuthError::BadCredentials)
+    }
+}
+
+/// `Basic` credentials, decoded.
+struct Credentials {
+    user: String,
+    password: Vec<u8>,
+}
+
+/// Standard alphabet, padding optional (some clients strip it).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Parse `Basic base64(user:password)`. `Ok(None)`: no header.
+fn parse_basic(header: Option<&str>) -> Result<Option<Credentials>, AuthError> {
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let bad = |s: &str| AuthError::BadHeader(s.to_string());
+    let header = header.trim();
+    if header.is_empty() {
+        return Err(bad("empty value"));
+    }
+    let (scheme, rest) = match header.find(|c: char| c.is_ascii_whitespace()) {
+        Some(i) => (&header[..i], header[i..].trim()),
+        None => (header, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        // Echo the scheme only when it looks like one (a bare token could be a secret).
+        let shown = if scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic()) {
+            format!("unsupported scheme {scheme:?} (only Basic is accepted)")
+        } else {
+            "unsupported scheme (only Basic is accepted)".to_string()
+        };
+        return Err(AuthError::BadHeader(shown));
+    }
+    if rest.is_empty() {
+        return Err(bad("Basic without credentials"));
+    }
+    let decoded = BASE64.decode(rest).map_err(|_| bad("Basic credentials are not valid base64"))?;
+    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+        return Err(bad("Basic credentials have no `:` between user name and password"));
+    };
+    let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| bad("the user name is not UTF-8"))?;
+    if user.is_empty() {
+        return Err(bad("the user name is empty"));
+    }
+    Ok(Some(Credentials { user: user.to_string(), password: decoded[colon + 1..].to_vec() }))
+}
+
+/// A bcrypt hash of a random, discarded password: the timing dummy when the file has no
+/// users at all.
+const EMPTY_FILE_DUMMY: &str = "$2y$10$CVuUS58ouuB1CFAwTQJcpOLyp/ryWluPR9ADFaR8f9S8VideBeFzy";
+
+/// The loaded htpasswd file, replaced whole on reload.
+struct Users {
+    map: HashMap<String, String>,
+    /// Verified against when the user is unknown.
+    dummy: String,
+    generation: u64,
+}
+
+/// A remembered successful verification.
+struct CacheEntry {
+    digest: [u8; 32],
+    generation: u64,
+    expires: Instant,
+}
+
+/// Answers "who is this" and "may they".
+pub struct Authenticator {
+    cfg: AuthConfig,
+    rules: Vec<CompiledRule>,
+    users: RwLock<Arc<Users>>,
+    /// User name → the last password that verified (as a salted digest).
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    /// Per-process random salt for the cache digests.
+    cache_key: [u8; 32],
+    verifications: AtomicU64,
+    generations: AtomicU64,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print hashes or cache digests.
+        f.debug_struct("Authenticator")
+            .field("enabled", &self.enabled())
+            .field("htpasswd", &self.cfg.htpasswd)
+            .field("anonymous", &self.cfg.anonymous)
+            .field("rules", &self.cfg.rules.len())
+            .field("users", &self.user_count())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Check the configuration and load the htpasswd file (if any).
+    pub fn new(cfg: AuthConfig) -> Result<Self, AuthError> {
+        let rules = rules::compile(&cfg.rules)?;
+        if cfg.htpasswd.is_none() {
+            if !cfg.rules.is_empty() {
+                return Err(AuthError::Config(
+                    "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
+                     is open to everyone"
+                        .into(),
+                ));
+            }
+            if cfg.anonymous == Anonymous::None {
+                return Err(AuthError::Config(
+                    "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
+                     the registry is open to everyone"
+                        .into(),
+                ));
+            }
+        }
+        if cfg.realm.chars().any(|c| c.is_control()) {
+            return Err(AuthError::Config("realm must not contain control characters".into()));
+        }
+        let me = Authenticator {
+            cfg,
+            rules,
+            users: RwLock::new(Arc::new(Users {
+                map: HashMap::new(),
+                dummy: EMPTY_FILE_DUMMY.into(),
+                generation: 0,
+            })),
+            cache: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
+            verifications: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+        };
+        me.reload()?;
+        Ok(me)
+    }
+
+    /// Re-read the htpasswd file. On error the previous users stay in force. Forgets every
+    /// cached verification.
+    pub fn reload(&self) -> Result<(), AuthError> {
+        let Some(path) = &self.cfg.htpasswd else {
+            return Ok(());
+        };
+        let file = htpasswd::load(path)?;
+        for r in &self.rules {
+            for u in r.named_users() {
+                if !file.users.contains_key(u) {
+                    tracing::warn!(user = u, htpasswd = %path.display(), "an [auth] rule names a user the htpasswd file does not have");
+                }
+            }
+        }
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let users = Users {
+            dummy: file.first_hash.unwrap_or_else(|| EMPTY_FILE_DUMMY.into()),
+            map: file.users,
+            generation,
+        };
+        tracing::info!(users = users.map.len(), htpasswd = %path.display(), "loaded htpasswd");
+        *self.users.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        Ok(())
+    }
+
+    /// Is auth on (an htpasswd file is configured)?
+    pub fn enabled(&self) -> bool {
+        self.cfg.htpasswd.is_some()
+    }
+
+    /// The configuration this was built from.
+    pub fn config(&self) -> &AuthConfig {
+        &self.cfg
+    }
+
+    /// Users in the loaded htpasswd file.
+    pub fn user_count(&self) -> usize {
+        self.snapshot().map.len()
+    }
+
+    /// The `WWW-Authenticate` value for a 401: `Basic realm="wharfie"`.
+    pub fn challenge(&self) -> String {
+        let realm = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("Basic realm=\"{realm}\"")
+    }
+
+    /// How many bcrypt verifications ran (cache misses and failures). For tests and
+    /// metrics.
+    pub fn bcrypt_verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Arc<Users> {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn digest(&self, c: &Credentials) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update((c.user.len() as u64).to_le_bytes());
+        h.update(c.user.as_bytes());
+        h.update(&c.password);
+        h.finalize().into()
+    }
+
+    /// A cache hit for these credentials?
+    fn cached(&self, c: &Credentials, digest: &[u8; 32], generation: u64) -> bool {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(e) = cache.get(&c.user) else {
+            return false;
+        };
+        if e.generation != generation || Instant::now() >= e.expires {
+            cache.remove(&c.user);
+            return false;
+        }
+        e.digest.ct_eq(digest).into()
+    }
+
+    fn remember(&self, c: &Credentials, digest: [u8; 32], generation: u64) {
+        if self.cfg.cache_ttl.is_zero() {
+            return;
+        }
+        let Some(expires) = Instant::now().checked_add(self.cfg.cache_ttl) else {
+            return;
+        };
+        // A reload since the verification started: the result is stale, don't keep it.
+        if self.snapshot().generation != generation {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.insert(c.user.clone(), CacheEntry { digest, generation, expires });
+    }
+
+    /// Everything before bcrypt: `Err(principal)` is a final answer, `Ok` a pending
+    /// verification.
+    fn prepare(&self, header: Option<&str>) -> Result<Result<Pending, Principal>, AuthError> {
+        if !self.enabled() {
+            return Ok(Err(Principal::Anonymous));
+        }
+        let Some(creds) = parse_basic(header)? else {
+            return Ok(Err(Principal::Anonymous));
+        };
+        let users = self.snapshot();
+        let digest = self.digest(&creds);
+        if self.cached(&creds, &digest, users.generation) {
+            return Ok(Err(Principal::User(creds.user)));
+        }
+        let (known, hash) = match users.map.get(&creds.user) {
+            Some(h) => (true, h.clone()),
+            None => (false, users.dummy.clone()),
+        };
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(Pending { creds, digest, generation: users.generation, known, hash }))
+    }
+
+    fn finish(&self, p: Pending, verified: bool) -> Result<Principal, AuthError> {
+        if !(p.known && verified) {
+            return Err(AuthError::BadCredentials);
+        }
+        self.remember(&p.creds, p.digest, p.generation);
+        Ok(Principal::User(p.creds.user))
+    }
+
+    /// Who sent this `Authorization` header? Runs bcrypt on the calling thread on a cache
+    /// miss (tens of milliseconds): async callers use [`Self::authenticate_async`].
+    pub fn authenticate(&self, authorization_header: Option<&str>) -> Result<Principal, AuthError> {
+        match self.prepare(authorization_header)? {
+            Err(principal) => Ok(principal),
+            Ok(p) => {
+                let ok = verify(&p.creds.password, &p.hash);
+                self.finish(p, ok)
+            }
+        }
+    }
+
+    /// [`Self::authenticate`], with bcrypt on tokio's blocking pool.
+    pub async fn authenticate_async(
+        &self,
+        authorization_header: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        match self.prepare(authorization_header)? {
+            Err(principal) => Ok(principal),
+            Ok(mut p) => {
+                let password = std::mem::take(&mut p.creds.password);
+                let hash = p.hash.clone();
+                let ok = tokio::task::spawn_blocking(move || verify(&password, &hash))
+                    .await
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                self.finish(p, ok)
+            }
+        }
+    }
+
+    /// May `p` have `access` to `repo`? `repo = None` is the catalog or the `/v2/` base,
+    /// where `access` is ignored. Always true when auth is off.
+    pub fn authorize(&self, p: &Principal, repo: Option<&RepoName>, access: Access) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let anonymous_pull = self.cfg.anonymous == Anonymous::Pull;
+        let Some(repo) = repo else {
+            return p.is_authenticated() || anonymous_pull;
+        };
+        if anonymous_pull && access == Access::Pull {
+            return true;
+        }
+        if self.rules.is_empty() {
+            return p.is_authenticated();
+        }
+        rules::granted(&self.rules, p, repo.as_str()).contains(access)
+    }
+}
+
+/// A verification to run.
+struct Pending {
+    creds: Credentials,
+    digest: [u8; 32],
+    generation: u64,
+    known: bool,
+    hash: String,
+}
+
+fn verify(password: &[u8], hash: &str) -> bool {
+    match bcrypt::verify(password, hash) {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Hashes are checked at load, so this is not expected.
+            tracing::warn!(error = %e, "bcrypt verification failed");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! Per-repository access rules: repository-name globs, compiled once at load.
+//!
+//! Glob syntax (patterns are checked at load; a pattern that could never match a valid
+//! repository name is an error, not a silent no-op):
+//! - a pattern is `/`-separated components, matched against the repository name's
+//!   components;
+//! - `*` inside a component matches any run of characters within that one component
+//!   (`team/*` matches `team/app`, not `team/app/web` nor `team`; `lib*` matches `lib` and
+//!   `libfoo`);
+//! - `**` as a whole component matches any number of whole components: zero or more in
+//!   the middle or at the start (`**/nginx` matches `nginx` and `a/b/nginx`;
+//!   `a/**/b` matches `a/b` and `a/x/y/b`), one or more at the end (`team/**` matches
+//!   everything under `team/` but not the repository `team` itself; `**` alone matches
+//!   every repository);
+//! - anything else matches literally.
+
+use std::collections::HashSet;
+
+use super::{Access, AuthError, Principal, Rule};
+
+/// The `users` entry that matches every authenticated user.
+pub const ANY_USER: &str = "*";
+/// The `users` entry that matches the anonymous principal.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// One component of a compiled pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    /// `**`: whole components.
+    Any,
+    /// A component, possibly with `*` wildcards.
+    Glob(String),
+}
+
+/// A compiled repository-name pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    segs: Vec<Seg>,
+}
+
+impl Pattern {
+    /// Compile `s`, or say what is wrong with it.
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        if s.is_empty() {
+            return Err("the pattern is empty".into());
+        }
+        let mut segs = Vec::new();
+        for comp in s.split('/') {
+            if comp.is_empty() {
+                return Err(format!("pattern {s:?} has an empty path component"));
+            }
+            if comp == "**" {
+                segs.push(Seg::Any);
+                continue;
+            }
+            if comp.contains("**") {
+                return Err(format!(
+                    "pattern {s:?}: `**` must be a whole path component (like `team/**`); \
+                     use `*` to match within a component"
+                ));
+            }
+            if let Some(bad) = comp.chars().find(|&c| {
+                !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '*'))
+            }) {
+                return Err(format!(
+                    "pattern {s:?}: character {bad:?} never occurs in a repository name \
+                     (lowercase letters, digits, `.`, `_`, `-`, `/`; `*` and `**` are wildcards)"
+                ));
+            }
+            segs.push(Seg::Glob(comp.to_string()));
+        }
+        Ok(Pattern { segs })
+    }
+
+    /// Does the repository name `name` match?
+    pub fn matches(&self, name: &str) -> bool {
+        let comps: Vec<&str> = name.split('/').collect();
+        let (p, n) = (self.segs.len(), comps.len());
+        // dp[i][j]: segs[i..] matches comps[j..]. O(p·n) whatever the number of `**`.
+        let mut next = vec![false; n + 1];
+        next[n] = true;
+        for i in (0..p).rev() {
+            let mut cur = vec![false; n + 1];
+            let trailing = i + 1 == p;
+            for j in (0..=n).rev() {
+                cur[j] = match &self.segs[i] {
+                    // A trailing `**` takes one or more components.
+                    Seg::Any if trailing => j < n,
+                    // Elsewhere zero (skip it) or one more (stay on it).
+                    Seg::Any => next[j] || (j < n && cur[j + 1]),
+                    Seg::Glob(g) => j < n && glob_component(g.as_bytes(), comps[j].as_bytes()) && next[j + 1],
+                };
+            }
+            next = cur;
+        }
+        next[0]
+    }
+}
+
+/// `*`-only wildcard match within one component (the classic backtracking scan: linear
+/// in practice, O(|pat|·|s|) at worst).
+fn glob_component(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if p < pat.len() && pat[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// A set of [`Access`] kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccessSet(u8);
+
+impl AccessSet {
+    fn bit(a: Access) -> u8 {
+        match a {
+            Access::Pull => 1,
+            Access::Push => 2,
+            Access::Delete => 4,
+        }
+    }
+
+    pub fn with(self, a: Access) -> AccessSet {
+        AccessSet(self.0 | Self::bit(a))
+    }
+
+    pub fn contains(self, a: Access) -> bool {
+        self.0 & Self::bit(a) != 0
+    }
+}
+
+/// A compiled [`Rule`].
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub(crate) pattern: Pattern,
+    any_user: bool,
+    anonymous: bool,
+    users: HashSet<String>,
+    access: AccessSet,
+}
+
+impl CompiledRule {
+    fn applies_to(&self, p: &Principal) -> bool {
+        match p {
+            Principal::Anonymous => self.anonymous,
+            Principal::User(u) => self.any_user || self.users.contains(u),
+        }
+    }
+
+    /// The user names this rule lists explicitly (for load-time warnings).
+    pub(crate) fn named_users(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().map(String::as_str)
+    }
+}
+
+/// Compile and check every rule; errors name the rule (1-based) and its pattern.
+pub(crate) fn compile(rules: &[Rule]) -> Result<Vec<CompiledRule>, AuthError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let bad = |reason: String| AuthError::Rule { number: i + 1, repos: r.repos.clone(), reason };
+            let pattern = Pattern::parse(&r.repos).map_err(bad)?;
+            if r.users.is_empty() {
+                return Err(bad(format!(
+                    "users is empty; list user names, {ANY_USER:?} (any authenticated user) or {ANONYMOUS:?}"
+                )));
+            }
+            if r.access.is_empty() {
+                return Err(bad("access is empty; list some of \"pull\", \"push\", \"delete\"".into()));
+            }
+            let (mut any_user, mut anonymous, mut users) = (false, false, HashSet::new());
+            for u in &r.users {
+                match u.as_str() {
+                    ANY_USER => any_user = true,
+                    ANONYMOUS => anonymous = true,
+                    "" => return Err(bad("an empty user name".into())),
+                    name if name.contains(':') || name.trim() != name => {
+                        return Err(bad(format!("user name {name:?} cannot occur in an htpasswd file")))
+                    }
+                    name => {
+                        users.insert(name.to_string());
+                    }
+                }
+            }
+            let access = r.access.iter().fold(AccessSet::default(), |s, &a| s.with(a));
+            Ok(CompiledRule { pattern, any_user, anonymous, users, access })
+        })
+        .collect()
+}
+
+/// The union of the access the rules give `p` on the repository `repo`.
+///
+/// `push` implies `pull`: a client pushing reads back what already exists (HEAD on blobs
+/// and manifests) and could not push without it.
+pub(crate) fn granted(rules: &[CompiledRule], p: &Principal, repo: &str) -> AccessSet {
+    let mut set = rules
+        .iter()
+        .filter(|r| r.applies_to(p) && r.pattern.matches(repo))
+        .fold(AccessSet::default(), |s, r| AccessSet(s.0 | r.access.0));
+    if set.contains(Access::Push) {
+        set = set.with(Access::Pull);
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_table() {
+        let table: &[(&str, &str, bool)] = &[
+            // exact
+            ("library/nginx", "library/nginx", true),
+            ("library/nginx", "library/nginx2", false),
+            ("library/nginx", "library", false),
+            ("library/nginx", "x/library/nginx", false),
+            // `*` stays within one component
+            ("team/*", "team/app", true),
+            ("team/*", "team/app/web", false),
+            ("team/*", "team", false),
+            ("team/*", "other/app", false),
+            ("*", "nginx", true),
+            ("*", "library/nginx", false),
+            ("*/nginx", "library/nginx", true),
+            ("*/nginx", "a/b/nginx", false),
+            ("lib*", "lib", true),
+            ("lib*", "library", true),
+            ("lib*", "alib", false),
+            ("*-dev", "app-dev", true),
+            ("*-dev", "app-prod", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("team/app-*", "team/app-web", true),
+            // `**` crosses components
+            ("**", "nginx", true),
+            ("**", "a/b/c/d", true),
+            ("team/**", "team/app", true),
+            ("team/**", "team/app/web/x", true),
+            ("team/**", "team", false),
+            ("team/**", "teams/app", false),
+            ("**/nginx", "nginx", true),
+            ("**/nginx", "library/nginx", true),
+            ("**/nginx", "a/b/c/nginx", true),
+            ("**/nginx", "a/nginx/b", false),
+            ("a/**/b", "a/b", true),
+            ("a/**/b", "a/x/y/b", true),
+            ("a/**/b", "a/x/y/c", false),
+            ("**/team-*/**", "x/team-a/y", true),
+            ("**/team-*/**", "team-a/y", true),
+            ("**/team-*/**", "team-a", false),
+            ("**/**/**/**/**/z", "a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/y", false),
+        ];
+        for &(pat, name, want) in table {
+            let p = Pattern::parse(pat).expect("valid pattern");
+            assert_eq!(p.matches(name), want, "pattern {pat:?} against {name:?}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_explained() {
+        for (pat, needle) in [
+            ("", "empty"),
+            ("team//app", "empty path component"),
+            ("/team", "empty path component"),
+            ("team/", "empty path component"),
+            ("team**", "whole path component"),
+            ("Team/*", "'T'"),
+            ("team/?", "'?'"),
+        ] {
+            let err = Pattern::parse(pat).expect_err(pat);
+            assert!(err.contains(needle), "{pat:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rules_union_and_push_implies_pull() {
+        let rules = compile(&[
+            Rule { repos: "team/*".into(), users: vec!["alice".into()], access: vec![Access::Push] },
+            Rule { repos: "team/app".into(), users: vec!["alice".into()], access: vec![Access::Delete] },
+            Rule { repos: "**".into(), users: vec!["*".into()], access: vec![Access::Pull] },
+        ])
+        .expect("compiles");
+        let alice = Principal::User("alice".into());
+        let bob = Principal::User("bob".into());
+        let g = granted(&rules, &alice, "team/app");
+        assert!(g.contains(Access::Pull) && g.contains(Access::Push) && g.contains(Access::Delete));
+        let g = granted(&rules, &alice, "team/web");
+        assert!(g.contains(Access::Pull) && g.contains(Access::Push) && !g.contains(Access::Delete));
+        let g = granted(&rules, &bob, "team/app");
+        assert!(g.contains(Access::Pull) && !g.contains(Access::Push));
+        assert_eq!(granted(&rules, &Principal::Anonymous, "team/app"), AccessSet::default());
+    }
+
+    #[test]
+    fn bad_rules_name_the_rule() {
+        let ok = Rule { repos: "**".into(), users: vec!["a".into()], access: vec![Access::Pull] };
+        let cases = [
+            (Rule { users: vec![], ..ok.clone() }, "users is empty"),
+            (Rule { access: vec![], ..ok.clone() }, "access is empty"),
+            (Rule { users: vec!["a:b".into()], ..ok.clone() }, "cannot occur"),
+            (Rule { users: vec!["".into()], ..ok.clone() }, "empty user name"),
+            (Rule { repos: "A".into(), ..ok.clone() }, "never occurs"),
+        ];
+        for (bad, needle) in cases {
+            let err = compile(&[ok.clone(), bad]).expect_err(needle).to_string();
+            assert!(err.contains("rule 2") && err.contains(needle), "{err}");
+        }
+    }
+}
