@@ -595,7 +595,7 @@ fn many_distinct_pushes_to_many_repos_leave_consistent_catalog_and_tags() {
     let w = Wharfie::start();
     let http = Http::new(&w);
     let repo_name = |i: usize| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("many/deep/x/r{i:02}")
         } else {
             format!("many/r{i:02}")
@@ -617,7 +617,7 @@ fn many_distinct_pushes_to_many_repos_leave_consistent_catalog_and_tags() {
                         format!(r#"{{"architecture":"amd64","os":"linux","t":{t},"r":{i}}}"#).into_bytes();
                     let layer = bytes_of(1 + (t * 977 + i * 131) % 40_000, (t * 1000 + i) as u64 + 7);
                     http.monolithic(&repo, &config)?;
-                    if (t + i) % 2 == 0 {
+                    if (t + i).is_multiple_of(2) {
                         http.monolithic(&repo, &layer)?;
                     } else {
                         http.chunked(&repo, &layer, 8192)?;
