@@ -58,6 +58,8 @@ async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        // A buffered reply has no Content-Length header yet (hyper adds it on the wire).
+        .or_else(|| http_body::Body::size_hint(resp.body()).exact())
         .unwrap_or(0);
     reg.metrics.http_request(method.as_str(), resp.status().as_u16(), bytes);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
