@@ -266,6 +266,18 @@ fn check_contents(deb: &Path) {
         sections.contains(".gnu_debuglink"),
         "/usr/bin/wharfie does not point at its debug file:\n{sections}"
     );
+    let build_id = |bin: &Path| {
+        let notes = stdout_of(Command::new("readelf").arg("-n").arg(bin));
+        notes
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID:").map(|id| id.trim().to_string()))
+            .unwrap_or_else(|| panic!("no build id in {}", bin.display()))
+    };
+    assert_eq!(
+        build_id(&x.path().join("usr/bin/wharfie")),
+        build_id(Path::new(env!("CARGO_BIN_EXE_wharfie"))),
+        "the .deb packs another binary than the one cargo test built"
+    );
     let ddeb = deb.with_file_name(format!(
         "{PKG}-dbgsym_{}-1_{}.ddeb",
         env!("CARGO_PKG_VERSION"),
