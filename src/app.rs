@@ -139,19 +139,33 @@ async fn expire_uploads(reg: Arc<Registry>, ttl: Duration) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on
+/// the first of them. Called before the listening line and READY=1: a handler installed
+/// lazily (when the future is first polled) leaves a window in which a SIGTERM sent
+/// right after readiness (`systemctl stop` just after start) kills the process with the
+/// default action instead of draining it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    for (name, s) in [("SIGTERM", &term), ("SIGINT", &int)] {
+        if let Err(e) = s {
+            tracing::warn!(error = %e, signal = name, "cannot handle the signal; it will kill the server");
+        }
+    }
+    async fn recv(s: std::io::Result<Signal>) {
+        match s {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    }
+    async move {
+        tokio::select! {
+            _ = recv(term) => {}
+            _ = recv(int) => {}
+        }
     }
 }
 
@@ -174,6 +188,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             None => None,
         };
         let reg = open(&settings).await?;
+        let signals = shutdown_signal();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), scheme, "wharfie listening");
         // The one line on stdout: scripts and tests read the bound address from it.
@@ -186,7 +201,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         // stopping as soon as a signal starts the drain.
         crate::notify::ready();
         let shutdown = async {
-            shutdown_signal().await;
+            signals.await;
             crate::notify::stopping();
         };
         crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown).await;

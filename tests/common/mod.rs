@@ -57,7 +57,15 @@ impl Wharfie {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn wharfie");
+        Self::from_command(cmd, dir)
+    }
+
+    /// Spawn a prepared `wharfie serve` command line (it may go through wrappers that
+    /// exec it, such as `setpriv`) whose data directory is `dir`, and wait for its
+    /// listening line. Stdout is piped here; stdin is set to null.
+    pub fn from_command(mut cmd: Command, dir: &Path) -> Self {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -91,13 +99,25 @@ impl Wharfie {
         }
     }
 
+    /// The child's pid (the server's own, or that of a wrapper such as strace).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM and wait for a graceful exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
+        let c = self.child.as_ref()?;
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
             libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
         }
+        self.wait_exit()
+    }
+
+    /// Wait (30 s at most, then SIGKILL) for the child to exit on its own; returns the
+    /// exit status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
