@@ -102,6 +102,11 @@ impl BlobStore {
         Staging::reopen(&self.layout, id, self.hook.clone())
     }
 
+    /// Whether staging area `id` still has its data file (a commit renames it away).
+    pub fn staging_exists(&self, id: &str) -> bool {
+        self.layout.staging_file(id).is_file()
+    }
+
     /// A read handle on staging area `id`'s data file (followers of a fill read it as
     /// it grows; the handle stays valid across the rename at commit).
     pub fn open_staging_reader(&self, id: &str) -> io::Result<File> {

@@ -97,11 +97,24 @@ impl Registry {
     /// Startup recovery: remove staging areas that belong to no upload session (a
     /// crashed monolithic upload or fill) and leases of the previous process.
     pub async fn recover(&self) -> Result<(), Error> {
-        let open: std::collections::HashSet<String> =
-            self.meta.uploads()?.into_iter().map(|(id, _)| id).collect();
+        // A session whose data file is gone was being committed when the process died
+        // (the file was renamed into blobs/, the row not yet deleted): it cannot resume,
+        // so its row goes too, and its staging directory with the other orphans.
+        let rows = self.meta.uploads()?;
         let blobs = self.blobs.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id))).await??;
+        let (removed, dead) = tokio::task::spawn_blocking(move || {
+            let (live, dead): (Vec<String>, Vec<String>) =
+                rows.into_iter().map(|(id, _)| id).partition(|id| blobs.staging_exists(id));
+            let live: std::collections::HashSet<String> = live.into_iter().collect();
+            blobs.clean_staging(|id| live.contains(id)).map(|n| (n, dead))
+        })
+        .await??;
+        for id in &dead {
+            self.meta.delete_upload(id.clone()).await?;
+        }
+        if !dead.is_empty() {
+            tracing::info!(sessions = dead.len(), "dropped upload sessions cut during their commit");
+        }
         let leases = self.meta.clear_leases().await?;
         let finished = self.finish_deletions().await?;
         if finished > 0 {
