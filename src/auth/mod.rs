@@ -26,8 +26,10 @@
 //! - **Catalog and base** (`repo = None`): every authenticated user may list; anonymous
 //!   clients may only when `anonymous = "pull"`. The caller should filter catalog entries
 //!   with `authorize(p, Some(repo), Access::Pull)`.
-//! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`]. A
-//!   header that is present but malformed ([`AuthError::BadHeader`]) or wrong
+//! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`], and so
+//!   is `Basic` with an empty user name *and* an empty password (`Basic Og==`): that is
+//!   what podman, skopeo and buildah (containers/image) send after a `Basic` challenge
+//!   when they have no credentials for the registry. A header that is present but malformed ([`AuthError::BadHeader`]) or wrong
 //!   ([`AuthError::BadCredentials`]) is an error, never a silent fallback to anonymous —
 //!   that is what makes `podman login` with a wrong password fail even when anonymous
 //!   pull is allowed.
@@ -253,6 +255,10 @@ fn parse_basic(header: Option<&str>) -> Result<Option<Credentials>, AuthError> {
         return Err(bad("Basic credentials have no `:` between user name and password"));
     };
     let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| bad("the user name is not UTF-8"))?;
+    if decoded.len() == 1 {
+        // `:` alone: containers/image's "no credentials" after a Basic challenge.
+        return Ok(None);
+    }
     if user.is_empty() {
         return Err(bad("the user name is empty"));
     }
@@ -276,6 +282,40 @@ struct CacheEntry {
     digest: [u8; 32],
     generation: u64,
     expires: Instant,
+}
+
+/// Check an `[auth]` section without reading the htpasswd file: the rules compile, and
+/// rules or `anonymous = "none"` come with an htpasswd file. Returns the compiled rules.
+fn check(cfg: &AuthConfig) -> Result<Vec<CompiledRule>, AuthError> {
+    let rules = rules::compile(&cfg.rules)?;
+    if cfg.htpasswd.is_none() {
+        if !cfg.rules.is_empty() {
+            return Err(AuthError::Config(
+                "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
+                 is open to everyone"
+                    .into(),
+            ));
+        }
+        if cfg.anonymous == Anonymous::None {
+            return Err(AuthError::Config(
+                "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
+                 the registry is open to everyone"
+                    .into(),
+            ));
+        }
+    }
+    if cfg.realm.chars().any(|c| c.is_control()) {
+        return Err(AuthError::Config("realm must not contain control characters".into()));
+    }
+    Ok(rules)
+}
+
+impl AuthConfig {
+    /// Check this section as [`Authenticator::new`] would, without reading the htpasswd
+    /// file (for configuration loading; the file is read at startup).
+    pub fn check(&self) -> Result<(), AuthError> {
+        check(self).map(drop)
+    }
 }
 
 /// Answers "who is this" and "may they".
@@ -307,27 +347,19 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     /// Check the configuration and load the htpasswd file (if any).
     pub fn new(cfg: AuthConfig) -> Result<Self, AuthError> {
-        let rules = rules::compile(&cfg.rules)?;
-        if cfg.htpasswd.is_none() {
-            if !cfg.rules.is_empty() {
-                return Err(AuthError::Config(
-                    "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
-                     is open to everyone"
-                        .into(),
-                ));
-            }
-            if cfg.anonymous == Anonymous::None {
-                return Err(AuthError::Config(
-                    "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
-                     the registry is open to everyone"
-                        .into(),
-                ));
-            }
-        }
-        if cfg.realm.chars().any(|c| c.is_control()) {
-            return Err(AuthError::Config("realm must not contain control characters".into()));
-        }
-        let me = Authenticator {
+        let rules = check(&cfg)?;
+        let me = Self::build(cfg, rules);
+        me.reload()?;
+        Ok(me)
+    }
+
+    /// Auth off: everyone may do everything (the in-process server of `wharfie import`).
+    pub fn disabled() -> Self {
+        Self::build(AuthConfig::default(), Vec::new())
+    }
+
+    fn build(cfg: AuthConfig, rules: Vec<CompiledRule>) -> Self {
+        Authenticator {
             cfg,
             rules,
             users: RwLock::new(Arc::new(Users {
@@ -339,9 +371,7 @@ impl Authenticator {
             cache_key: rand::random(),
             verifications: AtomicU64::new(0),
             generations: AtomicU64::new(0),
-        };
-        me.reload()?;
-        Ok(me)
+        }
     }
 
     /// Re-read the htpasswd file. On error the previous users stay in force. Forgets every

@@ -57,6 +57,16 @@ fn disabled_is_open_and_ignores_headers() {
 }
 
 #[test]
+fn disabled_constructor_is_the_default_config() {
+    let a = Authenticator::disabled();
+    assert!(!a.enabled());
+    assert!(a.authorize(&Principal::Anonymous, Some(&repo("x")), Access::Delete));
+    assert!(AuthConfig::default().check().is_ok());
+    let bad = AuthConfig { anonymous: Anonymous::None, ..AuthConfig::default() };
+    assert!(bad.check().expect_err("no htpasswd").to_string().contains("anonymous = \"none\""));
+}
+
+#[test]
 fn rules_or_anonymous_none_without_htpasswd_are_errors() {
     let cfg = AuthConfig { rules: vec![rule("**", &["*"], &[Access::Pull])], ..AuthConfig::default() };
     let err = Authenticator::new(cfg).expect_err("rules need htpasswd").to_string();
@@ -185,6 +195,13 @@ fn malformed_headers_are_clear_errors() {
         assert!(msg.contains(needle), "{h:?}: {msg}");
         assert!(!msg.contains("c2VjcmV0"), "never echo a token: {msg}");
     }
+    // `:` alone is what containers/image sends after a Basic challenge when it has no
+    // credentials: anonymous, not an error (and no bcrypt).
+    assert_eq!(
+        a.authenticate(Some(&format!("Basic {}", b64(b":")))).expect("anonymous"),
+        Principal::Anonymous
+    );
+    assert_eq!(a.authenticate(Some("Basic Og")).expect("unpadded too"), Principal::Anonymous);
     // Unpadded base64 is accepted.
     let unpadded = format!("Basic {}", b64(b"alice:pw").trim_end_matches('='));
     assert_eq!(a.authenticate(Some(&unpadded)).expect("unpadded"), user("alice"));

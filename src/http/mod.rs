@@ -5,6 +5,7 @@
 //! May import: service, digest, names. Only this module names warp/hyper types.
 
 pub mod error;
+pub mod guard;
 pub mod handlers;
 pub mod route;
 pub mod server;
@@ -17,7 +18,9 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method};
 use warp::{Filter, Reply as _};
 
+use crate::auth::Authenticator;
 use crate::service::Registry;
+use guard::Caller;
 use handlers::Req;
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
@@ -29,6 +32,7 @@ fn parse_query(raw: &str) -> Vec<(String, String)> {
 /// Run one request: dispatch, render errors, stamp common headers, log one line.
 async fn handle(
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
     method: Method,
     path: warp::path::FullPath,
     query: String,
@@ -37,8 +41,28 @@ async fn handle(
 ) -> warp::reply::Response {
     let started = Instant::now();
     let path = path.as_str().to_owned();
+    // Every /v2 request is authenticated before anything else (a wrong password is a 401
+    // whatever it asks for); /healthz, /readyz and /metrics never look at credentials.
+    let caller = if auth.enabled() && (path == "/v2" || path.starts_with("/v2/")) {
+        let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ()));
+        match header {
+            Some(Err(())) => Err(error::ApiError::Unauthorized {
+                message: "malformed Authorization header: not visible ASCII".into(),
+                challenge: auth.challenge(),
+            }),
+            Some(Ok(h)) => Caller::authenticate(auth, Some(h)).await,
+            None => Caller::authenticate(auth, None).await,
+        }
+    } else {
+        Ok(Caller::open(auth))
+    };
+    let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
     let req = Req { method: method.clone(), path: path.clone(), query: parse_query(&query), headers, body };
-    let reply = match handlers::dispatch(&reg, req).await {
+    let result = match caller {
+        Ok(caller) => handlers::dispatch(&reg, &caller, req).await,
+        Err(e) => Err(e),
+    };
+    let reply = match result {
         Ok(r) => r,
         Err(e) => handlers::Reply::Full(e.render()),
     };
@@ -67,6 +91,7 @@ async fn handle(
         %method,
         path,
         status = resp.status().as_u16(),
+        user,
         bytes,
         micros,
     );
@@ -85,6 +110,7 @@ where
 /// The whole API as one warp filter.
 pub fn routes(
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
        + Clone
        + Send
@@ -97,7 +123,7 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(move |method, path, query, headers, body| {
-            handle(reg.clone(), method, path, query, headers, into_body(body))
+            handle(reg.clone(), auth.clone(), method, path, query, headers, into_body(body))
         })
         .recover(|_rej: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())
