@@ -50,12 +50,17 @@ struct Server {
 
 impl Server {
     fn start(auth_toml: &str, users: &[(&str, &str)]) -> Server {
+        Self::start_with(auth_toml, "", users)
+    }
+
+    /// With more configuration (top-level tables such as `[[upstreams]]`) after `[auth]`.
+    fn start_with(auth_toml: &str, more_toml: &str, users: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("htpasswd");
         htpasswd(&pw, users);
         let cfg = dir.path().join("wharfie.toml");
-        std::fs::write(&cfg, format!("[auth]\nhtpasswd = \"{}\"\n{auth_toml}", pw.display()))
-            .expect("config");
+        let text = format!("[auth]\nhtpasswd = \"{}\"\n{auth_toml}\n{more_toml}", pw.display());
+        std::fs::write(&cfg, text).expect("config");
         let w = Wharfie::start_in(&dir.path().join("data"), &["--config", &cfg.display().to_string()]);
         Server { w, dir }
     }
@@ -658,6 +663,65 @@ fn anonymous_none_rules_and_filtered_catalog() {
     let other_layer = imgs[1].layer_digest();
     let r = send(&api, AS_ADMIN, "POST", &format!("/v2/bob/own/blobs/uploads/?mount={other_layer}"), None);
     check(&r, Want::Ok(201), false, "automatic mount as admin");
+}
+
+// ---------------------------------------------------------------------------------
+// Mirrors: pull-through namespaces are authorized like hosted repositories
+
+#[test]
+fn mirrored_namespaces_need_pull_and_stay_read_only() {
+    // The upstream: a plain wharfie (auth off) holding one image.
+    let up = Wharfie::start();
+    let img = Image::new(99);
+    push_image(&Api::new(&up), Who::Anonymous, "lib/tool", "v1", &img);
+    let rules = r#"anonymous = "none"
+
+[[auth.rules]]
+repos = "up/**"
+users = ["alice"]
+access = ["pull"]
+
+[[auth.rules]]
+repos = "**"
+users = ["admin"]
+access = ["push", "delete"]
+"#;
+    let upstreams =
+        format!("[[upstreams]]\nname = \"up\"\nurl = \"{}\"\ntimeout = \"10s\"\ndefault = true\n", up.base);
+    let s = Server::start_with(rules, &upstreams, &[ADMIN, ALICE, BOB]);
+    let api = s.api();
+    let alice = Who::User(ALICE.0, ALICE.1);
+    let bob = Who::User(BOB.0, BOB.1);
+    let path = "/v2/up/lib/tool/manifests/v1";
+    check(
+        &send(&api, Who::Anonymous, "GET", path, None),
+        Want::Unauthorized,
+        false,
+        "anonymous via the mirror",
+    );
+    check(&send(&api, bob, "GET", path, None), Want::Denied, false, "bob via the mirror");
+    // containerd's ?ns= names the same repository, and is checked the same way.
+    let ns = "/v2/lib/tool/manifests/v1?ns=up";
+    check(&send(&api, bob, "GET", ns, None), Want::Denied, false, "bob via ?ns=up");
+    let r = send(&api, alice, "GET", path, None);
+    check(&r, Want::Ok(200), false, "alice via the mirror");
+    assert_eq!(r.body, img.manifest);
+    let r = send(&api, alice, "GET", &format!("/v2/up/lib/tool/blobs/{}", img.layer_digest()), None);
+    check(&r, Want::Ok(200), false, "alice pulls a blob through");
+    assert_eq!(r.body, img.layer);
+    check(&send(&api, alice, "GET", ns, None), Want::Ok(200), false, "alice via ?ns=up");
+    // A bare name under the default upstream reads a hosted repository first, then the
+    // mirror: alice may pull the mirror but not the hosted `lib/tool`, so no.
+    check(
+        &send(&api, alice, "GET", "/v2/lib/tool/manifests/v1", None),
+        Want::Denied,
+        false,
+        "alice, bare name",
+    );
+    // The mirror's namespace stays read-only, whoever asks.
+    let r = push_blob(&api, AS_ADMIN, "up/lib/tool", b"into the mirror");
+    r.expect_err(403, "DENIED");
+    assert_eq!(blob_status_as_admin(&api, "up/lib/tool", &sha256(b"into the mirror")), 404);
 }
 
 // ---------------------------------------------------------------------------------

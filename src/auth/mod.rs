@@ -25,7 +25,10 @@
 //!   component, `**` across components).
 //! - **Catalog and base** (`repo = None`): every authenticated user may list; anonymous
 //!   clients may only when `anonymous = "pull"`. The caller should filter catalog entries
-//!   with `authorize(p, Some(repo), Access::Pull)`.
+//!   with `authorize(p, Some(repo), Access::Pull)`. The HTTP layer is stricter on the
+//!   base `/v2/`: it challenges every anonymous caller when auth is on, because that
+//!   challenge is how `podman login` and friends learn to send (and so verify)
+//!   credentials (see `http/guard.rs`).
 //! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`], and so
 //!   is `Basic` with an empty user name *and* an empty password (`Basic Og==`): that is
 //!   what podman, skopeo and buildah (containers/image) send after a `Basic` challenge

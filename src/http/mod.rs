@@ -1,8 +1,10 @@
 //! `http/`: the wire. One warp catch-all hands every request to `handlers::dispatch`
 //! (the route parser is a pure function, `route.rs`); errors become OCI JSON bodies in
-//! one place (`error.rs`); `server.rs` owns the accept loop and graceful drain.
+//! one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
+//! `guard.rs` authenticates every `/v2` request and names the access each endpoint
+//! needs.
 //!
-//! May import: service, digest, names. Only this module names warp/hyper types.
+//! May import: service, auth, digest, names. Only this module names warp/hyper types.
 
 pub mod error;
 pub mod guard;
