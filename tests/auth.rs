@@ -986,3 +986,42 @@ fn anonymous_none_with_real_clients() {
     assert!(!out.ok, "skopeo inspect as bob succeeded");
     assert!(out.stderr.contains("denied") || out.stderr.contains("403"), "{}", out.stderr);
 }
+
+/// `wharfie export/import --server URL --creds USER:PASSWORD` against a server with auth.
+/// Import streams an archive into a scratch repository `wharfie-import/<id>` first (it
+/// cannot know which image a blob belongs to before the whole archive is read), so an
+/// importing user needs push and delete there too.
+#[test]
+fn wharfie_export_and_import_take_creds() {
+    let rules = format!(
+        "{RULES_NONE}\n[[auth.rules]]\nrepos = \"wharfie-import/**\"\nusers = [\"alice\"]\naccess = [\"push\", \"delete\"]\n"
+    );
+    let s = Server::start(&rules, &[ADMIN, ALICE, BOB]);
+    let api = s.api();
+    let img = Image::new(5);
+    push_image(&api, AS_ADMIN, "team/app", "v1", &img);
+    let out = s.dir.path().join("out.tar");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wharfie")).args(args).output().expect("run wharfie");
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let alice = format!("{}:{}", ALICE.0, ALICE.1);
+    let file = out.display().to_string();
+    let (ok, err) = run(&["export", "--server", &s.w.base, "--creds", &alice, "-o", &file, "team/app:v1"]);
+    assert!(ok, "export with credentials: {err}");
+    let (ok, err) =
+        run(&["export", "--server", &s.w.base, "--creds", "alice:nope", "-o", &file, "team/app:v1"]);
+    assert!(!ok && err.contains("401"), "export with a wrong password: {err}");
+    let (ok, err) =
+        run(&["import", "--server", &s.w.base, "--creds", &alice, "--repo", "team/back:v2", &file]);
+    assert!(ok, "import with credentials: {err}");
+    assert_eq!(tags_as_admin(&api, "team/back"), ["v2"]);
+    // Without push on the scratch namespace the import stops at once, saying where.
+    let bob = format!("{}:{}", BOB.0, BOB.1);
+    let (ok, err) = run(&["import", "--server", &s.w.base, "--creds", &bob, "--repo", "bob/back:v2", &file]);
+    assert!(!ok && err.contains("403") && err.contains("wharfie-import/"), "import as bob: {err}");
+    assert!(tags_as_admin(&api, "bob/back").is_empty());
+    let r = send(&api, AS_ADMIN, "GET", "/v2/team/back/manifests/v2", None);
+    check(&r, Want::Ok(200), false, "the imported manifest");
+    assert_eq!(r.body, img.manifest);
+}
