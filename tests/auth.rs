@@ -1025,3 +1025,143 @@ fn wharfie_export_and_import_take_creds() {
     check(&r, Want::Ok(200), false, "the imported manifest");
     assert_eq!(r.body, img.manifest);
 }
+
+// ---------------------------------------------------------------------------------
+// Bearer tokens (`token = true`)
+
+fn token(api: &Api, who: Who) -> Resp {
+    send(api, who, "GET", "/token?service=wharfie&scope=repository:team/app:pull,push", None)
+}
+
+fn token_of(r: &Resp) -> &'static str {
+    assert_eq!(r.status, 200, "token: {}", r.describe());
+    assert_eq!(r.h("Cache-Control"), Some("no-store"));
+    let v = r.json();
+    assert_eq!(v["token"], v["access_token"], "{}", r.describe());
+    assert!(v["expires_in"].as_u64().is_some_and(|s| s > 0), "{}", r.describe());
+    let t = v["token"].as_str().expect("token string").to_owned();
+    // `Who::Header` takes a 'static value; a test leaks a few tokens.
+    Box::leak(format!("Bearer {t}").into_boxed_str())
+}
+
+#[test]
+fn bearer_tokens_over_raw_http_and_with_real_clients() {
+    let s = Server::start(&format!("token = true\n{RULES_PULL}"), &[ADMIN, ALICE, BOB]);
+    let api = s.api();
+    let addr = s.w.addr.clone();
+    let bearer = format!("Bearer realm=\"http://{addr}/token\",service=\"wharfie\"");
+    let img = Image::new(7);
+    push_image(&api, AS_ADMIN, "seed/img", "v1", &img);
+
+    // The API challenges with Bearer, pointing at the token endpoint.
+    let r = send(&api, Who::Anonymous, "GET", "/v2/", None);
+    r.expect_err(401, "UNAUTHORIZED");
+    assert_eq!(r.h("WWW-Authenticate"), Some(bearer.as_str()), "{}", r.describe());
+    // The token endpoint wants Basic, and refuses wrong passwords.
+    let r = token(&api, Who::User(ALICE.0, "wrong"));
+    check(&r, Want::Unauthorized, false, "token with a wrong password");
+    let r = token(&api, Who::Header("Basic !!!"));
+    check(&r, Want::Unauthorized, false, "token with a malformed header");
+    // A user's token is that user, under the same rules.
+    let alice = Who::Header(token_of(&token(&api, Who::User(ALICE.0, ALICE.1))));
+    let bob = Who::Header(token_of(&token(&api, Who::User(BOB.0, BOB.1))));
+    check(&send(&api, alice, "GET", "/v2/", None), Want::Ok(200), false, "base with alice's token");
+    check(
+        &push_blob(&api, alice, "team/app", b"with a token"),
+        Want::Ok(201),
+        false,
+        "push with alice's token",
+    );
+    let r = push_blob(&api, bob, "team/app", b"bob with a token");
+    check(&r, Want::Denied, false, "push with bob's token");
+    assert_eq!(blob_status_as_admin(&api, "team/app", &sha256(b"bob with a token")), 404);
+    // An anonymous token is anonymous: pulls (anonymous = "pull"), no base, no push.
+    let anon = Who::Header(token_of(&token(&api, Who::Anonymous)));
+    check(
+        &send(&api, anon, "GET", "/v2/seed/img/manifests/v1", None),
+        Want::Ok(200),
+        false,
+        "pull, anonymous token",
+    );
+    let r = send(&api, anon, "GET", "/v2/", None);
+    assert_eq!((r.status, r.h("WWW-Authenticate")), (401, Some(bearer.as_str())), "{}", r.describe());
+    let r = push_blob(&api, anon, "team/app", b"anonymous token");
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED".to_owned()), "{}", r.describe());
+    // Forged or mangled tokens are 401 with the challenge, never anonymous.
+    let t = token_of(&token(&api, Who::User(BOB.0, BOB.1)));
+    let forged: &'static str = Box::leak(t.replacen("Ym9i", "YWxpY2U", 1).into_boxed_str()); // bob → alice
+    for h in [forged, "Bearer ", "Bearer x.y.z", "Bearer 1.1.YWxpY2U.AAAA"] {
+        let r = send(&api, Who::Header(h), "GET", "/v2/seed/img/manifests/v1", None);
+        assert_eq!(
+            (r.status, r.h("WWW-Authenticate")),
+            (401, Some(bearer.as_str())),
+            "{h}: {}",
+            r.describe()
+        );
+        assert_eq!(r.code(), "UNAUTHORIZED");
+    }
+    // Basic still works beside tokens.
+    check(
+        &send(&api, Who::User(ALICE.0, ALICE.1), "GET", "/v2/", None),
+        Want::Ok(200),
+        false,
+        "Basic beside tokens",
+    );
+
+    // Real clients go through the token endpoint.
+    login_checks(&addr);
+    let c = Clients::new();
+    let docker = |r: &str| format!("docker://{addr}/{r}");
+    let copy = |creds: Option<&str>, dst: &str| {
+        let mut args = vec!["--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"];
+        if let Some(cr) = creds {
+            args.extend(["--dest-creds", cr]);
+        }
+        let (src, dst) = (docker("seed/img:v1"), docker(dst));
+        args.extend([src.as_str(), dst.as_str()]);
+        c.skopeo("copy", &args)
+    };
+    let out = copy(Some(&format!("{}:{}", ALICE.0, ALICE.1)), "team/app:copied");
+    assert!(out.ok, "skopeo copy --dest-creds (tokens) failed:\n{}", out.stderr);
+    assert_eq!(send(&api, AS_ADMIN, "GET", "/v2/team/app/manifests/copied", None).body, img.manifest);
+    let out = copy(None, "team/anon:copied");
+    assert!(!out.ok, "skopeo copy without credentials succeeded");
+    assert!(tags_as_admin(&api, "team/anon").is_empty());
+    let out = copy(Some(&format!("{}:nope", ALICE.0)), "team/app:wrong");
+    assert!(!out.ok, "skopeo copy with a wrong password succeeded");
+    let target = docker("team/app:copied");
+    let out = c.skopeo("inspect", &["--tls-verify=false", "--raw", &target]);
+    assert!(out.ok, "anonymous skopeo inspect (anonymous token) failed:\n{}", out.stderr);
+    assert_eq!(out.stdout.trim().as_bytes(), img.manifest.as_slice());
+    // wharfie's own registry client (import/export, mirrors) does the token dance too.
+    let file = s.dir.path().join("out.tar").display().to_string();
+    let alice_creds = format!("{}:{}", ALICE.0, ALICE.1);
+    let o = Command::new(env!("CARGO_BIN_EXE_wharfie"))
+        .args(["export", "--server", &s.w.base, "--creds", &alice_creds, "-o", &file, "team/app:copied"])
+        .output()
+        .expect("wharfie export");
+    assert!(o.status.success(), "wharfie export via tokens: {}", String::from_utf8_lossy(&o.stderr));
+
+    // A reload of the htpasswd file retires every token issued before it.
+    let pid = s.w.pid().expect("running");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        let r = send(&api, alice, "GET", "/v2/", None);
+        if r.status == 401 {
+            assert_eq!(r.h("WWW-Authenticate"), Some(bearer.as_str()));
+            break;
+        }
+        n += 1;
+        assert!(
+            n < 3000 && Instant::now() < deadline,
+            "alice's old token still works after SIGHUP: {}",
+            r.describe()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -43,6 +43,18 @@
 //!   verification against a real hash from the file, so timing does not tell which users
 //!   exist. [`Authenticator::authenticate_async`] runs bcrypt on tokio's blocking pool.
 //!
+//! - **Tokens** (`token = true`, off by default): the 401 challenge becomes `Bearer
+//!   realm="<token endpoint>",service="<realm>"`, and `GET /token` trades `Basic`
+//!   credentials (or none: an anonymous token) for a token clients then send as
+//!   `Authorization: Bearer`. A token names only *who* (user or anonymous), never what:
+//!   every request is still authorized by the rules, so the `scope` a client asks for is
+//!   ignored. Tokens are HMAC-SHA256-signed with a per-process random key, expire after
+//!   `token_ttl`, and die with a restart or an htpasswd reload (clients fetch a new one
+//!   on the next 401). `Basic` keeps working beside them. Verifying a token is one HMAC,
+//!   no bcrypt. This is what lets Docker pull anonymously from a registry with auth on:
+//!   Docker refuses to answer a `Basic` challenge without credentials, but fetches an
+//!   anonymous token for a `Bearer` one.
+//!
 //! # Invariants
 //!
 //! - The password cache never outlives the htpasswd contents it was verified against:
@@ -134,6 +146,15 @@ pub struct AuthConfig {
     /// How long a verified password is remembered ("0s": always run bcrypt).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Challenge with `Bearer` and issue tokens at `/token` (Basic still works).
+    pub token: bool,
+    /// How long an issued token is valid.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// The token endpoint's URL as clients reach it (e.g. behind a proxy); by default
+    /// it is built from the request's scheme and `Host`: `http://HOST/token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_realm: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -144,6 +165,9 @@ impl Default for AuthConfig {
             realm: "wharfie".into(),
             rules: Vec::new(),
             cache_ttl: Duration::from_secs(60),
+            token: false,
+            token_ttl: Duration::from_secs(300),
+            token_realm: None,
         }
     }
 }
@@ -203,6 +227,10 @@ pub enum AuthError {
     /// Unknown user or wrong password (→ 401 with the challenge).
     #[error("invalid username or password")]
     BadCredentials,
+    /// A Bearer token that is malformed, forged, expired or from before a reload (→ 401
+    /// with the challenge: the client fetches a new one).
+    #[error("invalid token: {0}")]
+    BadToken(&'static str),
     /// The verification task failed (→ 500).
     #[error("credential check failed: {0}")]
     Internal(String),
@@ -211,7 +239,7 @@ pub enum AuthError {
 impl AuthError {
     /// Errors that mean "answer 401 with the challenge" (the client's fault).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, AuthError::BadHeader(_) | AuthError::BadCredentials)
+        matches!(self, AuthError::BadHeader(_) | AuthError::BadCredentials | AuthError::BadToken(_))
     }
 }
 
@@ -268,6 +296,25 @@ fn parse_basic(header: Option<&str>) -> Result<Option<Credentials>, AuthError> {
     Ok(Some(Credentials { user: user.to_string(), password: decoded[colon + 1..].to_vec() }))
 }
 
+/// `Bearer <token>` → the token (scheme case-insensitive).
+fn bearer_token(header: &str) -> Option<&str> {
+    let h = header.trim();
+    let (scheme, rest) = h.split_once(|c: char| c.is_ascii_whitespace())?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// URL-safe base64 without padding: token text needs no escaping anywhere.
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A bcrypt hash of a random, discarded password: the timing dummy when the file has no
 /// users at all.
 const EMPTY_FILE_DUMMY: &str = "$2y$10$CVuUS58ouuB1CFAwTQJcpOLyp/ryWluPR9ADFaR8f9S8VideBeFzy";
@@ -310,6 +357,25 @@ fn check(cfg: &AuthConfig) -> Result<Vec<CompiledRule>, AuthError> {
     if cfg.realm.chars().any(|c| c.is_control()) {
         return Err(AuthError::Config("realm must not contain control characters".into()));
     }
+    if cfg.token {
+        if cfg.htpasswd.is_none() {
+            return Err(AuthError::Config(
+                "token = true needs an htpasswd file (set htpasswd = \"/path\")".into(),
+            ));
+        }
+        if cfg.token_ttl.is_zero() {
+            return Err(AuthError::Config("token_ttl must be longer than 0s".into()));
+        }
+    }
+    if let Some(r) = &cfg.token_realm {
+        let ok = (r.starts_with("http://") || r.starts_with("https://"))
+            && !r.chars().any(|c| c.is_control() || c == '"' || c.is_whitespace());
+        if !ok {
+            return Err(AuthError::Config(format!(
+                "token_realm = {r:?} must be an http:// or https:// URL (no quotes or spaces)"
+            )));
+        }
+    }
     Ok(rules)
 }
 
@@ -330,6 +396,8 @@ pub struct Authenticator {
     cache: Mutex<HashMap<String, CacheEntry>>,
     /// Per-process random salt for the cache digests.
     cache_key: [u8; 32],
+    /// Per-process random HMAC key for Bearer tokens.
+    token_key: [u8; 32],
     verifications: AtomicU64,
     generations: AtomicU64,
 }
@@ -372,6 +440,7 @@ impl Authenticator {
             })),
             cache: Mutex::new(HashMap::new()),
             cache_key: rand::random(),
+            token_key: rand::random(),
             verifications: AtomicU64::new(0),
             generations: AtomicU64::new(0),
         }
@@ -422,6 +491,79 @@ impl Authenticator {
     pub fn challenge(&self) -> String {
         let realm = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
         format!("Basic realm=\"{realm}\"")
+    }
+
+    /// The challenge for a 401 from a server clients reach at `base_url`
+    /// (`http://host:port`): `Bearer realm="<base_url>/token",service="…"` when tokens
+    /// are on (or `token_realm` when set), else [`Self::challenge`]. `None`: the base URL
+    /// is unknown (no `Host`), so `Basic` unless `token_realm` is set.
+    pub fn challenge_at(&self, base_url: Option<&str>) -> String {
+        if !self.cfg.token {
+            return self.challenge();
+        }
+        let realm = match (&self.cfg.token_realm, base_url) {
+            (Some(r), _) => r.clone(),
+            (None, Some(b)) if !b.contains(['"', '\\']) => format!("{b}/token"),
+            _ => return self.challenge(),
+        };
+        let service = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("Bearer realm=\"{realm}\",service=\"{service}\"")
+    }
+
+    /// Are Bearer tokens on?
+    pub fn tokens(&self) -> bool {
+        self.enabled() && self.cfg.token
+    }
+
+    /// A token naming `p`, and how long it is valid. Format:
+    /// `<expiry unix secs>.<htpasswd generation>.<base64url user>.<base64url HMAC of the rest>`.
+    pub fn issue_token(&self, p: &Principal) -> (String, Duration) {
+        let ttl = self.cfg.token_ttl;
+        let expiry = unix_now().saturating_add(ttl.as_secs().max(1));
+        let user = URL_SAFE.encode(p.user().unwrap_or(""));
+        let payload = format!("{expiry}.{}.{user}", self.snapshot().generation);
+        let mac = URL_SAFE.encode(self.token_mac(&payload));
+        (format!("{payload}.{mac}"), ttl)
+    }
+
+    fn token_mac(&self, payload: &str) -> [u8; 32] {
+        use hmac::Mac as _;
+        let mut m = match hmac::Hmac::<Sha256>::new_from_slice(&self.token_key) {
+            Ok(m) => m,
+            // HMAC takes keys of any length; unreachable, and a zero MAC never verifies
+            // against a real one.
+            Err(_) => return [0; 32],
+        };
+        m.update(payload.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// Who a Bearer token names, if it is ours, current and unexpired.
+    fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let bad = AuthError::BadToken;
+        let (payload, mac) = token.rsplit_once('.').ok_or(bad("not a wharfie token"))?;
+        let mac = URL_SAFE.decode(mac).map_err(|_| bad("not a wharfie token"))?;
+        if !bool::from(self.token_mac(payload).as_slice().ct_eq(&mac)) {
+            return Err(bad("bad signature (issued by another process or forged)"));
+        }
+        let mut parts = payload.splitn(3, '.');
+        let (Some(expiry), Some(generation), Some(user)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("not a wharfie token"));
+        };
+        let expiry: u64 = expiry.parse().map_err(|_| bad("not a wharfie token"))?;
+        if unix_now() >= expiry {
+            return Err(bad("expired"));
+        }
+        let users = self.snapshot();
+        if generation.parse::<u64>().ok() != Some(users.generation) {
+            return Err(bad("issued before the htpasswd file was reloaded"));
+        }
+        let user = URL_SAFE.decode(user).ok().and_then(|u| String::from_utf8(u).ok());
+        match user.as_deref() {
+            Some("") => Ok(Principal::Anonymous),
+            Some(u) if users.map.contains_key(u) => Ok(Principal::User(u.to_string())),
+            _ => Err(bad("unknown user")),
+        }
     }
 
     /// How many bcrypt verifications ran (cache misses and failures). For tests and
@@ -476,6 +618,11 @@ impl Authenticator {
     fn prepare(&self, header: Option<&str>) -> Result<Result<Pending, Principal>, AuthError> {
         if !self.enabled() {
             return Ok(Err(Principal::Anonymous));
+        }
+        if self.cfg.token {
+            if let Some(token) = header.and_then(bearer_token) {
+                return self.verify_token(token).map(Err);
+            }
         }
         let Some(creds) = parse_basic(header)? else {
             return Ok(Err(Principal::Anonymous));

@@ -11,6 +11,7 @@
 //! | DELETE manifest or blob | delete |
 //! | `POST …/uploads/?mount=&from=` | push here; without pull on `from`, a plain upload session |
 //! | `/healthz`, `/readyz`, `/metrics` | nothing |
+//! | `GET /token` (`token = true`) | nothing; `Basic` credentials make it a user's token |
 //!
 //! Refusals: an anonymous caller gets 401 `UNAUTHORIZED` with the `Basic` challenge (so
 //! the client retries with credentials); an authenticated one gets 403 `DENIED`.
@@ -24,7 +25,7 @@
 use std::sync::Arc;
 
 use super::error::ApiError;
-use crate::auth::{Access, AuthError, Authenticator, Principal};
+use crate::auth::{Access, Authenticator, Principal};
 use crate::names::RepoName;
 use crate::service::RepoFilter;
 
@@ -32,25 +33,36 @@ use crate::service::RepoFilter;
 pub struct Caller {
     pub auth: Arc<Authenticator>,
     pub who: Principal,
+    /// The `WWW-Authenticate` value of this request's 401s.
+    challenge: String,
 }
 
 impl Caller {
     /// Authenticate the `Authorization` header (bcrypt, on a cache miss, runs on the
-    /// blocking pool). Auth off: anonymous, header ignored.
-    pub async fn authenticate(auth: Arc<Authenticator>, header: Option<&str>) -> Result<Caller, ApiError> {
+    /// blocking pool; a Bearer token is one HMAC). Auth off: anonymous, header ignored.
+    /// `challenge` goes with every 401 of this request.
+    pub async fn authenticate(
+        auth: Arc<Authenticator>,
+        header: Option<&str>,
+        challenge: String,
+    ) -> Result<Caller, ApiError> {
         match auth.authenticate_async(header).await {
-            Ok(who) => Ok(Caller { auth, who }),
-            Err(e) => Err(refusal(&auth, e)),
+            Ok(who) => Ok(Caller { auth, who, challenge }),
+            Err(e) if e.is_unauthorized() => {
+                Err(ApiError::Unauthorized { message: e.to_string(), challenge })
+            }
+            Err(e) => Err(ApiError::AuthFailed(e.to_string())),
         }
     }
 
-    /// Auth is off: the caller may do everything.
+    /// A request that needs no credentials (or auth is off).
     pub fn open(auth: Arc<Authenticator>) -> Caller {
-        Caller { auth, who: Principal::Anonymous }
+        let challenge = auth.challenge();
+        Caller { auth, who: Principal::Anonymous, challenge }
     }
 
     fn unauthorized(&self, message: String) -> ApiError {
-        ApiError::Unauthorized { message, challenge: self.auth.challenge() }
+        ApiError::Unauthorized { message, challenge: self.challenge.clone() }
     }
 
     /// `GET /v2/`: with auth on, only users get 200.
@@ -105,14 +117,5 @@ impl Caller {
     /// The user name for the request log (`-` for anonymous).
     pub fn log_name(&self) -> &str {
         self.who.user().unwrap_or("-")
-    }
-}
-
-/// An authentication error as the response it becomes.
-fn refusal(auth: &Authenticator, e: AuthError) -> ApiError {
-    if e.is_unauthorized() {
-        ApiError::Unauthorized { message: e.to_string(), challenge: auth.challenge() }
-    } else {
-        ApiError::AuthFailed(e.to_string())
     }
 }

@@ -32,9 +32,12 @@ fn parse_query(raw: &str) -> Vec<(String, String)> {
 }
 
 /// Run one request: dispatch, render errors, stamp common headers, log one line.
+#[allow(clippy::too_many_arguments)] // one request, as warp hands it over
 async fn handle(
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
+    scheme: &'static str,
+    host: Option<warp::host::Authority>,
     method: Method,
     path: warp::path::FullPath,
     query: String,
@@ -45,15 +48,23 @@ async fn handle(
     let path = path.as_str().to_owned();
     // Every /v2 request is authenticated before anything else (a wrong password is a 401
     // whatever it asks for); /healthz, /readyz and /metrics never look at credentials.
-    let caller = if auth.enabled() && (path == "/v2" || path.starts_with("/v2/")) {
+    let v2 = path == "/v2" || path.starts_with("/v2/");
+    let token = path == "/token" && auth.tokens();
+    let caller = if auth.enabled() && (v2 || token) {
+        // The token endpoint itself asks for Basic credentials; the API points at it.
+        let challenge = if token {
+            auth.challenge()
+        } else {
+            auth.challenge_at(host.as_ref().map(|h| format!("{scheme}://{h}")).as_deref())
+        };
         let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ()));
         match header {
             Some(Err(())) => Err(error::ApiError::Unauthorized {
                 message: "malformed Authorization header: not visible ASCII".into(),
-                challenge: auth.challenge(),
+                challenge,
             }),
-            Some(Ok(h)) => Caller::authenticate(auth, Some(h)).await,
-            None => Caller::authenticate(auth, None).await,
+            Some(Ok(h)) => Caller::authenticate(auth, Some(h), challenge).await,
+            None => Caller::authenticate(auth, None, challenge).await,
         }
     } else {
         Ok(Caller::open(auth))
@@ -110,22 +121,27 @@ where
 }
 
 /// The whole API as one warp filter.
+///
+/// `scheme` (`http` or `https`) and the request's `Host` make the Bearer challenge's
+/// token URL.
 pub fn routes(
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
+    scheme: &'static str,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
        + Clone
        + Send
        + Sync
        + 'static {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::method()
+    warp::host::optional()
+        .and(warp::method())
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |method, path, query, headers, body| {
-            handle(reg.clone(), auth.clone(), method, path, query, headers, into_body(body))
+        .then(move |host, method, path, query, headers, body| {
+            handle(reg.clone(), auth.clone(), scheme, host, method, path, query, headers, into_body(body))
         })
         .recover(|_rej: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())

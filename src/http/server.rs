@@ -64,7 +64,8 @@ pub async fn serve_with(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let svc = warp::service(super::routes(reg, auth));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let svc = warp::service(super::routes(reg, auth, scheme));
     let graceful = Arc::new(GracefulShutdown::new());
     let limit = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -105,6 +105,11 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             Method::GET => Ok(base::metrics(reg).into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
+        Endpoint::Token => match m {
+            Method::GET if caller.auth.tokens() => Ok(base::token(caller).into()),
+            Method::GET => Err(ApiError::NoRoute),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
         Endpoint::Catalog => match m {
             Method::GET => {
                 caller.catalog()?;
