@@ -134,8 +134,9 @@ pub fn routes(
        + Sync
        + 'static {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::host::optional()
-        .and(warp::method())
+    // A malformed Host only loses the Bearer challenge's URL (Basic is offered instead).
+    let host = warp::host::optional().or(warp::any().map(|| None)).unify();
+    host.and(warp::method())
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
