@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::blob::BlobStore;
 use crate::config::Settings;
 use crate::meta::{Meta, MetaError};
@@ -28,6 +29,8 @@ pub enum AppError {
     Upstream { name: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("[auth] htpasswd: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -77,13 +80,30 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let auth = authenticator(&settings)?;
     let reg = open(&settings).await?;
     let tasks = spawn_background(&reg, &settings);
-    crate::http::server::serve(listeners, reg, settings.max_connections, shutdown).await;
+    crate::http::server::serve(listeners, reg, auth, settings.max_connections, shutdown).await;
     for t in tasks {
         t.abort();
     }
     Ok(())
+}
+
+/// Load the htpasswd file and compile the rules: a bad file is a startup error, never
+/// an open registry.
+fn authenticator(settings: &Settings) -> Result<Arc<Authenticator>, AppError> {
+    let auth = Authenticator::new(settings.auth.clone())?;
+    if auth.enabled() {
+        let c = auth.config();
+        tracing::info!(
+            users = auth.user_count(),
+            rules = c.rules.len(),
+            anonymous = ?c.anonymous,
+            "authentication on"
+        );
+    }
+    Ok(Arc::new(auth))
 }
 
 /// The server's periodic work: upload expiry, GC, the cache cap.
@@ -139,6 +159,24 @@ async fn expire_uploads(reg: Arc<Registry>, ttl: Duration) {
     }
 }
 
+/// `systemctl reload wharfie` / `kill -HUP`: re-read the htpasswd file (a bad file keeps
+/// the users already loaded) and forget cached passwords. The handler is installed by
+/// the caller before READY=1, for the same reason as [`shutdown_signal`]'s.
+async fn reload_on_sighup(auth: Arc<Authenticator>, hup: std::io::Result<tokio::signal::unix::Signal>) {
+    let Ok(mut hup) = hup else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if !auth.enabled() {
+            continue;
+        }
+        match auth.reload() {
+            Ok(()) => tracing::info!(users = auth.user_count(), "reloaded the htpasswd file"),
+            Err(e) => tracing::warn!(error = %e, "cannot reload the htpasswd file; keeping the users loaded"),
+        }
+    }
+}
+
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on
 /// the first of them. Called before the listening line and READY=1: a handler installed
 /// lazily (when the future is first polled) leaves a window in which a SIGTERM sent
@@ -187,8 +225,10 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             Some(t) => Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?),
             None => None,
         };
+        let auth = authenticator(&settings)?;
         let reg = open(&settings).await?;
         let signals = shutdown_signal();
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), scheme, "wharfie listening");
         // The one line on stdout: scripts and tests read the bound address from it.
@@ -204,7 +244,9 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             signals.await;
             crate::notify::stopping();
         };
-        crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown).await;
+        let reload = tokio::spawn(reload_on_sighup(auth.clone(), hup));
+        crate::http::server::serve_with(vec![listener], reg, auth, max, tls, shutdown).await;
+        reload.abort();
         for t in tasks {
             t.abort();
         }

@@ -25,9 +25,14 @@
 //!   component, `**` across components).
 //! - **Catalog and base** (`repo = None`): every authenticated user may list; anonymous
 //!   clients may only when `anonymous = "pull"`. The caller should filter catalog entries
-//!   with `authorize(p, Some(repo), Access::Pull)`.
-//! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`]. A
-//!   header that is present but malformed ([`AuthError::BadHeader`]) or wrong
+//!   with `authorize(p, Some(repo), Access::Pull)`. The HTTP layer is stricter on the
+//!   base `/v2/`: it challenges every anonymous caller when auth is on, because that
+//!   challenge is how `podman login` and friends learn to send (and so verify)
+//!   credentials (see `http/guard.rs`).
+//! - **Credentials**: a missing `Authorization` header is [`Principal::Anonymous`], and so
+//!   is `Basic` with an empty user name *and* an empty password (`Basic Og==`): that is
+//!   what podman, skopeo and buildah (containers/image) send after a `Basic` challenge
+//!   when they have no credentials for the registry. A header that is present but malformed ([`AuthError::BadHeader`]) or wrong
 //!   ([`AuthError::BadCredentials`]) is an error, never a silent fallback to anonymous —
 //!   that is what makes `podman login` with a wrong password fail even when anonymous
 //!   pull is allowed.
@@ -37,6 +42,18 @@
 //!   constant time. Failures are never cached. An unknown user still costs one bcrypt
 //!   verification against a real hash from the file, so timing does not tell which users
 //!   exist. [`Authenticator::authenticate_async`] runs bcrypt on tokio's blocking pool.
+//!
+//! - **Tokens** (`token = true`, off by default): the 401 challenge becomes `Bearer
+//!   realm="<token endpoint>",service="<realm>"`, and `GET /token` trades `Basic`
+//!   credentials (or none: an anonymous token) for a token clients then send as
+//!   `Authorization: Bearer`. A token names only *who* (user or anonymous), never what:
+//!   every request is still authorized by the rules, so the `scope` a client asks for is
+//!   ignored. Tokens are HMAC-SHA256-signed with a per-process random key, expire after
+//!   `token_ttl`, and die with a restart or an htpasswd reload (clients fetch a new one
+//!   on the next 401). `Basic` keeps working beside them. Verifying a token is one HMAC,
+//!   no bcrypt. This is what lets Docker pull anonymously from a registry with auth on:
+//!   Docker refuses to answer a `Basic` challenge without credentials, but fetches an
+//!   anonymous token for a `Bearer` one.
 //!
 //! # Invariants
 //!
@@ -129,6 +146,15 @@ pub struct AuthConfig {
     /// How long a verified password is remembered ("0s": always run bcrypt).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Challenge with `Bearer` and issue tokens at `/token` (Basic still works).
+    pub token: bool,
+    /// How long an issued token is valid.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// The token endpoint's URL as clients reach it (e.g. behind a proxy); by default
+    /// it is built from the request's scheme and `Host`: `http://HOST/token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_realm: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -139,6 +165,9 @@ impl Default for AuthConfig {
             realm: "wharfie".into(),
             rules: Vec::new(),
             cache_ttl: Duration::from_secs(60),
+            token: false,
+            token_ttl: Duration::from_secs(300),
+            token_realm: None,
         }
     }
 }
@@ -198,6 +227,10 @@ pub enum AuthError {
     /// Unknown user or wrong password (→ 401 with the challenge).
     #[error("invalid username or password")]
     BadCredentials,
+    /// A Bearer token that is malformed, forged, expired or from before a reload (→ 401
+    /// with the challenge: the client fetches a new one).
+    #[error("invalid token: {0}")]
+    BadToken(&'static str),
     /// The verification task failed (→ 500).
     #[error("credential check failed: {0}")]
     Internal(String),
@@ -206,7 +239,7 @@ pub enum AuthError {
 impl AuthError {
     /// Errors that mean "answer 401 with the challenge" (the client's fault).
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, AuthError::BadHeader(_) | AuthError::BadCredentials)
+        matches!(self, AuthError::BadHeader(_) | AuthError::BadCredentials | AuthError::BadToken(_))
     }
 }
 
@@ -253,10 +286,33 @@ fn parse_basic(header: Option<&str>) -> Result<Option<Credentials>, AuthError> {
         return Err(bad("Basic credentials have no `:` between user name and password"));
     };
     let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| bad("the user name is not UTF-8"))?;
+    if decoded.len() == 1 {
+        // `:` alone: containers/image's "no credentials" after a Basic challenge.
+        return Ok(None);
+    }
     if user.is_empty() {
         return Err(bad("the user name is empty"));
     }
     Ok(Some(Credentials { user: user.to_string(), password: decoded[colon + 1..].to_vec() }))
+}
+
+/// `Bearer <token>` → the token (scheme case-insensitive).
+fn bearer_token(header: &str) -> Option<&str> {
+    let h = header.trim();
+    let (scheme, rest) = h.split_once(|c: char| c.is_ascii_whitespace())?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// URL-safe base64 without padding: token text needs no escaping anywhere.
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A bcrypt hash of a random, discarded password: the timing dummy when the file has no
@@ -278,6 +334,59 @@ struct CacheEntry {
     expires: Instant,
 }
 
+/// Check an `[auth]` section without reading the htpasswd file: the rules compile, and
+/// rules or `anonymous = "none"` come with an htpasswd file. Returns the compiled rules.
+fn check(cfg: &AuthConfig) -> Result<Vec<CompiledRule>, AuthError> {
+    let rules = rules::compile(&cfg.rules)?;
+    if cfg.htpasswd.is_none() {
+        if !cfg.rules.is_empty() {
+            return Err(AuthError::Config(
+                "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
+                 is open to everyone"
+                    .into(),
+            ));
+        }
+        if cfg.anonymous == Anonymous::None {
+            return Err(AuthError::Config(
+                "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
+                 the registry is open to everyone"
+                    .into(),
+            ));
+        }
+    }
+    if cfg.realm.chars().any(|c| c.is_control()) {
+        return Err(AuthError::Config("realm must not contain control characters".into()));
+    }
+    if cfg.token {
+        if cfg.htpasswd.is_none() {
+            return Err(AuthError::Config(
+                "token = true needs an htpasswd file (set htpasswd = \"/path\")".into(),
+            ));
+        }
+        if cfg.token_ttl.is_zero() {
+            return Err(AuthError::Config("token_ttl must be longer than 0s".into()));
+        }
+    }
+    if let Some(r) = &cfg.token_realm {
+        let ok = (r.starts_with("http://") || r.starts_with("https://"))
+            && !r.chars().any(|c| c.is_control() || c == '"' || c.is_whitespace());
+        if !ok {
+            return Err(AuthError::Config(format!(
+                "token_realm = {r:?} must be an http:// or https:// URL (no quotes or spaces)"
+            )));
+        }
+    }
+    Ok(rules)
+}
+
+impl AuthConfig {
+    /// Check this section as [`Authenticator::new`] would, without reading the htpasswd
+    /// file (for configuration loading; the file is read at startup).
+    pub fn check(&self) -> Result<(), AuthError> {
+        check(self).map(drop)
+    }
+}
+
 /// Answers "who is this" and "may they".
 pub struct Authenticator {
     cfg: AuthConfig,
@@ -287,6 +396,8 @@ pub struct Authenticator {
     cache: Mutex<HashMap<String, CacheEntry>>,
     /// Per-process random salt for the cache digests.
     cache_key: [u8; 32],
+    /// Per-process random HMAC key for Bearer tokens.
+    token_key: [u8; 32],
     verifications: AtomicU64,
     generations: AtomicU64,
 }
@@ -307,27 +418,19 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     /// Check the configuration and load the htpasswd file (if any).
     pub fn new(cfg: AuthConfig) -> Result<Self, AuthError> {
-        let rules = rules::compile(&cfg.rules)?;
-        if cfg.htpasswd.is_none() {
-            if !cfg.rules.is_empty() {
-                return Err(AuthError::Config(
-                    "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
-                     is open to everyone"
-                        .into(),
-                ));
-            }
-            if cfg.anonymous == Anonymous::None {
-                return Err(AuthError::Config(
-                    "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
-                     the registry is open to everyone"
-                        .into(),
-                ));
-            }
-        }
-        if cfg.realm.chars().any(|c| c.is_control()) {
-            return Err(AuthError::Config("realm must not contain control characters".into()));
-        }
-        let me = Authenticator {
+        let rules = check(&cfg)?;
+        let me = Self::build(cfg, rules);
+        me.reload()?;
+        Ok(me)
+    }
+
+    /// Auth off: everyone may do everything (the in-process server of `wharfie import`).
+    pub fn disabled() -> Self {
+        Self::build(AuthConfig::default(), Vec::new())
+    }
+
+    fn build(cfg: AuthConfig, rules: Vec<CompiledRule>) -> Self {
+        Authenticator {
             cfg,
             rules,
             users: RwLock::new(Arc::new(Users {
@@ -337,11 +440,10 @@ impl Authenticator {
             })),
             cache: Mutex::new(HashMap::new()),
             cache_key: rand::random(),
+            token_key: rand::random(),
             verifications: AtomicU64::new(0),
             generations: AtomicU64::new(0),
-        };
-        me.reload()?;
-        Ok(me)
+        }
     }
 
     /// Re-read the htpasswd file. On error the previous users stay in force. Forgets every
@@ -389,6 +491,79 @@ impl Authenticator {
     pub fn challenge(&self) -> String {
         let realm = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
         format!("Basic realm=\"{realm}\"")
+    }
+
+    /// The challenge for a 401 from a server clients reach at `base_url`
+    /// (`http://host:port`): `Bearer realm="<base_url>/token",service="…"` when tokens
+    /// are on (or `token_realm` when set), else [`Self::challenge`]. `None`: the base URL
+    /// is unknown (no `Host`), so `Basic` unless `token_realm` is set.
+    pub fn challenge_at(&self, base_url: Option<&str>) -> String {
+        if !self.cfg.token {
+            return self.challenge();
+        }
+        let realm = match (&self.cfg.token_realm, base_url) {
+            (Some(r), _) => r.clone(),
+            (None, Some(b)) if !b.contains(['"', '\\']) => format!("{b}/token"),
+            _ => return self.challenge(),
+        };
+        let service = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("Bearer realm=\"{realm}\",service=\"{service}\"")
+    }
+
+    /// Are Bearer tokens on?
+    pub fn tokens(&self) -> bool {
+        self.enabled() && self.cfg.token
+    }
+
+    /// A token naming `p`, and how long it is valid. Format:
+    /// `<expiry unix secs>.<htpasswd generation>.<base64url user>.<base64url HMAC of the rest>`.
+    pub fn issue_token(&self, p: &Principal) -> (String, Duration) {
+        let ttl = self.cfg.token_ttl;
+        let expiry = unix_now().saturating_add(ttl.as_secs().max(1));
+        let user = URL_SAFE.encode(p.user().unwrap_or(""));
+        let payload = format!("{expiry}.{}.{user}", self.snapshot().generation);
+        let mac = URL_SAFE.encode(self.token_mac(&payload));
+        (format!("{payload}.{mac}"), ttl)
+    }
+
+    fn token_mac(&self, payload: &str) -> [u8; 32] {
+        use hmac::Mac as _;
+        let mut m = match hmac::Hmac::<Sha256>::new_from_slice(&self.token_key) {
+            Ok(m) => m,
+            // HMAC takes keys of any length; unreachable, and a zero MAC never verifies
+            // against a real one.
+            Err(_) => return [0; 32],
+        };
+        m.update(payload.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// Who a Bearer token names, if it is ours, current and unexpired.
+    fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let bad = AuthError::BadToken;
+        let (payload, mac) = token.rsplit_once('.').ok_or(bad("not a wharfie token"))?;
+        let mac = URL_SAFE.decode(mac).map_err(|_| bad("not a wharfie token"))?;
+        if !bool::from(self.token_mac(payload).as_slice().ct_eq(&mac)) {
+            return Err(bad("bad signature (issued by another process or forged)"));
+        }
+        let mut parts = payload.splitn(3, '.');
+        let (Some(expiry), Some(generation), Some(user)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("not a wharfie token"));
+        };
+        let expiry: u64 = expiry.parse().map_err(|_| bad("not a wharfie token"))?;
+        if unix_now() >= expiry {
+            return Err(bad("expired"));
+        }
+        let users = self.snapshot();
+        if generation.parse::<u64>().ok() != Some(users.generation) {
+            return Err(bad("issued before the htpasswd file was reloaded"));
+        }
+        let user = URL_SAFE.decode(user).ok().and_then(|u| String::from_utf8(u).ok());
+        match user.as_deref() {
+            Some("") => Ok(Principal::Anonymous),
+            Some(u) if users.map.contains_key(u) => Ok(Principal::User(u.to_string())),
+            _ => Err(bad("unknown user")),
+        }
     }
 
     /// How many bcrypt verifications ran (cache misses and failures). For tests and
@@ -443,6 +618,11 @@ impl Authenticator {
     fn prepare(&self, header: Option<&str>) -> Result<Result<Pending, Principal>, AuthError> {
         if !self.enabled() {
             return Ok(Err(Principal::Anonymous));
+        }
+        if self.cfg.token {
+            if let Some(token) = header.and_then(bearer_token) {
+                return self.verify_token(token).map(Err);
+            }
         }
         let Some(creds) = parse_basic(header)? else {
             return Ok(Err(Principal::Anonymous));

@@ -57,6 +57,16 @@ fn disabled_is_open_and_ignores_headers() {
 }
 
 #[test]
+fn disabled_constructor_is_the_default_config() {
+    let a = Authenticator::disabled();
+    assert!(!a.enabled());
+    assert!(a.authorize(&Principal::Anonymous, Some(&repo("x")), Access::Delete));
+    assert!(AuthConfig::default().check().is_ok());
+    let bad = AuthConfig { anonymous: Anonymous::None, ..AuthConfig::default() };
+    assert!(bad.check().expect_err("no htpasswd").to_string().contains("anonymous = \"none\""));
+}
+
+#[test]
 fn rules_or_anonymous_none_without_htpasswd_are_errors() {
     let cfg = AuthConfig { rules: vec![rule("**", &["*"], &[Access::Pull])], ..AuthConfig::default() };
     let err = Authenticator::new(cfg).expect_err("rules need htpasswd").to_string();
@@ -185,6 +195,13 @@ fn malformed_headers_are_clear_errors() {
         assert!(msg.contains(needle), "{h:?}: {msg}");
         assert!(!msg.contains("c2VjcmV0"), "never echo a token: {msg}");
     }
+    // `:` alone is what containers/image sends after a Basic challenge when it has no
+    // credentials: anonymous, not an error (and no bcrypt).
+    assert_eq!(
+        a.authenticate(Some(&format!("Basic {}", b64(b":")))).expect("anonymous"),
+        Principal::Anonymous
+    );
+    assert_eq!(a.authenticate(Some("Basic Og")).expect("unpadded too"), Principal::Anonymous);
     // Unpadded base64 is accepted.
     let unpadded = format!("Basic {}", b64(b"alice:pw").trim_end_matches('='));
     assert_eq!(a.authenticate(Some(&unpadded)).expect("unpadded"), user("alice"));
@@ -429,4 +446,101 @@ fn real_htpasswd_tool_output_verifies() {
         .expect_err("md5")
         .to_string();
     assert!(err.contains(":1:") && err.contains("$apr1$") && err.contains("htpasswd -B"), "{err}");
+}
+
+#[test]
+fn tokens_name_their_user_and_nothing_else_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = auth_with(dir.path(), &[("alice", "pw"), ("bob", "pw2")], |c| c.token = true);
+    let (t, ttl) = a.issue_token(&user("alice"));
+    assert_eq!(ttl, Duration::from_secs(300));
+    assert_eq!(a.authenticate(Some(&format!("Bearer {t}"))).expect("token"), user("alice"));
+    assert_eq!(a.authenticate(Some(&format!("bearer  {t} "))).expect("scheme any case"), user("alice"));
+    let (anon, _) = a.issue_token(&Principal::Anonymous);
+    assert_eq!(
+        a.authenticate(Some(&format!("Bearer {anon}"))).expect("anonymous token"),
+        Principal::Anonymous
+    );
+    assert_eq!(a.bcrypt_verifications(), 0, "tokens never run bcrypt");
+
+    // Swapping the user, the expiry or the signature breaks it.
+    let b64 = |s: &str| URL_SAFE.encode(s);
+    let forged = [
+        t.replacen(&b64("alice"), &b64("bob"), 1),
+        t.replacen(t.split('.').next().expect("expiry"), "99999999999", 1),
+        format!("{}A", t),
+        t.rsplit_once('.').map(|(p, _)| p.to_string()).expect("payload"),
+        String::new(),
+        "a.b.c.d".into(),
+    ];
+    for f in &forged {
+        let err = a.authenticate(Some(&format!("Bearer {f}"))).expect_err(f);
+        assert!(matches!(err, AuthError::BadToken(_) | AuthError::BadHeader(_)), "{f}: {err:?}");
+        assert!(err.is_unauthorized());
+    }
+    // Another process (another key) cannot mint them.
+    let other = auth_with(dir.path(), &[("alice", "pw")], |c| c.token = true);
+    assert!(matches!(other.authenticate(Some(&format!("Bearer {t}"))), Err(AuthError::BadToken(_))));
+    // A reload retires every token issued before it.
+    a.reload().expect("reload");
+    assert!(matches!(a.authenticate(Some(&format!("Bearer {t}"))), Err(AuthError::BadToken(_))));
+    // Without `token = true`, Bearer is just an unsupported scheme.
+    let plain = auth_with(dir.path(), &[("alice", "pw")], |_| {});
+    assert!(matches!(plain.authenticate(Some(&format!("Bearer {t}"))), Err(AuthError::BadHeader(_))));
+}
+
+#[test]
+fn token_expiry_is_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = auth_with(dir.path(), &[("alice", "pw")], |c| {
+        c.token = true;
+        c.token_ttl = Duration::from_secs(1);
+    });
+    let (t, _) = a.issue_token(&user("alice"));
+    let h = format!("Bearer {t}");
+    // Valid now; expired within at most two seconds (whole-second expiry).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        match a.authenticate(Some(&h)) {
+            Ok(p) => assert_eq!(p, user("alice")),
+            Err(AuthError::BadToken(reason)) => {
+                assert_eq!(reason, "expired");
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        n += 1;
+        assert!(n < 1000 && Instant::now() < deadline, "a 1s token still verifies");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bearer_challenge_points_at_the_token_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = auth_with(dir.path(), &[], |c| c.token = true);
+    assert_eq!(
+        a.challenge_at(Some("http://reg.example:5000")),
+        "Bearer realm=\"http://reg.example:5000/token\",service=\"wharfie\""
+    );
+    assert_eq!(a.challenge_at(None), "Basic realm=\"wharfie\"", "no Host: Basic");
+    let a = auth_with(dir.path(), &[], |c| {
+        c.token = true;
+        c.token_realm = Some("https://auth.example/token".into());
+    });
+    assert_eq!(a.challenge_at(None), "Bearer realm=\"https://auth.example/token\",service=\"wharfie\"");
+    let plain = auth_with(dir.path(), &[], |_| {});
+    assert_eq!(plain.challenge_at(Some("http://x")), "Basic realm=\"wharfie\"");
+    for bad in ["ftp://x/token", "https://x/\"token", "https://x y/token"] {
+        let cfg = AuthConfig {
+            htpasswd: Some(dir.path().join("htpasswd")),
+            token: true,
+            token_realm: Some(bad.into()),
+            ..AuthConfig::default()
+        };
+        assert!(cfg.check().expect_err(bad).to_string().contains("token_realm"), "{bad}");
+    }
+    let cfg = AuthConfig { token: true, ..AuthConfig::default() };
+    assert!(cfg.check().expect_err("no file").to_string().contains("token = true needs an htpasswd"));
 }

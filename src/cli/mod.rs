@@ -159,8 +159,18 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Config { command: ConfigCommand::Check(args) } => match args.load() {
-            Ok((raw, _)) => match toml::to_string_pretty(&raw) {
+            Ok((raw, settings)) => match toml::to_string_pretty(&raw) {
                 Ok(s) => {
+                    // The htpasswd file is part of the configuration: read it as `serve` will.
+                    if settings.auth.htpasswd.is_some() {
+                        match crate::auth::Authenticator::new(settings.auth.clone()) {
+                            Ok(a) => eprintln!("[auth] htpasswd: {} user(s)", a.user_count()),
+                            Err(e) => {
+                                eprintln!("wharfie: configuration error: [auth] htpasswd: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                    }
                     println!("{s}");
                     eprintln!("configuration ok");
                     ExitCode::SUCCESS
@@ -388,7 +398,10 @@ fn with_client(
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let max = settings.max_connections;
-    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, max, async {
+    // A private loopback server for this one command, holding the data directory the
+    // command could open anyway: auth stays off (`--creds` are for remote servers).
+    let auth = std::sync::Arc::new(crate::auth::Authenticator::disabled());
+    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, auth, max, async {
         let _ = stop_rx.await;
     }));
     let code = run(&base);

@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthConfig, AuthError};
+
 /// The commented default configuration, as shipped in /etc/wharfie/wharfie.toml.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -51,6 +53,9 @@ pub struct RawConfig {
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Users (an htpasswd file) and per-repository rules; off without `htpasswd`.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[tls]`
@@ -162,6 +167,7 @@ impl Default for RawConfig {
             gc: GcConfig::default(),
             cache: CacheConfig::default(),
             tls: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -188,6 +194,9 @@ pub struct Settings {
     pub gc: GcConfig,
     pub cache: CacheConfig,
     pub tls: Option<TlsConfig>,
+    /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
+    /// is read at startup ([`crate::auth::Authenticator::new`]) and by `config check`.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +210,12 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("upstream {name:?}: {reason}")]
     Upstream { name: String, reason: String },
+    /// A bad `[auth]` section; the message names the key or rule.
+    #[error("{0}")]
+    Auth(#[source] AuthError),
+    /// `auth.htpasswd` cannot be resolved against the working directory.
+    #[error("[auth] htpasswd = {path:?}: {source}")]
+    AuthPath { path: PathBuf, source: std::io::Error },
 }
 
 /// Layer the sources.
@@ -254,6 +269,15 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
             reason: "at most one upstream can be the default".into(),
         });
     }
+    raw.auth.check().map_err(ConfigError::Auth)?;
+    let mut auth = raw.auth.clone();
+    if let Some(p) = &auth.htpasswd {
+        // Relative to the working directory, like data_dir and the TLS files; made absolute
+        // here so logs and errors say which file is meant.
+        let abs =
+            std::path::absolute(p).map_err(|source| ConfigError::AuthPath { path: p.clone(), source })?;
+        auth.htpasswd = Some(abs);
+    }
     Ok(Settings {
         listen,
         data_dir: raw.data_dir.clone(),
@@ -265,6 +289,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         gc: raw.gc.clone(),
         cache: raw.cache.clone(),
         tls: raw.tls.clone(),
+        auth,
     })
 }
 
@@ -280,6 +305,58 @@ mod tests {
         assert_eq!(raw.listen, d.listen);
         assert_eq!(raw.upload_ttl, d.upload_ttl);
         assert_eq!(raw.max_manifest_size, d.max_manifest_size);
+        assert_eq!(raw.auth, d.auth, "default.toml's [auth] example must stay commented out");
+        let packaged = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(Toml::string(include_str!("../../packaging/wharfie.toml")));
+        let raw: RawConfig = packaged.extract().expect("packaging/wharfie.toml parses");
+        assert_eq!(raw.auth, d.auth);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn auth_section_resolves_and_errors_name_the_key() {
+        use crate::auth::{Access, Anonymous, Rule};
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "[auth]\nhtpasswd = \"users/htpasswd\"\nanonymous = \"none\"\ncache_ttl = \"5s\"\n\
+                 [[auth.rules]]\nrepos = \"team/**\"\nusers = [\"alice\", \"*\"]\naccess = [\"pull\", \"push\"]\n",
+            )?;
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            let p = s.auth.htpasswd.clone().expect("htpasswd");
+            assert!(p.is_absolute() && p.ends_with("users/htpasswd"), "{}", p.display());
+            assert_eq!(s.auth.anonymous, Anonymous::None);
+            assert_eq!(s.auth.cache_ttl, Duration::from_secs(5));
+            assert_eq!(
+                s.auth.rules,
+                vec![Rule {
+                    repos: "team/**".into(),
+                    users: vec!["alice".into(), "*".into()],
+                    access: vec![Access::Pull, Access::Push]
+                }]
+            );
+
+            let cases = [
+                ("[auth]\nanonymous = \"maybe\"\nhtpasswd = \"h\"\n", "anonymous"),
+                ("[auth]\nhtpasswd = \"h\"\n[[auth.rules]]\nrepos = \"a\"\nusers = [\"u\"]\naccess = [\"pul\"]\n", "access"),
+                ("[auth]\nhtpasswd = \"h\"\npasswd = \"x\"\n", "passwd"),
+                ("[auth]\nhtpasswd = \"h\"\ncache_ttl = \"soon\"\n", "cache_ttl"),
+                ("[auth]\nhtpasswd = \"h\"\n[[auth.rules]]\nrepos = \"Team/*\"\nusers = [\"u\"]\naccess = [\"pull\"]\n", "rule 1 (repos = \"Team/*\")"),
+                ("[auth]\nanonymous = \"none\"\n", "anonymous = \"none\" needs an htpasswd file"),
+                ("[[auth.rules]]\nrepos = \"a\"\nusers = [\"u\"]\naccess = [\"pull\"]\n", "rules need an htpasswd file"),
+            ];
+            for (text, needle) in cases {
+                jail.create_file("bad.toml", text)?;
+                let err =
+                    load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err(text).to_string();
+                assert!(err.contains(needle), "{text:?}: {err}");
+            }
+            // Environment variables reach the section too.
+            jail.set_env("WHARFIE_AUTH__ANONYMOUS", "pull");
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.auth.anonymous, Anonymous::Pull);
+            Ok(())
+        });
     }
 
     #[test]

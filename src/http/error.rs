@@ -17,6 +17,15 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     BadRequest(String),
+    /// No (or bad) credentials where they are needed: 401 with the `Basic` challenge.
+    #[error("{message}")]
+    Unauthorized { message: String, challenge: String },
+    /// Authenticated, but the rules do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The credential check itself failed (not the client's fault).
+    #[error("credential check failed: {0}")]
+    AuthFailed(String),
 }
 
 impl ApiError {
@@ -27,6 +36,9 @@ impl ApiError {
             ApiError::NoRoute => return (S::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed => return (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             ApiError::BadRequest(_) => return (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            ApiError::Unauthorized { .. } => return (S::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::Forbidden(_) => return (S::FORBIDDEN, "DENIED"),
+            ApiError::AuthFailed(_) => return (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             ApiError::Service(e) => e,
         };
         match e {
@@ -73,6 +85,11 @@ impl ApiError {
             ApiError::Service(Error::RangeNotSatisfiable { size }) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     h.insert(http::header::CONTENT_RANGE, v);
+                }
+            }
+            ApiError::Unauthorized { challenge, .. } => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    h.insert(http::header::WWW_AUTHENTICATE, v);
                 }
             }
             ApiError::Service(Error::UploadOutOfOrder { offset, .. }) => {

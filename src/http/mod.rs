@@ -1,10 +1,13 @@
 //! `http/`: the wire. One warp catch-all hands every request to `handlers::dispatch`
 //! (the route parser is a pure function, `route.rs`); errors become OCI JSON bodies in
-//! one place (`error.rs`); `server.rs` owns the accept loop and graceful drain.
+//! one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
+//! `guard.rs` authenticates every `/v2` request and names the access each endpoint
+//! needs.
 //!
-//! May import: service, digest, names. Only this module names warp/hyper types.
+//! May import: service, auth, digest, names. Only this module names warp/hyper types.
 
 pub mod error;
+pub mod guard;
 pub mod handlers;
 pub mod route;
 pub mod server;
@@ -17,7 +20,9 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method};
 use warp::{Filter, Reply as _};
 
+use crate::auth::Authenticator;
 use crate::service::Registry;
+use guard::Caller;
 use handlers::Req;
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
@@ -27,8 +32,12 @@ fn parse_query(raw: &str) -> Vec<(String, String)> {
 }
 
 /// Run one request: dispatch, render errors, stamp common headers, log one line.
+#[allow(clippy::too_many_arguments)] // one request, as warp hands it over
 async fn handle(
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
+    scheme: &'static str,
+    host: Option<warp::host::Authority>,
     method: Method,
     path: warp::path::FullPath,
     query: String,
@@ -37,8 +46,36 @@ async fn handle(
 ) -> warp::reply::Response {
     let started = Instant::now();
     let path = path.as_str().to_owned();
+    // Every /v2 request is authenticated before anything else (a wrong password is a 401
+    // whatever it asks for); /healthz, /readyz and /metrics never look at credentials.
+    let v2 = path == "/v2" || path.starts_with("/v2/");
+    let token = path == "/token" && auth.tokens();
+    let caller = if auth.enabled() && (v2 || token) {
+        // The token endpoint itself asks for Basic credentials; the API points at it.
+        let challenge = if token {
+            auth.challenge()
+        } else {
+            auth.challenge_at(host.as_ref().map(|h| format!("{scheme}://{h}")).as_deref())
+        };
+        let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ()));
+        match header {
+            Some(Err(())) => Err(error::ApiError::Unauthorized {
+                message: "malformed Authorization header: not visible ASCII".into(),
+                challenge,
+            }),
+            Some(Ok(h)) => Caller::authenticate(auth, Some(h), challenge).await,
+            None => Caller::authenticate(auth, None, challenge).await,
+        }
+    } else {
+        Ok(Caller::open(auth))
+    };
+    let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
     let req = Req { method: method.clone(), path: path.clone(), query: parse_query(&query), headers, body };
-    let reply = match handlers::dispatch(&reg, req).await {
+    let result = match caller {
+        Ok(caller) => handlers::dispatch(&reg, &caller, req).await,
+        Err(e) => Err(e),
+    };
+    let reply = match result {
         Ok(r) => r,
         Err(e) => handlers::Reply::Full(e.render()),
     };
@@ -69,6 +106,7 @@ async fn handle(
         %method,
         path,
         status = resp.status().as_u16(),
+        user,
         bytes,
         micros,
     );
@@ -85,21 +123,28 @@ where
 }
 
 /// The whole API as one warp filter.
+///
+/// `scheme` (`http` or `https`) and the request's `Host` make the Bearer challenge's
+/// token URL.
 pub fn routes(
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
+    scheme: &'static str,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
        + Clone
        + Send
        + Sync
        + 'static {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::method()
+    // A malformed Host only loses the Bearer challenge's URL (Basic is offered instead).
+    let host = warp::host::optional().or(warp::any().map(|| None)).unify();
+    host.and(warp::method())
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |method, path, query, headers, body| {
-            handle(reg.clone(), method, path, query, headers, into_body(body))
+        .then(move |host, method, path, query, headers, body| {
+            handle(reg.clone(), auth.clone(), scheme, host, method, path, query, headers, into_body(body))
         })
         .recover(|_rej: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())

@@ -35,6 +35,8 @@ pub enum Endpoint {
     Metrics,
     /// `/readyz`
     Ready,
+    /// `/token`: Bearer tokens (when `[auth] token = true`)
+    Token,
 }
 
 /// Decode `%XX` escapes into ASCII; anything else is kept as it is.
@@ -77,6 +79,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         "/healthz" => return Ok(Endpoint::Health),
         "/metrics" => return Ok(Endpoint::Metrics),
         "/readyz" => return Ok(Endpoint::Ready),
+        "/token" => return Ok(Endpoint::Token),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::Authenticator;
 use crate::service::Registry;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
@@ -47,21 +48,24 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 pub async fn serve(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listeners, reg, max_connections, None, shutdown).await;
+    serve_with(listeners, reg, auth, max_connections, None, shutdown).await;
 }
 
 /// `serve`, with TLS on every listener when `tls` is given.
 pub async fn serve_with(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
+    auth: Arc<Authenticator>,
     max_connections: usize,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let svc = warp::service(super::routes(reg));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let svc = warp::service(super::routes(reg, auth, scheme));
     let graceful = Arc::new(GracefulShutdown::new());
     let limit = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

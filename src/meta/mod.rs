@@ -21,6 +21,10 @@ use redb::{
 
 use crate::digest::Digest;
 pub use gc::{BlobCandidate, MarkMode};
+
+/// A predicate on repository names (which repositories a caller may read), for the
+/// catalog and automatic mounts. It runs inside transactions: keep it cheap.
+pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
 pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
 use schema::*;
@@ -224,14 +228,19 @@ impl Meta {
     }
 
     /// Repositories with at least one manifest, sorted, after `last`, at most `n`.
-    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool), MetaError> {
+    pub fn catalog(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        keep: Option<&RepoFilter>,
+    ) -> Result<(Vec<String>, bool), MetaError> {
         let t = self.read(REPOS)?;
         let mut out = Vec::new();
         let mut more = false;
         for item in t.range(last.unwrap_or("")..)? {
             let (k, _) = item?;
             let name = k.value();
-            if Some(name) == last {
+            if Some(name) == last || keep.is_some_and(|keep| !keep(name)) {
                 continue;
             }
             if out.len() == n {
@@ -350,6 +359,7 @@ impl Meta {
         repo: String,
         digest: Digest,
         from: Option<String>,
+        readable: Option<RepoFilter>,
     ) -> Result<bool, MetaError> {
         self.write(move |txn| {
             let live = txn
@@ -361,13 +371,24 @@ impl Meta {
             let present = live
                 && match &from {
                     Some(f) => txn.open_table(REPO_BLOBS)?.get((f.as_str(), digest.as_str()))?.is_some(),
-                    // Automatic mount: some repository must still link it.
-                    None => txn
-                        .open_table(BLOB_LINKS)?
-                        .range((digest.as_str(), "")..)?
-                        .next()
-                        .transpose()?
-                        .is_some_and(|(k, _)| k.value().0 == digest.as_str()),
+                    // Automatic mount: some repository (one the caller may read, when
+                    // `readable` says which) must still link it.
+                    None => {
+                        let links = txn.open_table(BLOB_LINKS)?;
+                        let mut found = false;
+                        for item in links.range((digest.as_str(), "")..)? {
+                            let (k, _) = item?;
+                            let (d, r) = k.value();
+                            if d != digest.as_str() {
+                                break;
+                            }
+                            if readable.as_ref().is_none_or(|ok| ok(r)) {
+                                found = true;
+                                break;
+                            }
+                        }
+                        found
+                    }
                 };
             if present {
                 link_blob(txn, &repo, &digest)?;

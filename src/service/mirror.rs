@@ -380,7 +380,7 @@ impl Registry {
         // Cached for another repository: link it here, no upstream needed.
         if self.meta.blob(digest)?.is_some()
             && self.blobs.exists(digest)
-            && self.meta.mount_blob(local.as_str().to_owned(), digest.clone(), None).await?
+            && self.meta.mount_blob(local.as_str().to_owned(), digest.clone(), None, None).await?
         {
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return stored(local);
@@ -427,7 +427,7 @@ impl Registry {
                 let committed =
                     rx.wait_for(|s| s.done.is_some()).await.is_ok_and(|st| matches!(st.done, Some(Ok(()))));
                 if committed {
-                    let _ = me.meta.mount_blob(repo.as_str().to_owned(), d, None).await;
+                    let _ = me.meta.mount_blob(repo.as_str().to_owned(), d, None, None).await;
                 }
             });
             return Ok(f.clone());

@@ -27,6 +27,7 @@ use futures_util::Stream;
 
 use crate::blob::BlobStore;
 use crate::meta::Meta;
+pub use crate::meta::RepoFilter;
 pub use error::Error;
 pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;

@@ -2,7 +2,7 @@
 
 use super::{Error, Registry};
 use crate::digest::Digest;
-use crate::meta::Descriptor;
+use crate::meta::{Descriptor, RepoFilter};
 use crate::names::RepoName;
 
 /// Page size when the client gives no `n`.
@@ -22,8 +22,15 @@ impl Registry {
     }
 
     /// Sorted repository names after `last`, at most `n`.
-    pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<(Vec<String>, bool), Error> {
-        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE))?)
+    /// A page of repository names, only those `keep` accepts when given (pages are
+    /// counted after filtering).
+    pub fn catalog(
+        &self,
+        last: Option<&str>,
+        n: Option<usize>,
+        keep: Option<&RepoFilter>,
+    ) -> Result<(Vec<String>, bool), Error> {
+        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE), keep)?)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally only those of

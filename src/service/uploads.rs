@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use super::{Body, Error, Registry};
 use crate::blob::Staging;
 use crate::digest::Digest;
-use crate::meta::{model::now, BlobRecord, Origin, UploadRecord};
+use crate::meta::{model::now, BlobRecord, Origin, RepoFilter, UploadRecord};
 use crate::names::RepoName;
 
 /// One session's in-memory state, behind a per-session async lock so that two requests
@@ -181,6 +181,7 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
+        readable: Option<RepoFilter>,
     ) -> Result<bool, Error> {
         // A row must also have its file (GC may be between unlink and row removal).
         if self.meta.blob(digest)?.is_none() || !self.blobs.exists(digest) {
@@ -188,7 +189,12 @@ impl Registry {
         }
         Ok(self
             .meta
-            .mount_blob(repo.as_str().to_owned(), digest.clone(), from.map(|f| f.as_str().to_owned()))
+            .mount_blob(
+                repo.as_str().to_owned(),
+                digest.clone(),
+                from.map(|f| f.as_str().to_owned()),
+                readable,
+            )
             .await?)
     }
 

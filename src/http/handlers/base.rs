@@ -9,6 +9,23 @@ pub(super) fn base() -> Response<Bytes> {
     r
 }
 
+/// `GET /token`: a Bearer token naming the caller (the `scope` asked for is ignored:
+/// every request is authorized by the rules anyway). Both spellings of the field, as
+/// the token specification allows.
+pub(super) fn token(caller: &crate::http::guard::Caller) -> Response<Bytes> {
+    let (token, ttl) = caller.auth.issue_token(&caller.who);
+    let issued = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": ttl.as_secs(),
+        "issued_at": issued,
+    });
+    let mut r = super::json(http::StatusCode::OK, &body, "application/json");
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub(super) fn metrics(reg: &crate::service::Registry) -> Response<Bytes> {
     let mut r = Response::new(Bytes::from(reg.metrics.render()));

@@ -13,8 +13,11 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::error::ApiError;
+use super::guard::Caller;
 use super::route::{self, Endpoint};
-use crate::service::{Body, Registry};
+use crate::auth::Access;
+use crate::names::RepoName;
+use crate::service::{Body, Located, Registry};
 
 /// A request as the handlers see it.
 pub struct Req {
@@ -56,16 +59,39 @@ impl From<Response<Bytes>> for Reply {
     }
 }
 
-/// Route and run one request.
-pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> {
+/// Route and run one request for `caller` (already authenticated): each endpoint checks
+/// the access it needs before it touches the service (see `guard`).
+pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<Reply, ApiError> {
     let ep = route::parse(&req.path)?;
     let m = req.method.clone();
     let ns = req.q("ns").map(str::to_owned);
     let ns = ns.as_deref();
     let full = |r: Result<Response<Bytes>, ApiError>| r.map(Reply::Full);
+    // Reads may come from two repositories (a hosted one first, then a default
+    // upstream's); the caller must be allowed to pull from each.
+    let readable = |name: &RepoName| -> Result<Located, ApiError> {
+        let loc = reg.locate(name, ns)?;
+        caller.require(&loc.repo, Access::Pull)?;
+        if let Some(h) = &loc.hosted_first {
+            caller.require(h, Access::Pull)?;
+        }
+        Ok(loc)
+    };
+    let writable = |name: &RepoName, access: Access| -> Result<RepoName, ApiError> {
+        let repo = reg.hosted(name, ns)?;
+        caller.require(&repo, access)?;
+        Ok(repo)
+    };
     match ep {
-        Endpoint::Base | Endpoint::Health => match m {
+        Endpoint::Health => match m {
             Method::GET | Method::HEAD => Ok(base::base().into()),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Base => match m {
+            Method::GET | Method::HEAD => {
+                caller.base()?;
+                Ok(base::base().into())
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Ready => match m {
@@ -79,48 +105,68 @@ pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> 
             Method::GET => Ok(base::metrics(reg).into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
+        Endpoint::Token => match m {
+            Method::GET if caller.auth.tokens() => Ok(base::token(caller).into()),
+            Method::GET => Err(ApiError::NoRoute),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
         Endpoint::Catalog => match m {
-            Method::GET => full(tags::catalog(reg, &req)),
+            Method::GET => {
+                caller.catalog()?;
+                full(tags::catalog(reg, &req, caller.pull_filter().as_ref()))
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Tags { name } => match m {
-            Method::GET => full(tags::list(reg, &req, &reg.locate(&name, ns)?)),
+            Method::GET => full(tags::list(reg, &req, &readable(&name)?)),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Referrers { name, digest } => match m {
-            Method::GET => full(tags::referrers(reg, &req, &reg.locate(&name, ns)?, &digest)),
+            Method::GET => full(tags::referrers(reg, &req, &readable(&name)?, &digest)),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => {
-                let loc = reg.locate(&name, ns)?;
+                let loc = readable(&name)?;
                 full(manifests::get(reg, req.is_head(), &loc, &reference).await)
             }
-            Method::PUT => full(manifests::put(reg, req, &reg.hosted(&name, ns)?, &reference).await),
-            Method::DELETE => full(manifests::delete(reg, &reg.hosted(&name, ns)?, &reference).await),
+            Method::PUT => {
+                let repo = writable(&name, Access::Push)?;
+                full(manifests::put(reg, req, &repo, &reference).await)
+            }
+            Method::DELETE => {
+                full(manifests::delete(reg, &writable(&name, Access::Delete)?, &reference).await)
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Blob { name, digest } => match m {
             Method::GET | Method::HEAD => {
-                let loc = reg.locate(&name, ns)?;
+                let loc = readable(&name)?;
                 let range = req.header(header::RANGE).map(str::to_owned);
                 blobs::get(reg, req.is_head(), range, &loc, &digest).await
             }
-            Method::DELETE => full(blobs::delete(reg, &reg.hosted(&name, ns)?, &digest).await),
+            Method::DELETE => full(blobs::delete(reg, &writable(&name, Access::Delete)?, &digest).await),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Uploads { name } => match m {
-            Method::POST => full(uploads::post(reg, req, &reg.hosted(&name, ns)?).await),
+            Method::POST => {
+                let repo = writable(&name, Access::Push)?;
+                full(uploads::post(reg, caller, req, &repo).await)
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Upload { name, id } => {
             let repo = reg.hosted(&name, ns)?;
+            if !matches!(m, Method::PATCH | Method::PUT | Method::GET | Method::DELETE) {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            // Every step of an upload session is part of a push (cancelling one too).
+            caller.require(&repo, Access::Push)?;
             full(match m {
                 Method::PATCH => uploads::patch(reg, req, &repo, &id).await,
                 Method::PUT => uploads::put(reg, req, &repo, &id).await,
                 Method::GET => uploads::status(reg, &repo, &id).await,
-                Method::DELETE => uploads::cancel(reg, &repo, &id).await,
-                _ => Err(ApiError::MethodNotAllowed),
+                _ => uploads::cancel(reg, &repo, &id).await,
             })
         }
     }

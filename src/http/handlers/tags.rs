@@ -6,7 +6,7 @@ use http::{header, HeaderName, Response, StatusCode};
 use super::{json, set, Req};
 use crate::digest::Digest;
 use crate::http::error::ApiError;
-use crate::service::{Error, Located, Registry};
+use crate::service::{Error, Located, Registry, RepoFilter};
 
 fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
     let n =
@@ -39,9 +39,14 @@ pub(super) fn list(reg: &Registry, req: &Req, loc: &Located) -> Result<Response<
     Ok(resp)
 }
 
-pub(super) fn catalog(reg: &Registry, req: &Req) -> Result<Response<Bytes>, ApiError> {
+/// The catalog, only the repositories `keep` accepts (when given).
+pub(super) fn catalog(
+    reg: &Registry,
+    req: &Req,
+    keep: Option<&RepoFilter>,
+) -> Result<Response<Bytes>, ApiError> {
     let (n, last) = page(req)?;
-    let (repos, more) = reg.catalog(last, n)?;
+    let (repos, more) = reg.catalog(last, n, keep)?;
     let body = serde_json::json!({ "repositories": repos });
     let mut resp = json(StatusCode::OK, &body, "application/json");
     link(&mut resp, "/v2/_catalog", n, &repos, more);

@@ -7,6 +7,7 @@ use http::{header, HeaderName, Response, StatusCode};
 use super::{empty, range_value, set, Req};
 use crate::digest::Digest;
 use crate::http::error::ApiError;
+use crate::http::guard::Caller;
 use crate::names::RepoName;
 use crate::service::{Error, Registry};
 
@@ -67,10 +68,20 @@ pub fn parse_content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((a, b)))
 }
 
-pub(super) async fn post(reg: &Registry, mut req: Req, name: &RepoName) -> Result<Response<Bytes>, ApiError> {
+pub(super) async fn post(
+    reg: &Registry,
+    caller: &Caller,
+    mut req: Req,
+    name: &RepoName,
+) -> Result<Response<Bytes>, ApiError> {
     if let Some(mount) = digest_param(&req, "mount")? {
         let from = req.q("from").map(RepoName::parse).transpose().map_err(Error::from)?;
-        if reg.mount(name, &mount, from.as_ref()).await? {
+        // Mounting reads the blob from `from`: without pull there, answer with a plain
+        // upload session, as if the blob were not there (as distribution does), so
+        // nothing about `from` leaks. Without `from`, only repositories the caller may
+        // pull count.
+        let allowed = from.as_ref().is_none_or(|f| caller.may_pull(f.as_str()));
+        if allowed && reg.mount(name, &mount, from.as_ref(), caller.pull_filter()).await? {
             return Ok(created(name, &mount));
         }
         let id = reg.start_upload(name).await?;
