@@ -149,6 +149,10 @@ fn unit_passes_systemd_analyze_verify() {
     let bin = root.path().join("usr/bin");
     std::fs::create_dir_all(&bin).expect("mkdir");
     std::fs::copy(env!("CARGO_BIN_EXE_wharfie"), bin.join("wharfie")).expect("copy binary");
+    // ExecReload's /bin/kill (procps).
+    std::fs::create_dir_all(root.path().join("bin")).expect("mkdir");
+    std::fs::copy("/bin/kill", root.path().join("bin/kill"))
+        .expect("copy /bin/kill: apt-get install -y procps");
 
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
