@@ -100,8 +100,11 @@ impl RegistryClient {
             .map_err(transport)?;
         let r = check(r, "upload chunk")?;
         let loc = location(&r)?;
-        let digest = digest_after()
-            .ok_or_else(|| UpstreamError::Invalid("the blob could not be read to its end".into()))?;
+        let Some(digest) = digest_after() else {
+            // Cancel the session rather than leave its staging until it expires.
+            let _ = self.req(reqwest::Method::DELETE, &loc).send();
+            return Err(UpstreamError::Invalid("the blob could not be read to its end".into()));
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={digest}"))
