@@ -59,7 +59,8 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    reg.metrics.http_request(method.as_str(), resp.status().as_u16(), bytes);
+    let route = route::parse(&path).map_or("unknown", |e| e.family());
+    reg.metrics.http_request(route, method.as_str(), resp.status().as_u16(), bytes);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     reg.metrics.observe_latency(micros);
     tracing::info!(

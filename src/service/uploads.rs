@@ -188,7 +188,12 @@ impl Registry {
         }
         Ok(self
             .meta
-            .mount_blob(repo.as_str().to_owned(), digest.clone(), from.map(|f| f.as_str().to_owned()))
+            .mount_blob(
+                repo.as_str().to_owned(),
+                digest.clone(),
+                from.map(|f| f.as_str().to_owned()),
+                Origin::Pushed,
+            )
             .await?)
     }
 

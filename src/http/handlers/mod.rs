@@ -76,7 +76,7 @@ pub async fn dispatch(reg: &Arc<Registry>, req: Req) -> Result<Reply, ApiError> 
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Metrics => match m {
-            Method::GET => Ok(base::metrics(reg).into()),
+            Method::GET => Ok(base::metrics(reg)?.into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Catalog => match m {
