@@ -153,6 +153,37 @@ fn import_and_export_talk_to_the_running_server_and_export_is_loadable() {
     );
 }
 
+/// A running server that speaks TLS: import and export reach it over https, trusting
+/// its CA with `--ca-file`, and refuse (clearly) without it.
+#[test]
+fn import_and_export_reach_a_running_tls_server() {
+    let f = fixture();
+    let tls = test_ca_and_cert();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let extra = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", tls.cert.display(), tls.key.display());
+    let cfg = write_config(tmp.path(), free_port(), &dir, &extra);
+    let (c, ca) = (path_str(&cfg), path_str(&tls.ca));
+    let srv = Server::start(&cfg);
+    assert!(srv.base.starts_with("https://"), "{}", srv.base);
+    let tar = path_str(&f.oci_tar);
+    let refused = cli(&["import", "--config", &c, "--repo", "airgap/tls:v1", &tar]);
+    assert_eq!(refused.code, Some(1), "{}", refused.describe());
+    assert!(refused.stderr.contains("certificate"), "unclear refusal:\n{}", refused.describe());
+    cli(&["import", "--config", &c, "--ca-file", &ca, "--repo", "airgap/tls:v1", &tar]).ok();
+    let out = real::Layout::create(&f.sk.dir("p-tls"));
+    let certs = path_str(&tls.cert_dir);
+    f.sk.run(
+        "copy",
+        &["--src-cert-dir", &certs, &format!("docker://{}/airgap/tls:v1", srv.addr), &out.oci("x")],
+    );
+    assert_same_blobs(&out, &f.src, "import over TLS");
+    let exported = tmp.path().join("tls-export.tar");
+    cli(&["export", "--config", &c, "--ca-file", &ca, "airgap/tls:v1", "-o", &path_str(&exported)]).ok();
+    let (back, _) = skopeo_read(&f.sk, &format!("oci-archive:{}:v1", exported.display()), "tls-back");
+    assert_same_blobs(&back, &f.src, "export over TLS");
+}
+
 #[test]
 fn bad_archives_fail_clearly_and_import_nothing() {
     let f = fixture();

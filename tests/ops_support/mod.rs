@@ -334,3 +334,69 @@ impl Drop for Server {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// TLS: a test CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+
+pub struct Tls {
+    _tmp: tempfile::TempDir,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// The CA that signed `cert`.
+    pub ca: std::path::PathBuf,
+    /// A directory with `ca.crt`, for skopeo's `--cert-dir`.
+    pub cert_dir: std::path::PathBuf,
+}
+
+pub fn test_ca_and_cert() -> Tls {
+    let openssl = require("openssl", "openssl");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| path_str(&tmp.path().join(n));
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl).args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    // A test CA, and a server certificate for 127.0.0.1 it signs (webpki refuses a CA
+    // certificate as the server's own).
+    run(&[
+        &["req", "-x509", "-days", "2", "-subj", "/CN=wharfie test CA"][..],
+        &ec,
+        &["-keyout", &p("ca.key"), "-out", &p("ca.pem")],
+    ]
+    .concat());
+    run(&[
+        &["req", "-subj", "/CN=localhost"][..],
+        &ec,
+        &["-keyout", &p("key.pem"), "-out", &p("server.csr")],
+    ]
+    .concat());
+    std::fs::write(
+        tmp.path().join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("cert.pem"),
+    ]);
+    let cert_dir = tmp.path().join("certs");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::copy(tmp.path().join("ca.pem"), cert_dir.join("ca.crt")).unwrap();
+    let (cert, key, ca) =
+        (tmp.path().join("cert.pem"), tmp.path().join("key.pem"), tmp.path().join("ca.pem"));
+    Tls { _tmp: tmp, cert, key, ca, cert_dir }
+}
