@@ -100,8 +100,19 @@ impl Registry {
     /// Startup recovery: remove staging areas that belong to no upload session (a
     /// crashed monolithic upload or fill) and leases of the previous process.
     pub async fn recover(&self) -> Result<(), Error> {
-        let open: std::collections::HashSet<String> =
-            self.meta.uploads()?.into_iter().map(|(id, _)| id).collect();
+        let mut open = std::collections::HashSet::new();
+        for (id, _) in self.meta.uploads()? {
+            // A session killed between its final rename and the commit has lost its data
+            // file (it is under blobs/, without a row: garbage): the session is gone.
+            let lost =
+                matches!(self.blobs.open_staging_reader(&id), Err(e) if e.kind() == io::ErrorKind::NotFound);
+            if lost {
+                self.meta.delete_upload(id.clone()).await?;
+                self.blobs.remove_staging(&id);
+                continue;
+            }
+            open.insert(id);
+        }
         let blobs = self.blobs.clone();
         let removed =
             tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id))).await??;
