@@ -45,7 +45,15 @@ pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
     let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
         .await
         .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??;
-    let opts = Options { max_manifest_bytes: settings.max_manifest_bytes, upload_ttl: settings.upload_ttl };
+    let cap = settings.cache.max_bytes.as_u64();
+    let opts = Options {
+        max_manifest_bytes: settings.max_manifest_bytes,
+        upload_ttl: settings.upload_ttl,
+        cache_max_bytes: cap,
+        // Multiply first: `cap / 100 * pct` rounds the low-water mark below what it says.
+        cache_low_bytes: u64::try_from(u128::from(cap) * u128::from(settings.cache.low_water_percent) / 100)
+            .unwrap_or(cap),
+    };
     let metrics = Arc::new(Metrics::default());
     let mut mirrors = Vec::new();
     for u in &settings.upstreams {
@@ -124,22 +132,16 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
     }
     let (reg, cache) = (reg.clone(), s.cache.clone());
     tasks.push(tokio::spawn(async move {
-        let cap = cache.max_bytes.as_u64();
-        let low = cap / 100 * u64::from(cache.low_water_percent);
-        let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_secs(1)));
+        // Persist access times in batches; each fill commit checks the cap at once, the
+        // tick catches anything else (a lowered cap after a restart).
+        let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_millis(100)));
         loop {
-            // The tick persists access times; a fill commit checks the cap at once.
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = reg.filled.notified(), if cap > 0 => {}
-            }
+            tick.tick().await;
             if let Err(e) = reg.flush_access().await {
                 tracing::warn!(error = %e, "cannot persist access times");
             }
-            if cap > 0 {
-                if let Err(e) = reg.evict(cap, low).await {
-                    tracing::warn!(error = %e, "eviction failed");
-                }
+            if let Err(e) = reg.enforce_cap().await {
+                tracing::warn!(error = %e, "eviction failed");
             }
         }
     }));

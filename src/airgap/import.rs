@@ -99,6 +99,7 @@ fn upload_member(
     std::thread::scope(|s| {
         let (r, mut w) = io::pipe().map_err(|e| AirgapError::Format(format!("pipe: {e}")))?;
         let (tx, rx) = std::sync::mpsc::channel::<Digest>();
+        let named = known.clone();
         let uploader = s.spawn(move || match known {
             Some(d) => client.put_blob(scratch, &d, size, r).map(|()| d),
             // The PATCH reads the pipe to EOF before this closure runs: the digest has
@@ -109,8 +110,28 @@ fn upload_member(
         let copied = io::copy(&mut h, &mut w);
         drop(w);
         let digest = Digest::from_sha256(h.sha.finalize().into());
-        let _ = tx.send(digest.clone());
+        // Only a member read to its end may finish its upload: on a read error the
+        // sender is dropped, so the session is never completed with a prefix.
+        if copied.is_ok() {
+            let _ = tx.send(digest.clone());
+        }
+        drop(tx);
         let sent = uploader.join().map_err(|_| AirgapError::Format("upload thread panicked".into()))?;
+        // Our own reading first: a short read or wrong content explains the server's
+        // refusal better than its answer does (a broken pipe only means it refused early).
+        match &copied {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(AirgapError::Format(format!("reading archive member: {e}")));
+            }
+            Ok(_) => {
+                if let Some(n) = named.filter(|n| *n != digest) {
+                    return Err(AirgapError::Format(format!(
+                        "content does not match its digest: named {n}, hashes to {digest}"
+                    )));
+                }
+            }
+            Err(_) => {}
+        }
         let sent = sent?;
         copied.map_err(|e| AirgapError::Format(format!("reading archive member: {e}")))?;
         if sent != digest {
@@ -156,9 +177,13 @@ fn read_meta(r: &mut dyn Read, path: &str) -> Result<Vec<u8>, AirgapError> {
     Ok(buf)
 }
 
-/// One pass over a tar stream.
-fn scan_tar(client: &RegistryClient, scratch: &str, reader: impl Read + Send) -> Result<Scan, AirgapError> {
-    let mut scan = Scan::default();
+/// One pass over a tar stream. What was uploaded is in `scan` even on error.
+fn scan_tar(
+    client: &RegistryClient,
+    scratch: &str,
+    reader: impl Read + Send,
+    scan: &mut Scan,
+) -> Result<(), AirgapError> {
     let mut ar = tar::Archive::new(reader);
     let entries = ar.entries().map_err(|e| AirgapError::Format(format!("not a tar archive: {e}")))?;
     for entry in entries {
@@ -188,17 +213,17 @@ fn scan_tar(client: &RegistryClient, scratch: &str, reader: impl Read + Send) ->
             Member::DockerManifest => scan.docker_manifest = Some(read_meta(&mut entry, &path)?),
             Member::Skip => {}
             Member::Blob(known) => {
-                let got = upload_member(client, scratch, &mut entry, size, known)?;
+                let got = upload_member(client, scratch, &mut entry, size, known)
+                    .map_err(|e| AirgapError::Format(format!("archive member {path}: {e}")))?;
                 scan.files.insert(path, got);
             }
         }
     }
-    Ok(scan)
+    Ok(())
 }
 
 /// An OCI layout directory: the same members, read from files.
-fn scan_dir(client: &RegistryClient, scratch: &str, dir: &Path) -> Result<Scan, AirgapError> {
-    let mut scan = Scan::default();
+fn scan_dir(client: &RegistryClient, scratch: &str, dir: &Path, scan: &mut Scan) -> Result<(), AirgapError> {
     let index = dir.join("index.json");
     scan.index = Some(std::fs::read(&index).map_err(io_err(&index))?);
     let blobs = dir.join("blobs");
@@ -212,11 +237,12 @@ fn scan_dir(client: &RegistryClient, scratch: &str, dir: &Path) -> Result<Scan, 
             };
             let mut file = File::open(&f).map_err(io_err(&f))?;
             let size = file.metadata().map_err(io_err(&f))?.len();
-            let got = upload_member(client, scratch, &mut file, size, known)?;
+            let got = upload_member(client, scratch, &mut file, size, known)
+                .map_err(|e| AirgapError::Format(format!("{}: {e}", f.display())))?;
             scan.files.insert(rel, got);
         }
     }
-    Ok(scan)
+    Ok(())
 }
 
 /// Open a file as a tar stream, gunzipping when it starts with the gzip magic.
@@ -317,18 +343,24 @@ pub fn import(
     let mut out = Vec::new();
     for input in inputs {
         progress(&format!("reading {}", input.display()));
-        let scan = if input.is_dir() {
-            scan_dir(client, &scratch, input)?
+        let mut scan = Scan::default();
+        let scanned = if input.is_dir() {
+            scan_dir(client, &scratch, input, &mut scan)
         } else {
-            scan_tar(client, &scratch, open_tar(input)?)?
+            open_tar(input).and_then(|r| scan_tar(client, &scratch, r, &mut scan))
         };
-        let pushed = push_images(client, &scratch, &scan, target, input)?;
-        for p in &pushed {
-            progress(&format!("imported {}:{} ({})", p.repo, p.reference, p.digest));
-        }
-        // Drop the scratch links; the images keep what they reference.
+        let pushed = scanned.and_then(|()| push_images(client, &scratch, &scan, target, input));
+        // Drop the scratch links, whatever happened: the images keep what they
+        // reference, and a failed import leaves nothing linked (GC reclaims the rest).
         for (d, _) in scan.files.values() {
             let _ = client.delete_blob(&scratch, d);
+        }
+        let pushed = pushed.map_err(|e| match e {
+            AirgapError::Io { .. } => e,
+            e => AirgapError::Format(format!("{}: {e}", input.display())),
+        })?;
+        for p in &pushed {
+            progress(&format!("imported {}:{} ({})", p.repo, p.reference, p.digest));
         }
         out.extend(pushed);
     }

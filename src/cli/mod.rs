@@ -39,6 +39,10 @@ struct RemoteArgs {
     /// Credentials as USER:PASSWORD, when the server requires them.
     #[arg(long)]
     creds: Option<String>,
+    /// CA certificates (PEM) to trust when the server speaks TLS (`[tls]` in the
+    /// configuration, or an https:// --server) with a certificate from a private CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -338,7 +342,8 @@ fn with_client(
         c.split_once(':').map_or((c.to_owned(), String::new()), |(u, p)| (u.to_owned(), p.to_owned()))
     });
     let run = |base: &str| -> ExitCode {
-        let client = match crate::upstream::client::RegistryClient::new(base, creds.clone()) {
+        let ca = remote.ca_file.as_deref();
+        let client = match crate::upstream::client::RegistryClient::new(base, creds.clone(), ca) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("wharfie: {e}");
@@ -375,7 +380,9 @@ fn with_client(
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            return run(&format!("http://{addr}"));
+            // It speaks TLS when the configuration says so (trust its CA with --ca-file).
+            let scheme = if settings.tls.is_some() { "https" } else { "http" };
+            return run(&format!("{scheme}://{addr}"));
         }
         Err(e) => {
             eprintln!("wharfie: {e}");

@@ -98,7 +98,8 @@ async fn handle(
         // A buffered reply has no Content-Length header yet (hyper adds it on the wire).
         .or_else(|| http_body::Body::size_hint(resp.body()).exact())
         .unwrap_or(0);
-    reg.metrics.http_request(method.as_str(), resp.status().as_u16(), bytes);
+    let route = route::parse(&path).map_or("unknown", |e| e.family());
+    reg.metrics.http_request(route, method.as_str(), resp.status().as_u16(), bytes);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     reg.metrics.observe_latency(micros);
     tracing::info!(

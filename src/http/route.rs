@@ -39,6 +39,26 @@ pub enum Endpoint {
     Token,
 }
 
+impl Endpoint {
+    /// The endpoint family, as the `route` label of the request metrics.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Catalog => "catalog",
+            Endpoint::Manifest { .. } => "manifest",
+            Endpoint::Blob { .. } => "blob",
+            Endpoint::Uploads { .. } => "uploads",
+            Endpoint::Upload { .. } => "upload",
+            Endpoint::Tags { .. } => "tags",
+            Endpoint::Referrers { .. } => "referrers",
+            Endpoint::Health => "healthz",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Ready => "readyz",
+            Endpoint::Token => "token",
+        }
+    }
+}
+
 /// Decode `%XX` escapes into ASCII; anything else is kept as it is.
 fn decode_segment(s: &str) -> String {
     if !s.contains('%') {

@@ -266,6 +266,7 @@ impl Meta {
     pub async fn gc_remove_blob_rows(&self, digests: Vec<Digest>) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut t = txn.open_table(BLOBS)?;
+            let mut access = txn.open_table(ACCESS)?;
             for d in digests {
                 let deleting = t
                     .get(d.as_str())?
@@ -274,6 +275,7 @@ impl Meta {
                     .is_some_and(|r| r.deleting);
                 if deleting {
                     t.remove(d.as_str())?;
+                    access.remove(d.as_str())?;
                 }
             }
             Ok(())
@@ -302,7 +304,7 @@ fn manifest_collectable(txn: &WriteTransaction, d: &str) -> Result<bool, MetaErr
 }
 
 impl Meta {
-    /// Persist last-access times (unix seconds) of mirrored blobs, in one transaction.
+    /// Persist last-access times (unix milliseconds) of mirrored blobs, in one transaction.
     pub async fn record_access(&self, times: Vec<(Digest, u64)>) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut t = txn.open_table(ACCESS)?;

@@ -311,14 +311,20 @@ impl Meta {
             let mut blobs = txn.open_table(BLOBS)?;
             let existing: Option<BlobRecord> =
                 blobs.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-            match existing {
-                Some(old)
-                    if !old.deleting
-                        && (old.origin == Origin::Pushed || record.origin == Origin::Mirrored) => {}
-                _ => {
-                    blobs.insert(digest.as_str(), encode(&record).as_slice())?;
+            let rec = match existing {
+                // Same content: keep the row (upgraded to pushed by a push), but restart
+                // its grace period — a manifest referencing it is about to follow, and
+                // GC must not take an old unreferenced blob from under that push.
+                Some(mut old) if !old.deleting => {
+                    if record.origin == Origin::Pushed {
+                        old.origin = Origin::Pushed;
+                    }
+                    old.created = old.created.max(record.created);
+                    old
                 }
-            }
+                _ => record,
+            };
+            blobs.insert(digest.as_str(), encode(&rec).as_slice())?;
             link_blob(txn, &repo, &digest)?;
             if let Some(id) = upload {
                 txn.open_table(UPLOADS)?.remove(id.as_str())?;
@@ -354,20 +360,20 @@ impl Meta {
 
     /// Link an existing blob into `repo`: from `from` when given (it must link the
     /// blob there), else from anywhere the blob exists. Returns whether it linked.
+    /// A mount into a hosted repository (`origin` pushed) makes the blob pushed content
+    /// (never evicted), and every mount restarts the blob's grace period, as a push does.
     pub async fn mount_blob(
         &self,
         repo: String,
         digest: Digest,
         from: Option<String>,
         readable: Option<RepoFilter>,
+        origin: Origin,
     ) -> Result<bool, MetaError> {
         self.write(move |txn| {
-            let live = txn
-                .open_table(BLOBS)?
-                .get(digest.as_str())?
-                .map(|v| decode::<BlobRecord>(v.value()))
-                .transpose()?
-                .is_some_and(|r| !r.deleting);
+            let rec: Option<BlobRecord> =
+                txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
+            let live = rec.as_ref().is_some_and(|r| !r.deleting);
             let present = live
                 && match &from {
                     Some(f) => txn.open_table(REPO_BLOBS)?.get((f.as_str(), digest.as_str()))?.is_some(),
@@ -390,7 +396,12 @@ impl Meta {
                         found
                     }
                 };
-            if present {
+            if let (true, Some(mut rec)) = (present, rec) {
+                if origin == Origin::Pushed {
+                    rec.origin = Origin::Pushed;
+                }
+                rec.created = rec.created.max(model::now());
+                txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
                 link_blob(txn, &repo, &digest)?;
             }
             Ok(present)

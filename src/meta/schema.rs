@@ -32,5 +32,5 @@ pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
 pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
 /// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
 pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
-/// blob digest → last access (unix seconds), persisted in batches for eviction.
+/// blob digest → last access (unix milliseconds), persisted in batches for eviction.
 pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");

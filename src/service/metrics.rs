@@ -14,13 +14,29 @@ pub struct Metrics {
     pub upstream_bytes: AtomicU64,
     /// (upstream, kind, status) → requests sent.
     upstream_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    /// (method, status) → responses, and bytes sent.
-    http_requests: Mutex<BTreeMap<(String, u16), u64>>,
-    pub http_bytes: AtomicU64,
+    /// (route, method, status) → responses.
+    http_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    /// route → response bytes sent (as `Content-Length` announces them).
+    http_bytes: Mutex<BTreeMap<&'static str, u64>>,
+    pub gc_runs: AtomicU64,
+    pub gc_manifests: AtomicU64,
+    pub gc_blobs: AtomicU64,
+    pub gc_bytes: AtomicU64,
+    pub evicted_blobs: AtomicU64,
+    pub evicted_bytes: AtomicU64,
     /// Request latency histogram: cumulative counts per bucket (seconds), sum in µs.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+}
+
+/// What the blob rows hold, per origin (the store-size gauges).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub pushed_blobs: u64,
+    pub pushed_bytes: u64,
+    pub mirrored_blobs: u64,
+    pub mirrored_bytes: u64,
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -44,10 +60,12 @@ impl Metrics {
         self.latency_sum_micros.fetch_add(micros, Relaxed);
     }
 
-    pub fn http_request(&self, method: &str, status: u16, bytes: u64) {
+    /// One response: `route` is the endpoint family (`blob`, `manifest`, …).
+    pub fn http_request(&self, route: &'static str, method: &str, status: u16, bytes: u64) {
         let mut m = self.http_requests.lock().unwrap_or_else(PoisonError::into_inner);
-        *m.entry((method.to_owned(), status)).or_default() += 1;
-        self.http_bytes.fetch_add(bytes, Relaxed);
+        *m.entry((route, method.to_owned(), status)).or_default() += 1;
+        drop(m);
+        *self.http_bytes.lock().unwrap_or_else(PoisonError::into_inner).entry(route).or_default() += bytes;
     }
 
     /// Upstream requests of `kind` sent to `upstream` so far, any status.
@@ -56,7 +74,8 @@ impl Metrics {
         m.iter().filter(|((u, k, _), _)| u == upstream && k == kind).map(|(_, n)| n).sum()
     }
 
-    pub fn render(&self) -> String {
+    /// The text format; `store` is what the blob rows hold now, per origin.
+    pub fn render(&self, store: &StoreStats) -> String {
         let mut o = String::new();
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -91,12 +110,50 @@ impl Metrics {
             "Blob bytes received from upstreams.",
             self.upstream_bytes.load(Relaxed),
         );
+        counter(&mut o, "wharfie_gc_runs_total", "Garbage collections run.", self.gc_runs.load(Relaxed));
         counter(
             &mut o,
-            "wharfie_http_response_bytes_total",
-            "Response bytes sent to clients.",
-            self.http_bytes.load(Relaxed),
+            "wharfie_gc_manifests_removed_total",
+            "Manifests garbage collection removed.",
+            self.gc_manifests.load(Relaxed),
         );
+        counter(
+            &mut o,
+            "wharfie_gc_blobs_removed_total",
+            "Blobs garbage collection removed.",
+            self.gc_blobs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "wharfie_gc_bytes_removed_total",
+            "Blob bytes garbage collection removed.",
+            self.gc_bytes.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "wharfie_evicted_blobs_total",
+            "Mirrored blobs evicted to keep the cache under its cap.",
+            self.evicted_blobs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "wharfie_evicted_bytes_total",
+            "Mirrored blob bytes evicted to keep the cache under its cap.",
+            self.evicted_bytes.load(Relaxed),
+        );
+        let _ = writeln!(o, "# HELP wharfie_store_blobs Blobs stored, by origin.");
+        let _ = writeln!(o, "# TYPE wharfie_store_blobs gauge");
+        let _ = writeln!(o, "wharfie_store_blobs{{origin=\"pushed\"}} {}", store.pushed_blobs);
+        let _ = writeln!(o, "wharfie_store_blobs{{origin=\"mirrored\"}} {}", store.mirrored_blobs);
+        let _ = writeln!(o, "# HELP wharfie_store_bytes Blob bytes stored, by origin.");
+        let _ = writeln!(o, "# TYPE wharfie_store_bytes gauge");
+        let _ = writeln!(o, "wharfie_store_bytes{{origin=\"pushed\"}} {}", store.pushed_bytes);
+        let _ = writeln!(o, "wharfie_store_bytes{{origin=\"mirrored\"}} {}", store.mirrored_bytes);
+        let _ = writeln!(o, "# HELP wharfie_http_response_bytes_total Response bytes sent to clients.");
+        let _ = writeln!(o, "# TYPE wharfie_http_response_bytes_total counter");
+        for (r, n) in self.http_bytes.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ = writeln!(o, "wharfie_http_response_bytes_total{{route=\"{r}\"}} {n}");
+        }
         let _ = writeln!(o, "# HELP wharfie_upstream_requests_total Requests sent to upstream registries.");
         let _ = writeln!(o, "# TYPE wharfie_upstream_requests_total counter");
         for ((u, k, s), n) in self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
@@ -120,8 +177,9 @@ impl Metrics {
         let _ = writeln!(o, "wharfie_http_request_duration_seconds_count {count}");
         let _ = writeln!(o, "# HELP wharfie_http_requests_total HTTP requests served.");
         let _ = writeln!(o, "# TYPE wharfie_http_requests_total counter");
-        for ((m, s), n) in self.http_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            let _ = writeln!(o, "wharfie_http_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}");
+        for ((r, m, s), n) in self.http_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ =
+                writeln!(o, "wharfie_http_requests_total{{route=\"{r}\",method=\"{m}\",status=\"{s}\"}} {n}");
         }
         o
     }

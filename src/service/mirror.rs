@@ -380,7 +380,10 @@ impl Registry {
         // Cached for another repository: link it here, no upstream needed.
         if self.meta.blob(digest)?.is_some()
             && self.blobs.exists(digest)
-            && self.meta.mount_blob(local.as_str().to_owned(), digest.clone(), None, None).await?
+            && self
+                .meta
+                .mount_blob(local.as_str().to_owned(), digest.clone(), None, None, Origin::Mirrored)
+                .await?
         {
             self.metrics.cache_hits.fetch_add(1, Relaxed);
             return stored(local);
@@ -427,7 +430,8 @@ impl Registry {
                 let committed =
                     rx.wait_for(|s| s.done.is_some()).await.is_ok_and(|st| matches!(st.done, Some(Ok(()))));
                 if committed {
-                    let _ = me.meta.mount_blob(repo.as_str().to_owned(), d, None, None).await;
+                    let _ =
+                        me.meta.mount_blob(repo.as_str().to_owned(), d, None, None, Origin::Mirrored).await;
                 }
             });
             return Ok(f.clone());
@@ -467,7 +471,11 @@ impl Registry {
         let result = self.download(&m, &remote, &local, &digest, staging, &tx).await;
         match &result {
             Ok(()) => {
-                self.filled.notify_one();
+                // Enforce the cache cap before the fill reports done: when a client's
+                // pull completes, the store is back under the cap.
+                if let Err(e) = self.enforce_cap().await {
+                    tracing::warn!(error = %e, "eviction failed");
+                }
                 tx.send_modify(|s| {
                     s.visible = s.total.unwrap_or(s.visible);
                     s.done = Some(Ok(()));

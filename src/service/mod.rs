@@ -42,6 +42,9 @@ pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 pub struct Options {
     pub max_manifest_bytes: u64,
     pub upload_ttl: Duration,
+    /// The cap on mirrored blob bytes (0 = none), and the level eviction frees down to.
+    pub cache_max_bytes: u64,
+    pub cache_low_bytes: u64,
 }
 
 /// The registry: every operation the HTTP layer can ask for.
@@ -60,9 +63,9 @@ pub struct Registry {
     /// Manifest fetches in flight, by upstream/repository/reference.
     manifest_flights: Arc<ManifestFlights>,
     pub metrics: Arc<Metrics>,
-    /// Woken after every fill commit, so the cache cap is enforced as content arrives.
-    pub filled: tokio::sync::Notify,
-    /// Last access (unix seconds, dirty flag) of mirrored blobs, for eviction.
+    /// One eviction at a time (each fill commit enforces the cap before it completes).
+    evicting: tokio::sync::Mutex<()>,
+    /// Last access (unix milliseconds, dirty flag) of mirrored blobs, for eviction.
     access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
 
@@ -86,7 +89,7 @@ impl Registry {
             manifest_flights: Arc::new(crate::flight::Flights::default()),
             metrics,
             access: Mutex::new(HashMap::new()),
-            filled: tokio::sync::Notify::new(),
+            evicting: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -194,6 +194,7 @@ impl Registry {
                 digest.clone(),
                 from.map(|f| f.as_str().to_owned()),
                 readable,
+                Origin::Pushed,
             )
             .await?)
     }

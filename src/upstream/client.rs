@@ -35,14 +35,23 @@ fn transport(e: reqwest::Error) -> UpstreamError {
 }
 
 impl RegistryClient {
-    /// `base` like `http://127.0.0.1:5000`.
-    pub fn new(base: &str, auth: Option<(String, String)>) -> Result<Self, UpstreamError> {
-        let http = Client::builder()
+    /// `base` like `http://127.0.0.1:5000`; `ca_file`: extra CA certificates (PEM) to
+    /// trust for an `https://` base.
+    pub fn new(
+        base: &str,
+        auth: Option<(String, String)>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, UpstreamError> {
+        let mut b = Client::builder()
             .timeout(None::<Duration>)
             .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(transport)?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = ca_file {
+            let bad = |e: &dyn std::fmt::Display| UpstreamError::Invalid(format!("{}: {e}", ca.display()));
+            let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).map_err(|e| bad(&e))?);
+        }
+        let http = b.build().map_err(transport)?;
         Ok(RegistryClient { base: base.trim_end_matches('/').to_owned(), http, auth })
     }
 
@@ -100,8 +109,11 @@ impl RegistryClient {
             .map_err(transport)?;
         let r = check(r, "upload chunk")?;
         let loc = location(&r)?;
-        let digest = digest_after()
-            .ok_or_else(|| UpstreamError::Invalid("the blob could not be read to its end".into()))?;
+        let Some(digest) = digest_after() else {
+            // Cancel the session rather than leave its staging until it expires.
+            let _ = self.req(reqwest::Method::DELETE, &loc).send();
+            return Err(UpstreamError::Invalid("the blob could not be read to its end".into()));
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
             .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={digest}"))

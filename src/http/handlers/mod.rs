@@ -102,7 +102,7 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Metrics => match m {
-            Method::GET => Ok(base::metrics(reg).into()),
+            Method::GET => Ok(base::metrics(reg)?.into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Token => match m {

@@ -1,0 +1,208 @@
+//! The byte cap on mirrored content (issue 4, item 6), end to end: the real server as a
+//! mirror of the fake upstream (tests/mirror_support/upstream.rs) with `[cache]
+//! max_bytes` far below what a client pulls through it.
+//!
+//! What "the store stays under the cap" means here, precisely:
+//! - after every completed pull, the committed mirrored blob files on disk (under
+//!   `blobs/`, digests the upstream serves and nobody pushed) total at most `max_bytes`;
+//! - at any instant, those files plus the fill staging files under `uploads/` total at
+//!   most `max_bytes` + the size of the one blob the (sequential) client is pulling —
+//!   the "one in-flight object".
+//!
+//! Only blob bytes are capped; manifests live in redb.
+
+mod common;
+mod mirror_support;
+mod oci;
+mod ops_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{bytes_of, sha256, Wharfie};
+use mirror_support::real;
+use mirror_support::upstream::{FakeUpstream, Kind};
+use oci::*;
+use ops_support::*;
+
+const S: usize = 256 * 1024;
+const N: usize = 12;
+const CAP: u64 = 1024 * 1024; // four blobs
+/// Eviction frees down to 75 %: three blobs.
+const LOW: u8 = 75;
+
+fn config(dir: &Path, up: &FakeUpstream) -> String {
+    let p = dir.join("cap.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[cache]\nmax_bytes = \"{CAP}\"\nlow_water_percent = {LOW}\ncheck_interval = \"1s\"\n\n\
+             [[upstreams]]\nname = \"up\"\nurl = \"{}\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    path_str(&p)
+}
+
+/// Bytes of blob files named in `mirrored` under `blobs/`, and of every file under `uploads/`.
+fn disk_bytes(dir: &Path, mirrored: &BTreeSet<String>) -> (u64, u64) {
+    // blobs/ first, then uploads/: a file renamed from one to the other meanwhile is
+    // missed rather than counted twice.
+    let committed: u64 = blob_files(dir)
+        .iter()
+        .filter(|(d, _)| mirrored.contains(*d))
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    fn walk(p: &Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+        rd.flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p)
+                } else {
+                    std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0)
+                }
+            })
+            .sum()
+    }
+    (committed, walk(&dir.join("uploads")))
+}
+
+#[test]
+fn eviction_keeps_mirrored_bytes_under_the_cap_in_lru_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let up = FakeUpstream::start();
+    let blobs: Vec<Vec<u8>> = (0..N).map(|i| bytes_of(S, 500 + i as u64)).collect();
+    let digests: Vec<String> = blobs.iter().map(|b| up.add_blob(b.clone())).collect();
+    let cfg = config(tmp.path(), &up);
+    let w = Wharfie::start_in(&dir, &["--config", &cfg]);
+    let api = Api::new(&w);
+    let pull = |i: usize| {
+        let r = api.get(&format!("/v2/up/lib/big/blobs/{}", digests[i]));
+        assert_eq!(r.status, 200, "pull b{i}: {}", r.describe());
+        assert_eq!(r.body, blobs[i], "bytes of b{i}");
+    };
+
+    // Pushed content: a hosted image, and b0 mounted from the mirror into a hosted
+    // repository (which makes it pushed content too). Neither is ever evicted.
+    let hosted = api.push_image("hosted/app", Some("v1"), 9, 3);
+    let hosted_big = bytes_of(2 * CAP as usize, 77);
+    let hosted_big_d = api.push_blob("hosted/app", &hosted_big);
+    pull(0);
+    let r = api.send(
+        api.req("POST", &format!("/v2/hosted/app/blobs/uploads/?mount={}&from=up/lib/big", digests[0])),
+    );
+    assert_eq!(r.status, 201, "mount from the mirror: {}", r.describe());
+    let mirrored: BTreeSet<String> = digests[1..].iter().cloned().collect();
+
+    // Sample the disk while a client pulls 11 × 256 KiB (2.75 × the cap) one blob at a
+    // time, reading b1 again after every pull (it stays the most recently used).
+    let stop = AtomicBool::new(false);
+    let max_seen = AtomicU64::new(0);
+    let samples = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let end = Instant::now() + Duration::from_secs(300);
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                    break;
+                }
+                let (c, u) = disk_bytes(&dir, &mirrored);
+                max_seen.fetch_max(c + u, Ordering::Relaxed);
+                samples.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        for i in 1..N {
+            pull(i);
+            if i > 1 {
+                pull(1);
+            }
+            let (committed, _) = disk_bytes(&dir, &mirrored);
+            assert!(committed <= CAP, "after pulling b{i}: {committed} mirrored bytes on disk > cap {CAP}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let max_seen = max_seen.load(Ordering::Relaxed);
+    assert!(max_seen <= CAP + S as u64, "{max_seen} bytes on disk at some instant > cap + one blob");
+
+    // LRU: the hot blob and the most recent pulls survive; the rest went, oldest first.
+    let files = blob_files(&dir);
+    let present: Vec<usize> = (1..N).filter(|&i| files.contains_key(&digests[i])).collect();
+    eprintln!(
+        "cache cap: {} samples, max {max_seen} bytes on disk (cap {CAP}, blob {S}); kept b{present:?}",
+        samples.load(Ordering::Relaxed)
+    );
+    assert!(present.contains(&1), "the hot blob b1 was evicted; kept {present:?}");
+    assert!(
+        present.contains(&(N - 1)) && present.contains(&(N - 2)),
+        "recent pulls evicted; kept {present:?}"
+    );
+    for i in 2..N - 3 {
+        assert!(!present.contains(&i), "b{i} (least recently used) survived; kept {present:?}");
+    }
+    let m = parse_metrics(&api.get("/metrics").text());
+    let evicted = metric_sum(&m, "wharfie_evicted_blobs_total", &[]);
+    let evicted_bytes = metric_sum(&m, "wharfie_evicted_bytes_total", &[]);
+    eprintln!("cache cap: evicted {evicted} blobs, {evicted_bytes} bytes");
+    assert_eq!(evicted as usize, N - 1 - present.len(), "{m:?}");
+    assert_eq!(evicted_bytes as usize, (N - 1 - present.len()) * S);
+
+    // Pushed content was never evicted.
+    for d in std::iter::once(&hosted.config).chain(hosted.layers.iter()) {
+        assert_eq!(sha256(&api.get(&format!("/v2/hosted/app/blobs/{}", d.digest)).body), d.digest);
+    }
+    assert_eq!(api.get(&format!("/v2/hosted/app/blobs/{hosted_big_d}")).body, hosted_big);
+    let r = api.get(&format!("/v2/hosted/app/blobs/{}", digests[0]));
+    assert_eq!(r.status, 200, "the mounted blob was evicted: {}", r.describe());
+    assert_eq!(r.body, blobs[0]);
+
+    // Evicted content comes back on demand, from the upstream.
+    let before = up.count("GET", Kind::Blob);
+    pull(2);
+    assert_eq!(up.count("GET", Kind::Blob), before + 1, "b2 fetched again: {}", up.summary());
+    let (committed, _) = disk_bytes(&dir, &mirrored);
+    assert!(committed <= CAP, "{committed} > {CAP} after the refetch");
+}
+
+/// A real client (skopeo) pulls a six-layer image of 1.5 × the cap through the mirror,
+/// several layers at once: the image arrives intact and the store is under the cap.
+#[test]
+fn skopeo_pulls_an_image_bigger_than_the_cap_through_the_mirror() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let up = FakeUpstream::start();
+    let sk = real::Skopeo::new();
+    let src = real::Layout::create(&sk.dir("src"));
+    let files: Vec<Vec<u8>> = (0..6).map(|i| bytes_of(S, 900 + i)).collect();
+    let layers: Vec<Vec<(&str, &[u8])>> = files.iter().map(|f| vec![("data.bin", f.as_slice())]).collect();
+    let img = real::write_image(&src, "amd64", &layers, "big");
+    for d in img.digests() {
+        if d != img.manifest.digest {
+            up.add_blob(src.blob(&d));
+        }
+    }
+    up.add_manifest("lib/big", Some("v1"), real::OCI_MANIFEST, &src.blob(&img.manifest.digest));
+    let cfg = config(tmp.path(), &up);
+    let w = Wharfie::start_in(&dir, &["--config", &cfg]);
+    let out = real::Layout::create(&sk.dir("out"));
+    sk.run(
+        "copy",
+        &["--src-tls-verify=false", &format!("docker://{}/up/lib/big:v1", w.addr), &out.oci("v1")],
+    );
+    for d in img.digests() {
+        assert_eq!(out.blob(&d), src.blob(&d), "{d} differs");
+    }
+    let mirrored: BTreeSet<String> = img.digests();
+    let (committed, _) = disk_bytes(&dir, &mirrored);
+    let total: u64 = img.layers.iter().map(|l| l.size as u64).sum::<u64>() + img.config.size as u64;
+    eprintln!("skopeo through the cap: pulled {total} bytes, {committed} kept (cap {CAP})");
+    assert!(total > CAP, "the image must be bigger than the cap");
+    assert!(committed <= CAP, "{committed} mirrored bytes on disk > cap {CAP}");
+}
