@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobStore, FaultHook, NoFaults};
 use crate::config::Settings;
 use crate::meta::{Meta, MetaError};
 use crate::service::{self, Metrics, Mirror, Options, Registry};
@@ -34,10 +34,19 @@ pub enum AppError {
 
 /// Open the data directory and recover from whatever a previous run left.
 pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
+    open_with_hook(settings, Arc::new(NoFaults)).await
+}
+
+/// `open`, with a fault-injection hook the blob store consults before each write, fsync
+/// and rename. A library-only seam for tests; the binary always passes `NoFaults`.
+pub async fn open_with_hook(
+    settings: &Settings,
+    hook: Arc<dyn FaultHook>,
+) -> Result<Arc<Registry>, AppError> {
     let dir = settings.data_dir.clone();
     let dir_err = |source| AppError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(dir_err)?;
-    let blobs = BlobStore::open(dir.clone()).map_err(dir_err)?;
+    let blobs = BlobStore::with_hook(dir.clone(), hook).map_err(dir_err)?;
     let db_path = dir.join("meta.redb");
     let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
         .await
@@ -77,7 +86,17 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let reg = open(&settings).await?;
+    run_with_hook(listeners, settings, Arc::new(NoFaults), shutdown).await
+}
+
+/// `run`, with a fault-injection hook in the blob store (see `open_with_hook`).
+pub async fn run_with_hook(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    hook: Arc<dyn FaultHook>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let reg = open_with_hook(&settings, hook).await?;
     let tasks = spawn_background(&reg, &settings);
     crate::http::server::serve(listeners, reg, settings.max_connections, shutdown).await;
     for t in tasks {

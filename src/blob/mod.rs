@@ -151,6 +151,36 @@ impl BlobStore {
         Ok(n)
     }
 
+    /// Unlink every blob file whose digest `keep` rejects (files a crash or a failed
+    /// commit left between the rename and the meta commit: complete, but rowless).
+    /// Only safe when no commit is in flight, i.e. at startup. Returns how many went.
+    pub fn clean_orphans(&self, keep: impl Fn(&Digest) -> bool) -> io::Result<usize> {
+        let mut n = 0;
+        let root = self.layout.blobs_root();
+        for shard in std::fs::read_dir(&root)? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard)? {
+                let p = entry?.path();
+                let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                    continue; // not ours: leave it
+                };
+                if p.is_file() && d.hex() == name && !keep(&d) {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            tracing::warn!(path = %p.display(), error = %e, "cannot remove orphan blob")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// The commit protocol's file half: verify the digest, fsync, rename into place
     /// (an existing file is the same content and is kept), fsync the directory. The
     /// staging area is removed either way.

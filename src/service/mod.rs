@@ -107,9 +107,15 @@ impl Registry {
         if finished > 0 {
             tracing::info!(blobs = finished, "finished deletions an earlier run left half done");
         }
+        // Blob files without a row (renamed into place, then the process died or the
+        // commit failed before the meta transaction): garbage by the commit protocol.
+        let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
+        let orphans =
+            tokio::task::spawn_blocking(move || blobs.clean_orphans(|d| !matches!(meta.blob(d), Ok(None))))
+                .await??;
         self.load_access()?;
-        if removed > 0 || leases > 0 {
-            tracing::info!(staging = removed, leases, "removed what a previous run left behind");
+        if removed > 0 || leases > 0 || orphans > 0 {
+            tracing::info!(staging = removed, leases, orphans, "removed what a previous run left behind");
         }
         Ok(())
     }
