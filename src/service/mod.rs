@@ -28,6 +28,8 @@ use futures_util::Stream;
 use crate::blob::BlobStore;
 use crate::meta::Meta;
 pub use error::Error;
+/// The manifest parser, public for the property tests and fuzz targets.
+pub use manifests::{parse as parse_manifest, Parsed};
 pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;
 pub use mirror::{BlobRead, Located, Mirror};
