@@ -98,7 +98,7 @@ pub async fn run_with_hook(
 ) -> Result<(), AppError> {
     let reg = open_with_hook(&settings, hook).await?;
     let tasks = spawn_background(&reg, &settings);
-    crate::http::server::serve(listeners, reg, settings.max_connections, shutdown).await;
+    crate::http::server::serve(listeners, reg, crate::http::server::Limits::of(&settings), shutdown).await;
     for t in tasks {
         t.abort();
     }
@@ -200,7 +200,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         let _ = writeln!(out, "listening on {scheme}://{addr}");
         let _ = out.flush();
         let tasks = spawn_background(&reg, &settings);
-        let max = settings.max_connections;
+        let limits = crate::http::server::Limits::of(&settings);
         // systemd (Type=notify): ready once the listener is bound and the stores are open;
         // stopping as soon as a signal starts the drain.
         crate::notify::ready();
@@ -208,7 +208,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             shutdown_signal().await;
             crate::notify::stopping();
         };
-        crate::http::server::serve_with(vec![listener], reg, max, tls, shutdown).await;
+        crate::http::server::serve_with(vec![listener], reg, limits, tls, shutdown).await;
         for t in tasks {
             t.abort();
         }

@@ -387,8 +387,8 @@ fn with_client(
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let max = settings.max_connections;
-    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, max, async {
+    let limits = crate::http::server::Limits::of(&settings);
+    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, limits, async {
         let _ = stop_rx.await;
     }));
     let code = run(&base);

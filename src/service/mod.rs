@@ -33,10 +33,22 @@ pub use manifests::{parse as parse_manifest, Parsed};
 pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;
 pub use mirror::{BlobRead, Located, Mirror};
+pub use tags::DEFAULT_PAGE;
 use uploads::Slot;
 
 /// A request body, as the HTTP layer hands it over.
 pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// How long a refused body is still read and discarded.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
+
+/// Read and discard the rest of a body we refuse part-way (a write failed, a manifest is
+/// too large), for at most `DRAIN_FOR`: a client still sending reads the error response
+/// instead of a connection reset (hyper closes a connection whose body is left unread).
+pub(crate) async fn drain(body: &mut Body) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(DRAIN_FOR, async { while let Some(Ok(_)) = body.next().await {} }).await;
+}
 
 /// Limits and policy the service needs from the settings.
 #[derive(Debug, Clone)]

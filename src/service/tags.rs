@@ -5,7 +5,8 @@ use crate::digest::Digest;
 use crate::meta::Descriptor;
 use crate::names::RepoName;
 
-/// Page size when the client gives no `n`.
+/// Page size when the client gives no `n`, and the largest page served (a larger `n`
+/// gets this many and a `Link` to the rest, as the spec allows).
 pub const DEFAULT_PAGE: usize = 10_000;
 
 impl Registry {
@@ -17,13 +18,13 @@ impl Registry {
         n: Option<usize>,
     ) -> Result<(Vec<String>, bool), Error> {
         self.meta
-            .tags(repo.as_str(), last, n.unwrap_or(DEFAULT_PAGE))?
+            .tags(repo.as_str(), last, n.unwrap_or(DEFAULT_PAGE).min(DEFAULT_PAGE))?
             .ok_or_else(|| Error::NameUnknown(repo.to_string()))
     }
 
     /// Sorted repository names after `last`, at most `n`.
     pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<(Vec<String>, bool), Error> {
-        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE))?)
+        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE).min(DEFAULT_PAGE))?)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally only those of

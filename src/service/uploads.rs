@@ -22,14 +22,10 @@ pub(super) struct Slot {
 
 /// Stream `body` into `staging` on a blocking thread (disk writes and hashing stay off
 /// the async workers). Returns the staging back, with the body's outcome.
-/// A client's body is drained (for up to `DRAIN_FOR`) after a failed write, so that the
-/// client, still sending, reads the error response instead of a reset connection.
+/// A client's body is drained after a failed write (see `super::drain`).
 async fn pump(staging: Staging, body: Body) -> Result<(Staging, Result<(), Error>), Error> {
     pump_inner(staging, body, None, true).await
 }
-
-/// How long a body is still read and discarded after its write failed.
-const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Told the staging length after every write (a fill publishes it to its readers).
 pub(super) type Progress = Box<dyn Fn(u64) + Send>;
@@ -71,10 +67,7 @@ async fn pump_inner(
                 if tx.send(b).await.is_err() {
                     // The writer failed; its error is reported below.
                     if drain {
-                        let _ = tokio::time::timeout(DRAIN_FOR, async {
-                            while let Some(Ok(_)) = body.next().await {}
-                        })
-                        .await;
+                        super::drain(&mut body).await;
                     }
                     break;
                 }
