@@ -125,6 +125,11 @@ impl BlobStore {
         }
     }
 
+    /// Whether staging area `id` has its data file.
+    pub fn has_staging(&self, id: &str) -> bool {
+        self.layout.staging_file(id).is_file()
+    }
+
     /// Seconds since staging area `id` last changed (its data file's mtime).
     pub fn staging_idle_secs(&self, id: &str) -> Option<u64> {
         let meta = std::fs::metadata(self.layout.staging_file(id)).ok()?;

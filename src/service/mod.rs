@@ -111,8 +111,19 @@ impl Registry {
     /// Startup recovery: remove staging areas that belong to no upload session (a
     /// crashed monolithic upload or fill) and leases of the previous process.
     pub async fn recover(&self) -> Result<(), Error> {
-        let open: std::collections::HashSet<String> =
-            self.meta.uploads()?.into_iter().map(|(id, _)| id).collect();
+        let mut open = std::collections::HashSet::new();
+        let mut dead = 0;
+        for (id, _) in self.meta.uploads()? {
+            if self.blobs.has_staging(&id) {
+                open.insert(id);
+            } else {
+                // No data file: the process died in the session's commit, after the
+                // rename and before the transaction that ends the session (or the file
+                // was removed by hand). The session cannot go on: end it.
+                self.meta.delete_upload(id).await?;
+                dead += 1;
+            }
+        }
         let blobs = self.blobs.clone();
         let removed =
             tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id))).await??;
@@ -128,8 +139,14 @@ impl Registry {
             tokio::task::spawn_blocking(move || blobs.clean_orphans(|d| !matches!(meta.blob(d), Ok(None))))
                 .await??;
         self.load_access()?;
-        if removed > 0 || leases > 0 || orphans > 0 {
-            tracing::info!(staging = removed, leases, orphans, "removed what a previous run left behind");
+        if removed > 0 || leases > 0 || orphans > 0 || dead > 0 {
+            tracing::info!(
+                staging = removed,
+                leases,
+                orphans,
+                dead_sessions = dead,
+                "removed what a previous run left behind"
+            );
         }
         Ok(())
     }
