@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
-use crate::blob::BlobStore;
+use crate::blob::{BlobStore, FaultHook, NoFaults};
 use crate::config::Settings;
 use crate::meta::{Meta, MetaError};
 use crate::service::{self, Metrics, Mirror, Options, Registry};
@@ -37,10 +37,19 @@ pub enum AppError {
 
 /// Open the data directory and recover from whatever a previous run left.
 pub async fn open(settings: &Settings) -> Result<Arc<Registry>, AppError> {
+    open_with_hook(settings, Arc::new(NoFaults)).await
+}
+
+/// `open`, with a fault-injection hook the blob store consults before each write, fsync
+/// and rename. A library-only seam for tests; the binary always passes `NoFaults`.
+pub async fn open_with_hook(
+    settings: &Settings,
+    hook: Arc<dyn FaultHook>,
+) -> Result<Arc<Registry>, AppError> {
     let dir = settings.data_dir.clone();
     let dir_err = |source| AppError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(dir_err)?;
-    let blobs = BlobStore::open(dir.clone()).map_err(dir_err)?;
+    let blobs = BlobStore::with_hook(dir.clone(), hook).map_err(dir_err)?;
     let db_path = dir.join("meta.redb");
     let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
         .await
@@ -88,10 +97,21 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    run_with_hook(listeners, settings, Arc::new(NoFaults), shutdown).await
+}
+
+/// `run`, with a fault-injection hook in the blob store (see `open_with_hook`).
+pub async fn run_with_hook(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    hook: Arc<dyn FaultHook>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let auth = authenticator(&settings)?;
-    let reg = open(&settings).await?;
+    let reg = open_with_hook(&settings, hook).await?;
     let tasks = spawn_background(&reg, &settings);
-    crate::http::server::serve(listeners, reg, auth, settings.max_connections, shutdown).await;
+    crate::http::server::serve(listeners, reg, auth, crate::http::server::Limits::of(&settings), shutdown)
+        .await;
     for t in tasks {
         t.abort();
     }
@@ -238,7 +258,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         let _ = writeln!(out, "listening on {scheme}://{addr}");
         let _ = out.flush();
         let tasks = spawn_background(&reg, &settings);
-        let max = settings.max_connections;
+        let limits = crate::http::server::Limits::of(&settings);
         // systemd (Type=notify): ready once the listener is bound and the stores are open;
         // stopping as soon as a signal starts the drain.
         crate::notify::ready();
@@ -247,7 +267,7 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
             crate::notify::stopping();
         };
         let reload = tokio::spawn(reload_on_sighup(auth.clone(), hup));
-        crate::http::server::serve_with(vec![listener], reg, auth, max, tls, shutdown).await;
+        crate::http::server::serve_with(vec![listener], reg, auth, limits, tls, shutdown).await;
         reload.abort();
         for t in tasks {
             t.abort();

@@ -11,11 +11,20 @@
 //!   monolithic upload leaves none), and an interrupted chunked session resumes from the
 //!   offset the server reports and commits.
 //!
-//! The kill moment is chosen by count (after K acknowledgements and once two uploads are
-//! provably half-sent), never by sleeping. Several kill/restart cycles run, bounded by a
-//! count and a deadline.
+//! - mirror fills (a fake upstream, `tests/mirror_support/upstream.rs`) run beside the
+//!   pushes: every fill a client received whole is served from the cache after the
+//!   restart with the upstream failing every request (so it was durable, not refetched);
+//! - no lease and no upload row survives: after the last graceful stop the metadata
+//!   holds neither (a lease of a killed run never released by its owner would show).
+//!
+//! The kill moment is chosen by count (after K acknowledgements, K varying per cycle,
+//! and once two uploads are provably half-sent), never by sleeping. Fifty kill/restart
+//! cycles run, bounded by a deadline; between cycles the new content is verified (new
+//! blob files hashed, new blobs fetched, every tag's graph walked), and every tenth
+//! restart and the last verify everything.
 
 mod common;
+mod mirror_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -26,17 +35,30 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bytes_of, sha256, Wharfie};
+use mirror_support::upstream::FakeUpstream;
 use serde_json::Value;
 
-/// Kill/restart cycles (fewer if the deadline runs out first).
-const CYCLES: usize = 5;
+/// The mirrored upstream's name (its path prefix).
+const MIRROR_NAME: &str = "mirror.test";
+/// Blobs new to the upstream each cycle, for the mirror clients to fill.
+const FILLS_PER_CYCLE: usize = 12;
+
+/// Kill/restart cycles (the test fails if the deadline cuts them short).
+const CYCLES: usize = 50;
 /// Concurrent pushing clients per cycle.
 const WORKERS: usize = 6;
-/// Acknowledgements to wait for before the kill, per cycle (varied so the kill lands
-/// in different phases of the workload).
-const KILL_AFTER: [usize; CYCLES] = [25, 70, 40, 90, 33];
-/// The whole test, including the final verification.
-const DEADLINE: Duration = Duration::from_secs(600);
+/// Clients pulling through the mirror per cycle.
+const MIRROR_WORKERS: usize = 2;
+/// Every this many restarts, verify everything rather than what is new.
+const FULL_EVERY: usize = 10;
+/// The kill/restart cycles (the final verification comes after).
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// Acknowledgements to wait for before cycle `cycle`'s kill: 8–40, varied so the kill
+/// lands in different phases of the workload.
+fn kill_after(cycle: usize) -> usize {
+    8 + (mix(cycle as u64, 0x6B11, 3) % 33) as usize
+}
 /// How long one cycle may take to reach its kill condition.
 const CYCLE_DEADLINE: Duration = Duration::from_secs(180);
 /// A safety cap on one worker's jobs per cycle.
@@ -253,14 +275,26 @@ struct Ledger {
     interrupted: Vec<OpenSession>,
     /// Failures seen while the server was up (each: what, expected, got).
     errors: Vec<String>,
+    /// Blobs attempted since the last verification.
+    touched: BTreeSet<(String, String)>,
+    /// Manifests before this index were verified already.
+    manifests_verified: usize,
+    /// Blob files already hashed (immutable once committed).
+    hashed: BTreeSet<PathBuf>,
+    /// Mirror fills a client received whole: (digest, length).
+    fills: BTreeMap<String, usize>,
+    /// Mirror fills tried (whole or not).
+    fill_attempts: usize,
 }
 
 impl Ledger {
     fn attempt_blob(&mut self, repo: &str, digest: &str, content: &Content) {
+        self.touched.insert((repo.to_owned(), digest.to_owned()));
         self.blobs.entry((repo.to_owned(), digest.to_owned())).or_insert((content.clone(), false));
     }
 
     fn ack_blob(&mut self, repo: &str, digest: &str, content: &Content) {
+        self.touched.insert((repo.to_owned(), digest.to_owned()));
         self.blobs.insert((repo.to_owned(), digest.to_owned()), (content.clone(), true));
     }
 
@@ -548,6 +582,70 @@ impl Worker {
     }
 }
 
+/// A client pulling blobs through the mirror; a pull received whole is recorded.
+struct MirrorWorker {
+    http: Http,
+    ledger: Arc<Mutex<Ledger>>,
+    killed: Arc<AtomicBool>,
+    pool: Arc<Vec<(String, usize)>>,
+    cycle: usize,
+    id: usize,
+}
+
+impl MirrorWorker {
+    fn run(&self) {
+        let mut rng = Rng(mix(self.cycle as u64, self.id as u64, 0xF111));
+        for _ in 0..MAX_JOBS_PER_WORKER {
+            if self.killed.load(Ordering::SeqCst) {
+                return;
+            }
+            let (d, len) = self.pool[rng.below(self.pool.len() as u64) as usize].clone();
+            self.ledger.lock().unwrap().fill_attempts += 1;
+            let path = format!("/v2/{MIRROR_NAME}/library/cache/blobs/{d}");
+            match self.http.send(self.http.req("GET", &path)) {
+                Ok(r) if r.status == 200 && r.body.len() == len && sha256(&r.body) == d => {
+                    self.ledger.lock().unwrap().fills.insert(d, len);
+                }
+                Ok(r) => {
+                    if !self.killed.load(Ordering::SeqCst) {
+                        self.ledger.lock().unwrap().errors.push(format!(
+                            "[cycle {} mirror {}] GET {path}: expected 200 with {len} B, got {}",
+                            self.cycle,
+                            self.id,
+                            r.describe()
+                        ));
+                    }
+                }
+                Err(e) => {
+                    if !self.killed.load(Ordering::SeqCst) {
+                        self.ledger.lock().unwrap().errors.push(format!(
+                            "[cycle {} mirror {}] GET {path}: transport error while the server was up: {e}",
+                            self.cycle, self.id
+                        ));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Cycle `cycle`'s new upstream blobs, 1 B – 4 MiB.
+fn fill_pool(up: &FakeUpstream, cycle: usize) -> Vec<(String, usize)> {
+    let mut r = Rng(mix(cycle as u64, 0xF00D, 7));
+    (0..FILLS_PER_CYCLE)
+        .map(|i| {
+            let len = match r.below(10) {
+                0..=4 => 1 + r.below(64 * 1024) as usize,
+                5..=7 => 64 * 1024 + r.below(MIB as u64) as usize,
+                _ => MIB + r.below(3 * MIB as u64) as usize,
+            };
+            let data = bytes_of(len, mix(cycle as u64, i as u64, 0xF11));
+            (up.add_blob(data), len)
+        })
+        .collect()
+}
+
 impl<T> Step<T> {
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
         match self {
@@ -732,6 +830,8 @@ struct Counts {
     staging_at_restart: usize,
     live_unknown_sessions: usize,
     resumed: usize,
+    acked_fills: usize,
+    verified_fills: usize,
     committed_in_flight: usize,
     lost_in_put: usize,
     lost: usize,
@@ -885,7 +985,15 @@ fn resume(http: &Http, s: &OpenSession, errors: &mut Vec<String>) -> Resumed {
 }
 
 /// Everything the restarted server must show; returns the counts and the failures.
-fn verify(w: &Wharfie, ledger: &mut Ledger, crashed_mono: &[String]) -> (Counts, Vec<String>) {
+/// With `full`, everything; otherwise what changed since the last verification (new
+/// blob files, blobs attempted since, new manifests) plus the whole tag graph.
+fn verify(
+    w: &Wharfie,
+    ledger: &mut Ledger,
+    crashed_mono: &[String],
+    full: bool,
+    up: &FakeUpstream,
+) -> (Counts, Vec<String>) {
     let http = Http::new(w);
     let mut errors = Vec::new();
     let mut c = Counts::default();
@@ -947,6 +1055,10 @@ fn verify(w: &Wharfie, ledger: &mut Ledger, crashed_mono: &[String]) -> (Counts,
     // 2. Blob files: each named by the sha256 of its bytes, in its two-hex directory.
     for p in blob_paths(&w.dir) {
         c.blob_files += 1;
+        if !full && ledger.hashed.contains(&p) {
+            continue;
+        }
+        ledger.hashed.insert(p.clone());
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let parent = p.parent().and_then(|q| q.file_name()).map(|s| s.to_string_lossy().into_owned());
         let algo = p
@@ -970,6 +1082,13 @@ fn verify(w: &Wharfie, ledger: &mut Ledger, crashed_mono: &[String]) -> (Counts,
 
     // 3. Blobs: acked ones complete; in-flight ones absent or complete.
     for ((repo, d), (content, acked)) in &ledger.blobs {
+        if !full && !ledger.touched.contains(&(repo.clone(), d.clone())) {
+            if *acked {
+                c.acked_blobs += 1;
+                c.verified_blobs += 1; // verified by an earlier restart; immutable since
+            }
+            continue;
+        }
         let present = check_blob(&http, repo, d, content.len(), &mut errors);
         match (acked, present) {
             (true, true) => {
@@ -990,7 +1109,15 @@ fn verify(w: &Wharfie, ledger: &mut Ledger, crashed_mono: &[String]) -> (Counts,
     }
 
     // 4. Manifests: acked ones by tag and digest, byte-identical; in-flight ones absent or whole.
-    for m in &ledger.manifests {
+    let skip = if full { 0 } else { ledger.manifests_verified };
+    for (i, m) in ledger.manifests.iter().enumerate() {
+        if i < skip {
+            if m.acked {
+                c.acked_manifests += 1;
+                c.verified_manifests += 1; // verified by an earlier restart
+            }
+            continue;
+        }
         let by_tag = http.must(
             http.req("GET", &format!("/v2/{}/manifests/{}", m.repo, m.tag)).header("Accept", OCI_MANIFEST),
             "GET manifest",
@@ -1053,6 +1180,32 @@ fn verify(w: &Wharfie, ledger: &mut Ledger, crashed_mono: &[String]) -> (Counts,
             c.verified_manifests += 1;
         }
     }
+
+    ledger.manifests_verified = ledger.manifests.len();
+    ledger.touched.clear();
+
+    // 4b. Mirror fills received whole are in the cache: served with the upstream
+    //     failing every request, and without asking it.
+    up.faults(|f| f.fail_500 = usize::MAX);
+    let before = up.total();
+    for (d, len) in &ledger.fills {
+        c.acked_fills += 1;
+        let path = format!("/v2/{MIRROR_NAME}/library/cache/blobs/{d}");
+        let g = http.must(http.req("GET", &path), "GET mirrored blob");
+        if g.status == 200 && g.body.len() == *len && &sha256(&g.body) == d {
+            c.verified_fills += 1;
+        } else {
+            c.lost += 1;
+            errors.push(format!(
+                "mirror fill {d} ({len} B) was received whole before a kill but is not served from the                  cache after the restart: {}",
+                g.describe()
+            ));
+        }
+    }
+    if up.total() != before {
+        errors.push(format!("cached fills went upstream after the restart: {}", up.summary()));
+    }
+    up.faults(|f| f.fail_500 = 0);
 
     // 5. The graph: every tag of every repository resolves to a manifest whose blobs exist.
     let cat = http.must(http.req("GET", "/v2/_catalog?n=10000"), "catalog");
@@ -1178,20 +1331,32 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     let deadline = started + DEADLINE;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
+    let up = FakeUpstream::start();
+    let cfg = tmp.path().join("wharfie.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[upstreams]]\nname = \"{MIRROR_NAME}\"\nurl = \"{}\"\ntimeout = \"10s\"\n", up.url()),
+    )
+    .expect("config");
+    let cfg = cfg.display().to_string();
+    let args = ["--config", cfg.as_str()];
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut failures: Vec<String> = Vec::new();
     let mut cycles_done = 0;
     let mut crashed_mono: Vec<String> = Vec::new();
+    let mut staging_at_kills = 0;
 
-    for (cycle, &k) in KILL_AFTER.iter().enumerate() {
+    for cycle in 0..CYCLES {
+        let k = kill_after(cycle);
         if Instant::now() > deadline {
             println!("deadline reached before cycle {cycle}; stopping after {cycles_done} cycles");
             break;
         }
-        let mut w = Wharfie::start_in(&dir, &[]);
+        let mut w = Wharfie::start_in(&dir, &args);
         if cycle > 0 {
-            let (c, errs) = verify(&w, &mut ledger.lock().unwrap(), &crashed_mono);
-            println!("cycle {cycle}: after restart: {c:?}");
+            let full = cycle % FULL_EVERY == 0;
+            let (c, errs) = verify(&w, &mut ledger.lock().unwrap(), &crashed_mono, full, &up);
+            println!("cycle {cycle}: after restart ({}): {c:?}", if full { "full" } else { "new content" });
             failures.extend(errs.into_iter().map(|e| format!("[after kill {cycle}] {e}")));
         }
         crashed_mono.clear();
@@ -1199,7 +1364,7 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
         let http = Http::new(&w);
         let acks = Arc::new(AckCounter::default());
         let killed = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..WORKERS)
+        let mut workers: Vec<_> = (0..WORKERS)
             .map(|id| {
                 let wk = Worker {
                     http: http.clone(),
@@ -1212,6 +1377,18 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
                 std::thread::spawn(move || wk.run())
             })
             .collect();
+        let pool = Arc::new(fill_pool(&up, cycle));
+        workers.extend((0..MIRROR_WORKERS).map(|id| {
+            let mw = MirrorWorker {
+                http: http.clone(),
+                ledger: ledger.clone(),
+                killed: killed.clone(),
+                pool: pool.clone(),
+                cycle,
+                id,
+            };
+            std::thread::spawn(move || mw.run())
+        }));
         let stragglers = start_stragglers(&w, &http, &ledger, cycle);
         let until = (Instant::now() + CYCLE_DEADLINE).min(deadline);
         let got = acks.wait_for(k, until);
@@ -1228,13 +1405,15 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
         }
         crashed_mono.extend(stragglers.mono_staging);
         let on_disk = staging_ids(&dir);
+        staging_at_kills += on_disk.len();
         let l = ledger.lock().unwrap();
         println!(
             "cycle {cycle}: killed after {} acks (K={k}); totals so far: {} blobs acked, {} manifests acked, \
-             {} uploads cut; {} staging areas on disk at the kill",
+             {} fills whole, {} uploads cut; {} staging areas on disk at the kill",
             acks.get(),
             l.acked_blobs(),
             l.acked_manifests(),
+            l.fills.len(),
             l.interrupted.len(),
             on_disk.len()
         );
@@ -1242,29 +1421,48 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
     }
 
     // Final restart: verify everything, then a graceful stop.
-    let mut w = Wharfie::start_in(&dir, &[]);
-    let (c, errs) = verify(&w, &mut ledger.lock().unwrap(), &crashed_mono);
+    let mut w = Wharfie::start_in(&dir, &args);
+    let (c, errs) = verify(&w, &mut ledger.lock().unwrap(), &crashed_mono, true, &up);
     failures.extend(errs.into_iter().map(|e| format!("[final] {e}")));
     failures.extend(ledger.lock().unwrap().errors.iter().cloned());
     let code = w.stop();
     if code != Some(0) {
         failures.push(format!("SIGTERM: expected a graceful exit with status 0, got {code:?}"));
     }
+    // Nothing of the killed runs survives in the metadata: no lease, no upload row
+    // (every session was finished or cancelled by the final verification).
+    {
+        let meta = wharfie::meta::Meta::open(&dir.join("meta.redb")).expect("open meta after the stop");
+        let leases = meta.leases().expect("leases");
+        let uploads = meta.uploads().expect("uploads");
+        if !leases.is_empty() {
+            failures.push(format!("{} lease(s) survived the restarts: {:?}", leases.len(), leases));
+        }
+        if !uploads.is_empty() {
+            failures.push(format!("{} upload row(s) survived: {:?}", uploads.len(), uploads));
+        }
+    }
+    let l = ledger.lock().unwrap();
     println!("final: {c:?}");
     println!(
         "crash test: {cycles_done} kill/restart cycles in {:.1?}; acked blobs {} (verified {}), acked manifests {} \
-         (verified {}), resumed sessions {}, lost {}",
+         (verified {}), mirror pulls {} tried, distinct blobs received whole {} (verified from the cache with the upstream failing: {}), resumed sessions {}, \
+         staging areas found at kills {staging_at_kills}, lost {}",
         started.elapsed(),
         c.acked_blobs,
         c.verified_blobs,
         c.acked_manifests,
         c.verified_manifests,
+        l.fill_attempts,
+        c.acked_fills,
+        c.verified_fills,
         c.resumed,
         c.lost
     );
-    assert!(cycles_done >= 1, "no kill/restart cycle completed before the deadline");
+    assert_eq!(cycles_done, CYCLES, "the deadline ({DEADLINE:?}) cut the kill/restart cycles short");
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
     assert_eq!(c.lost, 0);
     assert_eq!(c.acked_blobs, c.verified_blobs);
     assert_eq!(c.acked_manifests, c.verified_manifests);
+    assert_eq!(c.acked_fills, c.verified_fills);
 }

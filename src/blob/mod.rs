@@ -102,11 +102,6 @@ impl BlobStore {
         Staging::reopen(&self.layout, id, self.hook.clone())
     }
 
-    /// Whether staging area `id` still has its data file (a commit renames it away).
-    pub fn staging_exists(&self, id: &str) -> bool {
-        self.layout.staging_file(id).is_file()
-    }
-
     /// A read handle on staging area `id`'s data file (followers of a fill read it as
     /// it grows; the handle stays valid across the rename at commit).
     pub fn open_staging_reader(&self, id: &str) -> io::Result<File> {
@@ -130,6 +125,11 @@ impl BlobStore {
         }
     }
 
+    /// Whether staging area `id` has its data file.
+    pub fn has_staging(&self, id: &str) -> bool {
+        self.layout.staging_file(id).is_file()
+    }
+
     /// Seconds since staging area `id` last changed (its data file's mtime).
     pub fn staging_idle_secs(&self, id: &str) -> Option<u64> {
         let meta = std::fs::metadata(self.layout.staging_file(id)).ok()?;
@@ -150,6 +150,36 @@ impl BlobStore {
                     tracing::warn!(path = %p.display(), error = %e, "cannot remove staging");
                 } else {
                     n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Unlink every blob file whose digest `keep` rejects (files a crash or a failed
+    /// commit left between the rename and the meta commit: complete, but rowless).
+    /// Only safe when no commit is in flight, i.e. at startup. Returns how many went.
+    pub fn clean_orphans(&self, keep: impl Fn(&Digest) -> bool) -> io::Result<usize> {
+        let mut n = 0;
+        let root = self.layout.blobs_root();
+        for shard in std::fs::read_dir(&root)? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard)? {
+                let p = entry?.path();
+                let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                    continue; // not ours: leave it
+                };
+                if p.is_file() && d.hex() == name && !keep(&d) {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            tracing::warn!(path = %p.display(), error = %e, "cannot remove orphan blob")
+                        }
+                    }
                 }
             }
         }

@@ -404,11 +404,11 @@ fn with_client(
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let max = settings.max_connections;
+    let limits = crate::http::server::Limits::of(&settings);
     // A private loopback server for this one command, holding the data directory the
     // command could open anyway: auth stays off (`--creds` are for remote servers).
     let auth = std::sync::Arc::new(crate::auth::Authenticator::disabled());
-    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, auth, max, async {
+    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, auth, limits, async {
         let _ = stop_rx.await;
     }));
     let code = run(&base);

@@ -39,6 +39,13 @@ pub struct RawConfig {
     pub max_manifest_size: ByteSize,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// A request's headers must arrive within this (slow-loris clients are cut off).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request body that sends nothing for this long fails (the session keeps what
+    /// arrived), so a stalled client cannot hold an upload or a connection forever.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
     /// Registries mirrored (pull-through), as `[[upstreams]]` tables.
@@ -162,6 +169,8 @@ impl Default for RawConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             max_manifest_size: ByteSize::mib(4),
             max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(120),
             log_format: LogFormat::Text,
             upstreams: Vec::new(),
             gc: GcConfig::default(),
@@ -189,6 +198,8 @@ pub struct Settings {
     pub upload_ttl: Duration,
     pub max_manifest_bytes: u64,
     pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub log_format: LogFormat,
     pub upstreams: Vec<RawUpstream>,
     pub gc: GcConfig,
@@ -284,6 +295,8 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         upload_ttl: raw.upload_ttl,
         max_manifest_bytes: raw.max_manifest_size.as_u64(),
         max_connections: raw.max_connections,
+        header_timeout: raw.header_timeout,
+        body_timeout: raw.body_timeout,
         log_format: raw.log_format,
         upstreams: raw.upstreams.clone(),
         gc: raw.gc.clone(),

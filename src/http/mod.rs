@@ -13,7 +13,7 @@ pub mod route;
 pub mod server;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use futures_util::StreamExt;
@@ -114,13 +114,25 @@ async fn handle(
     resp
 }
 
-/// warp's body stream as the service's `Body`.
-fn into_body<S, B>(s: S) -> crate::service::Body
+/// warp's body stream as the service's `Body`, failing with `TimedOut` when no bytes
+/// arrive for `idle` (a stalled client must not hold an upload session forever).
+fn into_body<S, B>(s: S, idle: Duration) -> crate::service::Body
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
 {
-    Box::pin(s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())).map_err(std::io::Error::other)))
+    let s = Box::pin(s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())).map_err(std::io::Error::other)));
+    Box::pin(futures_util::stream::unfold(Some(s), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => {
+                let msg = format!("no body bytes arrived for {}", humantime::format_duration(idle));
+                Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, msg)), None))
+            }
+        }
+    }))
 }
 
 /// The whole API as one warp filter.
@@ -131,6 +143,7 @@ pub fn routes(
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
     scheme: &'static str,
+    body_timeout: Duration,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
        + Clone
        + Send
@@ -145,7 +158,17 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(move |host, method, path, query, headers, body| {
-            handle(reg.clone(), auth.clone(), scheme, host, method, path, query, headers, into_body(body))
+            handle(
+                reg.clone(),
+                auth.clone(),
+                scheme,
+                host,
+                method,
+                path,
+                query,
+                headers,
+                into_body(body, body_timeout),
+            )
         })
         .recover(|_rej: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -44,15 +44,36 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// HTTP/1 request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request body idle for this long fails.
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    pub fn of(s: &crate::config::Settings) -> Self {
+        Limits {
+            max_connections: s.max_connections,
+            header_timeout: s.header_timeout,
+            body_timeout: s.body_timeout,
+        }
+    }
+}
+
 /// Serve `listeners` until `shutdown` resolves, then drain.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
-    max_connections: usize,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listeners, reg, auth, max_connections, None, shutdown).await;
+    serve_with(listeners, reg, auth, limits, None, shutdown).await;
 }
 
 /// `serve`, with TLS on every listener when `tls` is given.
@@ -60,14 +81,14 @@ pub async fn serve_with(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
-    max_connections: usize,
+    limits: Limits,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let svc = warp::service(super::routes(reg, auth, scheme));
+    let svc = warp::service(super::routes(reg, auth, scheme, limits.body_timeout));
     let graceful = Arc::new(GracefulShutdown::new());
-    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut loops = Vec::new();
     for listener in listeners {
@@ -77,7 +98,10 @@ pub async fn serve_with(
         let mut stop = stop_rx.clone();
         let tls = tls.clone();
         loops.push(tokio::spawn(async move {
-            let builder = Builder::new(TokioExecutor::new());
+            let mut builder = Builder::new(TokioExecutor::new());
+            // Without a timer hyper applies no header timeout at all: a client that
+            // never finishes its headers would hold a connection slot forever.
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             loop {
                 let permit = tokio::select! {
                     p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },

@@ -95,7 +95,7 @@ pub type StoredManifest = (ManifestRecord, Option<Vec<u8>>);
 #[derive(Clone)]
 pub struct Meta {
     db: Arc<Database>,
-    writer: crossbeam_channel::Sender<writer::Job>,
+    writer: Arc<writer::Handle>,
 }
 
 impl Meta {
@@ -120,7 +120,7 @@ impl Meta {
             txn.open_table(ACCESS)?;
         }
         txn.commit()?;
-        let writer = writer::spawn(db.clone()).map_err(MetaError::storage)?;
+        let writer = Arc::new(writer::spawn(db.clone()).map_err(MetaError::storage)?);
         Ok(Meta { db, writer })
     }
 
@@ -130,7 +130,7 @@ impl Meta {
         F: FnOnce(&WriteTransaction) -> Result<T, MetaError> + Send + 'static,
     {
         let (job, rx) = writer::job(f);
-        self.writer.send(job).map_err(|_| MetaError::Closed)?;
+        self.writer.sender().ok_or(MetaError::Closed)?.send(job).map_err(|_| MetaError::Closed)?;
         rx.await.map_err(|_| MetaError::Closed)?
     }
 

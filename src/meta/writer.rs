@@ -47,10 +47,37 @@ where
     (job, rx)
 }
 
-pub(super) fn spawn(db: Arc<Database>) -> std::io::Result<Sender<Job>> {
+/// The writer thread's handle. Dropped with the last `Meta` clone: closes the channel
+/// and joins the thread, so the database file is closed (its lock released) by the time
+/// the last `Meta` is gone — a library user can reopen the data directory at once.
+pub(super) struct Handle {
+    tx: Option<Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    pub(super) fn sender(&self) -> Option<&Sender<Job>> {
+        self.tx.as_ref()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            // Never join ourselves (were the last clone dropped inside a job).
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+pub(super) fn spawn(db: Arc<Database>) -> std::io::Result<Handle> {
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx))?;
-    Ok(tx)
+    let thread =
+        std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx))?;
+    Ok(Handle { tx: Some(tx), thread: Some(thread) })
 }
 
 fn run(db: &Database, rx: &Receiver<Job>) {

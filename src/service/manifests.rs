@@ -190,6 +190,7 @@ async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
         if (buf.len() + chunk.len()) as u64 > limit {
+            super::drain(&mut body).await;
             return Err(Error::ManifestTooLarge { limit });
         }
         buf.extend_from_slice(&chunk);

@@ -530,6 +530,7 @@ impl Registry {
                 }
                 r.map_err(io::Error::other)
             }));
+            let body = min_rate(body, m.up.deadline());
             let total_now = tx.borrow().total;
             let tx2 = tx.clone();
             let progress = move |written: u64| {
@@ -564,6 +565,37 @@ impl Registry {
         }
         self.commit(local, digest, staging, None, Origin::Mirrored).await.map_err(FlightError::from)
     }
+}
+
+/// Below this rate, sustained over one upstream `timeout` window, an attempt is broken
+/// off (and resumed with a Range, up to `MAX_RESUMES` times): a slow-loris upstream that
+/// trickles bytes would otherwise hold a fill, and every client waiting on it, for ever.
+const MIN_RATE: u64 = 16 * 1024;
+
+/// End `body` with an error when fewer than `MIN_RATE` bytes per second arrive over a
+/// window of `window`.
+fn min_rate(body: super::Body, window: Duration) -> super::Body {
+    let window = window.max(Duration::from_secs(1));
+    let need = MIN_RATE.saturating_mul(window.as_secs().max(1));
+    let state = (body, tokio::time::Instant::now(), 0u64, false);
+    Box::pin(futures_util::stream::unfold(state, move |(mut body, start, got, done)| async move {
+        if done {
+            return None;
+        }
+        let item = body.next().await?;
+        let (start, got) = match &item {
+            Ok(b) => (start, got + b.len() as u64),
+            Err(_) => (start, got),
+        };
+        if start.elapsed() >= window {
+            if got < need {
+                let msg = format!("upstream sent {got} bytes in {window:?}, under {MIN_RATE} B/s");
+                return Some((Err(io::Error::new(io::ErrorKind::TimedOut, msg)), (body, start, got, true)));
+            }
+            return Some((item, (body, tokio::time::Instant::now(), 0, false)));
+        }
+        Some((item, (body, start, got, false)))
+    }))
 }
 
 /// Drop the first `skip` bytes of a stream.

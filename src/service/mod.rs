@@ -29,13 +29,27 @@ use crate::blob::BlobStore;
 use crate::meta::Meta;
 pub use crate::meta::RepoFilter;
 pub use error::Error;
+/// The manifest parser, public for the property tests and fuzz targets.
+pub use manifests::{parse as parse_manifest, Parsed};
 pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;
 pub use mirror::{BlobRead, Located, Mirror};
+pub use tags::DEFAULT_PAGE;
 use uploads::Slot;
 
 /// A request body, as the HTTP layer hands it over.
 pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// How long a refused body is still read and discarded.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
+
+/// Read and discard the rest of a body we refuse part-way (a write failed, a manifest is
+/// too large), for at most `DRAIN_FOR`: a client still sending reads the error response
+/// instead of a connection reset (hyper closes a connection whose body is left unread).
+pub(crate) async fn drain(body: &mut Body) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(DRAIN_FOR, async { while let Some(Ok(_)) = body.next().await {} }).await;
+}
 
 /// Limits and policy the service needs from the settings.
 #[derive(Debug, Clone)]
@@ -101,32 +115,42 @@ impl Registry {
     /// Startup recovery: remove staging areas that belong to no upload session (a
     /// crashed monolithic upload or fill) and leases of the previous process.
     pub async fn recover(&self) -> Result<(), Error> {
-        // A session whose data file is gone was being committed when the process died
-        // (the file was renamed into blobs/, the row not yet deleted): it cannot resume,
-        // so its row goes too, and its staging directory with the other orphans.
-        let rows = self.meta.uploads()?;
+        let mut open = std::collections::HashSet::new();
+        let mut dead = 0;
+        for (id, _) in self.meta.uploads()? {
+            if self.blobs.has_staging(&id) {
+                open.insert(id);
+            } else {
+                // No data file: the process died in the session's commit, after the
+                // rename and before the transaction that ends the session (or the file
+                // was removed by hand). The session cannot go on: end it.
+                self.meta.delete_upload(id).await?;
+                dead += 1;
+            }
+        }
         let blobs = self.blobs.clone();
-        let (removed, dead) = tokio::task::spawn_blocking(move || {
-            let (live, dead): (Vec<String>, Vec<String>) =
-                rows.into_iter().map(|(id, _)| id).partition(|id| blobs.staging_exists(id));
-            let live: std::collections::HashSet<String> = live.into_iter().collect();
-            blobs.clean_staging(|id| live.contains(id)).map(|n| (n, dead))
-        })
-        .await??;
-        for id in &dead {
-            self.meta.delete_upload(id.clone()).await?;
-        }
-        if !dead.is_empty() {
-            tracing::info!(sessions = dead.len(), "dropped upload sessions cut during their commit");
-        }
+        let removed =
+            tokio::task::spawn_blocking(move || blobs.clean_staging(|id| open.contains(id))).await??;
         let leases = self.meta.clear_leases().await?;
         let finished = self.finish_deletions().await?;
         if finished > 0 {
             tracing::info!(blobs = finished, "finished deletions an earlier run left half done");
         }
+        // Blob files without a row (renamed into place, then the process died or the
+        // commit failed before the meta transaction): garbage by the commit protocol.
+        let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
+        let orphans =
+            tokio::task::spawn_blocking(move || blobs.clean_orphans(|d| !matches!(meta.blob(d), Ok(None))))
+                .await??;
         self.load_access()?;
-        if removed > 0 || leases > 0 {
-            tracing::info!(staging = removed, leases, "removed what a previous run left behind");
+        if removed > 0 || leases > 0 || orphans > 0 || dead > 0 {
+            tracing::info!(
+                staging = removed,
+                leases,
+                orphans,
+                dead_sessions = dead,
+                "removed what a previous run left behind"
+            );
         }
         Ok(())
     }

@@ -5,7 +5,8 @@ use crate::digest::Digest;
 use crate::meta::{Descriptor, RepoFilter};
 use crate::names::RepoName;
 
-/// Page size when the client gives no `n`.
+/// Page size when the client gives no `n`, and the largest page served (a larger `n`
+/// gets this many and a `Link` to the rest, as the spec allows).
 pub const DEFAULT_PAGE: usize = 10_000;
 
 impl Registry {
@@ -17,7 +18,7 @@ impl Registry {
         n: Option<usize>,
     ) -> Result<(Vec<String>, bool), Error> {
         self.meta
-            .tags(repo.as_str(), last, n.unwrap_or(DEFAULT_PAGE))?
+            .tags(repo.as_str(), last, n.unwrap_or(DEFAULT_PAGE).min(DEFAULT_PAGE))?
             .ok_or_else(|| Error::NameUnknown(repo.to_string()))
     }
 
@@ -30,7 +31,7 @@ impl Registry {
         n: Option<usize>,
         keep: Option<&RepoFilter>,
     ) -> Result<(Vec<String>, bool), Error> {
-        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE), keep)?)
+        Ok(self.meta.catalog(last, n.unwrap_or(DEFAULT_PAGE).min(DEFAULT_PAGE), keep)?)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally only those of

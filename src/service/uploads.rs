@@ -22,8 +22,9 @@ pub(super) struct Slot {
 
 /// Stream `body` into `staging` on a blocking thread (disk writes and hashing stay off
 /// the async workers). Returns the staging back, with the body's outcome.
+/// A client's body is drained after a failed write (see `super::drain`).
 async fn pump(staging: Staging, body: Body) -> Result<(Staging, Result<(), Error>), Error> {
-    pump_with(staging, body, None).await
+    pump_inner(staging, body, None, true).await
 }
 
 /// Told the staging length after every write (a fill publishes it to its readers).
@@ -31,9 +32,18 @@ pub(super) type Progress = Box<dyn Fn(u64) + Send>;
 
 /// `pump`, reporting progress.
 pub(super) async fn pump_with(
+    staging: Staging,
+    body: Body,
+    progress: Option<Progress>,
+) -> Result<(Staging, Result<(), Error>), Error> {
+    pump_inner(staging, body, progress, false).await
+}
+
+async fn pump_inner(
     mut staging: Staging,
     mut body: Body,
     progress: Option<Progress>,
+    drain: bool,
 ) -> Result<(Staging, Result<(), Error>), Error> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || {
@@ -55,7 +65,11 @@ pub(super) async fn pump_with(
             Ok(b) if b.is_empty() => {}
             Ok(b) => {
                 if tx.send(b).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                    // The writer failed; its error is reported below.
+                    if drain {
+                        super::drain(&mut body).await;
+                    }
+                    break;
                 }
             }
             Err(e) => {
@@ -265,12 +279,12 @@ impl Registry {
         let (staging, outcome) = pump(staging, body).await?;
         let len = staging.len();
         if let Err(e) = outcome {
-            // A failed write leaves the in-memory hashes out of step with the file: drop
-            // them; the next request rebuilds them from the file.
-            if !matches!(e, Error::BodyRead(_)) {
+            if matches!(e, Error::BodyRead(_)) {
+                // The client broke off: keep what arrived (it asks for the offset).
+                guard.staging = Some(staging);
                 return Err(e);
             }
-            guard.staging = Some(staging);
+            self.undo_failed_write(&mut guard, id, staging, before).await;
             return Err(e);
         }
         if let Some((start, end)) = range {
@@ -310,10 +324,13 @@ impl Registry {
                 return Err(Error::UploadOutOfOrder { start, offset });
             }
         }
+        let before = staging.len();
         let (staging, outcome) = pump(staging, body).await?;
         if let Err(e) = outcome {
             if matches!(e, Error::BodyRead(_)) {
                 guard.staging = Some(staging);
+            } else {
+                self.undo_failed_write(&mut guard, id, staging, before).await;
             }
             return Err(e);
         }
@@ -325,6 +342,21 @@ impl Registry {
             self.forget(id).await;
         }
         r
+    }
+
+    /// A chunk's write failed (I/O error, full disk): cut the staging back to the
+    /// acknowledged `before` bytes, so the session's offset is what the client was told.
+    /// The in-memory hashes no longer describe the file: the next request rehashes it.
+    /// If even the cut fails the session cannot be trusted and ends.
+    async fn undo_failed_write(&self, guard: &mut Slot, id: &str, staging: Staging, before: u64) {
+        drop(staging);
+        let (blobs, sid) = (self.blobs.clone(), id.to_owned());
+        let cut = tokio::task::spawn_blocking(move || blobs.truncate_staging(&sid, before)).await;
+        if !matches!(cut, Ok(Ok(()))) {
+            tracing::warn!(upload = id, "cannot cut a failed chunk off its upload; ending the session");
+            guard.closed = true;
+            self.forget(id).await;
+        }
     }
 
     /// GET on a session: the bytes received so far.

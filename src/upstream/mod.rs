@@ -122,6 +122,11 @@ impl Upstream {
         &self.cfg.name
     }
 
+    /// The per-attempt deadline (`timeout` in the config).
+    pub fn deadline(&self) -> Duration {
+        self.cfg.deadline
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.cfg.url.trim_end_matches('/'), path)
     }

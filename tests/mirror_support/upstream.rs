@@ -64,6 +64,13 @@ pub struct Faults {
     pub bearer: Option<String>,
     /// The token endpoint requires this exact `Authorization` value (e.g. `Basic …`).
     pub token_auth: Option<String>,
+    /// Reset (RST) the connection of the next K manifest/blob requests after reading them.
+    pub reset: usize,
+    /// Announce blob bodies' `Content-Length` off by this many bytes (the bytes sent are
+    /// the real ones).
+    pub length_delta: i64,
+    /// Answer manifest and blob GETs with a 200 HTML page (a captive portal, a proxy).
+    pub html: bool,
 }
 
 #[derive(Default)]
@@ -381,6 +388,15 @@ fn answer(req: &Request, kind: Kind, sh: &Shared) -> Answer {
             return a;
         }
     }
+    if (kind == Kind::Manifest || kind == Kind::Blob) && !head && lock(&sh.faults).html {
+        let b = b"<!DOCTYPE html><html><body><h1>Please log in to the network</h1></body></html>".to_vec();
+        return Answer {
+            status: 200,
+            headers: vec![("Content-Type".into(), "text/html; charset=utf-8".into())],
+            length: b.len(),
+            body: Body::Bytes(b),
+        };
+    }
     match kind {
         Kind::Ping => Answer {
             status: 200,
@@ -494,6 +510,27 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
     if kind == Kind::Manifest || kind == Kind::Blob {
         let mut rx = sh.gate.subscribe();
         let _ = rx.wait_for(|open| *open).await;
+        let reset = {
+            let mut f = lock(&sh.faults);
+            let r = f.reset > 0;
+            f.reset = f.reset.saturating_sub(1);
+            r
+        };
+        if reset {
+            lock(&sh.log).push(Logged {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                kind,
+                range: req.header("range").map(str::to_owned),
+                auth: req.header("authorization").map(str::to_owned),
+                status: 0,
+                at: Instant::now(),
+            });
+            // A zero linger does not block on drop (the reason for the deprecation).
+            #[allow(deprecated)]
+            let _ = s.set_linger(Some(Duration::ZERO));
+            return; // dropped with linger 0: RST
+        }
     }
     let a = answer(&req, kind, &sh);
     lock(&sh.log).push(Logged {
@@ -509,7 +546,9 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
     for (k, v) in &a.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", a.length));
+    let delta = if matches!(a.body, Body::Blob { .. }) { lock(&sh.faults).length_delta } else { 0 };
+    let length = (a.length as i64 + delta).max(0);
+    head.push_str(&format!("Content-Length: {length}\r\nConnection: close\r\n\r\n"));
     if s.write_all(head.as_bytes()).await.is_err() {
         return;
     }

@@ -7,6 +7,10 @@ mod manifests;
 mod tags;
 mod uploads;
 
+/// The header parsers, public for the property tests and fuzz targets.
+pub use blobs::{parse_range, RangeSpec};
+pub use uploads::parse_content_range;
+
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -19,8 +19,12 @@ fn page(req: &Req) -> Result<(Option<usize>, Option<&str>), ApiError> {
     Ok((n, req.q("last").filter(|l| !l.is_empty())))
 }
 
+/// The `Link` to the next page whenever the page was cut short, also when the client
+/// gave no `n` (the server's default page): without it such a client would take the
+/// first page for the whole list.
 fn link(resp: &mut Response<Bytes>, path: &str, n: Option<usize>, items: &[String], more: bool) {
-    if let (true, Some(n), Some(last)) = (more, n, items.last()) {
+    let n = n.unwrap_or(crate::service::DEFAULT_PAGE).min(crate::service::DEFAULT_PAGE);
+    if let (true, Some(last)) = (more, items.last()) {
         let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
         set(resp, header::LINK, &format!("<{path}?n={n}&last={last}>; rel=\"next\""));
     }

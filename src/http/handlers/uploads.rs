@@ -54,14 +54,12 @@ pub fn parse_content_range(req: &Req) -> Result<Option<(u64, u64)>, ApiError> {
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
     let b: u64 = b.trim().parse().map_err(|_| bad())?;
-    if b < a {
-        return Err(bad());
-    }
+    // The span must be countable: `0-18446744073709551615` would wrap to 0 bytes.
+    let span = b.checked_sub(a).and_then(|n| n.checked_add(1)).ok_or_else(bad)?;
     if let Some(len) = req.header(header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok()) {
-        if len != b - a + 1 {
+        if len != span {
             return Err(ApiError::BadRequest(format!(
-                "Content-Range {v:?} covers {} bytes but Content-Length is {len}",
-                b - a + 1
+                "Content-Range {v:?} covers {span} bytes but Content-Length is {len}"
             )));
         }
     }
