@@ -3,7 +3,7 @@
 //! `Content-Range` parsers, and the manifest parser. Arbitrary input never panics and
 //! every accepted value satisfies its invariant; where a value can be printed, printing
 //! and parsing again gives it back. The same functions are cargo-fuzz targets in
-//! `fuzz/` (run by .ci/run where a nightly toolchain exists); any crash either finds
+//! `tests/fuzz/` (run by .ci/run where a nightly toolchain exists); any crash either finds
 //! becomes a case in `regressions()` below.
 
 use proptest::prelude::*;
