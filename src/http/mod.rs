@@ -31,6 +31,68 @@ fn parse_query(raw: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.as_bytes()).into_owned().collect()
 }
 
+/// The request body, shared between the handler and [`handle`], so that what a handler
+/// leaves unread (a refusal answered before the body: 401/403, 413 by Content-Length)
+/// can be read off before the answer goes out. Otherwise hyper closes the connection
+/// under a client still sending, which then sees a broken pipe instead of the error.
+/// The lock is only held inside one `poll_next`, never across an await.
+struct SharedBody(Arc<std::sync::Mutex<Unread>>);
+
+/// A request body and whether it has ended (its end, or an error: never polled again).
+struct Unread {
+    body: crate::service::Body,
+    done: bool,
+    /// Whether the handler ever asked for the body.
+    polled: bool,
+}
+
+impl futures_util::Stream for SharedBody {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let mut u = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if u.done {
+            return Poll::Ready(None);
+        }
+        u.polled = true;
+        let r = u.body.as_mut().poll_next(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            u.done = true;
+        }
+        r
+    }
+}
+
+/// At most this much of an unread body is drained, for at most [`DRAIN_FOR`]; past
+/// that the connection is closed.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read off whatever the handler left of the body (nothing, when it consumed it).
+async fn drain_unread(body: &Arc<std::sync::Mutex<Unread>>, expects_continue: bool, declared: Option<u64>) {
+    {
+        let u = body.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if u.done || (expects_continue && !u.polled) || declared.is_some_and(|n| n > DRAIN_BYTES) {
+            return;
+        }
+    }
+    let mut rest = SharedBody(body.clone());
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(chunk)) = rest.next().await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Run one request: dispatch, render errors, stamp common headers, log one line.
 #[allow(clippy::too_many_arguments)] // one request, as warp hands it over
 async fn handle(
@@ -70,11 +132,29 @@ async fn handle(
         Ok(Caller::open(auth))
     };
     let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
-    let req = Req { method: method.clone(), path: path.clone(), query: parse_query(&query), headers, body };
+    // A client that sent `Expect: 100-continue` sends its body only once the server
+    // reads it; if the handler never did, the refusal goes out with nothing to drain.
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = Arc::new(std::sync::Mutex::new(Unread { body, done: false, polled: false }));
+    let req = Req {
+        method: method.clone(),
+        path: path.clone(),
+        query: parse_query(&query),
+        headers,
+        body: Box::pin(SharedBody(body.clone())),
+    };
     let result = match caller {
         Ok(caller) => handlers::dispatch(&reg, &caller, req).await,
         Err(e) => Err(e),
     };
+    drain_unread(&body, expects_continue, declared).await;
     let reply = match result {
         Ok(r) => r,
         Err(e) => handlers::Reply::Full(e.render()),
