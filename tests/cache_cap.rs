@@ -34,12 +34,17 @@ const CAP: u64 = 1024 * 1024; // four blobs
 const LOW: u8 = 75;
 
 fn config(dir: &Path, up: &FakeUpstream) -> String {
-    let p = dir.join("cap.toml");
+    config_with(dir, up, false)
+}
+
+/// The cap config, with the upstream `offline` (never contacted) when asked.
+fn config_with(dir: &Path, up: &FakeUpstream, offline: bool) -> String {
+    let p = dir.join(if offline { "cap-offline.toml" } else { "cap.toml" });
     std::fs::write(
         &p,
         format!(
             "[cache]\nmax_bytes = \"{CAP}\"\nlow_water_percent = {LOW}\ncheck_interval = \"1s\"\n\n\
-             [[upstreams]]\nname = \"up\"\nurl = \"{}\"\n",
+             [[upstreams]]\nname = \"up\"\nurl = \"{}\"\noffline = {offline}\n",
             up.url()
         ),
     )
@@ -205,4 +210,128 @@ fn skopeo_pulls_an_image_bigger_than_the_cap_through_the_mirror() {
     eprintln!("skopeo through the cap: pulled {total} bytes, {committed} kept (cap {CAP})");
     assert!(total > CAP, "the image must be bigger than the cap");
     assert!(committed <= CAP, "{committed} mirrored bytes on disk > cap {CAP}");
+}
+
+/// Evicting an image's blobs evicts its manifest from the mirror too (and an index
+/// listing it, and their tags): an offline mirror answers MANIFEST_UNKNOWN rather than a
+/// manifest whose layers are gone, and an online one fetches the image again, whole.
+/// A hosted manifest referencing a blob mounted from the mirror is untouched.
+#[test]
+fn eviction_takes_the_manifests_of_evicted_blobs_with_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut up = FakeUpstream::start();
+    // Image A (tag a), an index X (tag idx) listing A, image B (tag b): small configs,
+    // one S-byte layer each. Three S-byte fillers push the mirror over the cap.
+    let image = |seed: u64| {
+        let cfg = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+        let layer = bytes_of(S, seed);
+        let (c, l) = (Desc::new(OCI_CONFIG, &cfg), Desc::new(OCI_LAYER, &layer));
+        up.add_blob(cfg.clone());
+        up.add_blob(layer.clone());
+        let m = image_manifest(OCI_MANIFEST, &c, std::slice::from_ref(&l), serde_json::json!({}));
+        (cfg, layer, m)
+    };
+    let (a_cfg, a_layer, a_m) = image(601);
+    let (_b_cfg, b_layer, b_m) = image(602);
+    let a_d = up.add_manifest("lib/app", Some("a"), OCI_MANIFEST, &a_m);
+    let b_d = up.add_manifest("lib/app", Some("b"), OCI_MANIFEST, &b_m);
+    let a_desc = Desc { media_type: OCI_MANIFEST.into(), digest: a_d.clone(), size: a_m.len() };
+    let x_m = index_manifest(OCI_INDEX, &[a_desc], serde_json::json!({}));
+    let x_d = up.add_manifest("lib/app", Some("idx"), OCI_INDEX, &x_m);
+    let fillers: Vec<String> = (0..3).map(|i| up.add_blob(bytes_of(S, 700 + i))).collect();
+
+    let cfg = config(tmp.path(), &up);
+    let mut w = Wharfie::start_in(&dir, &["--config", &cfg]);
+    let api = Api::new(&w);
+    let get_ok = |api: &Api, path: &str| {
+        let r = api.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.describe());
+        r.body
+    };
+    // Pull A and B whole, and the index.
+    for (tag, body) in [("a", &a_m), ("b", &b_m), ("idx", &x_m)] {
+        assert_eq!(&get_ok(&api, &format!("/v2/up/lib/app/manifests/{tag}")), body, "manifest {tag}");
+    }
+    assert_eq!(get_ok(&api, &format!("/v2/up/lib/app/blobs/{}", sha256(&a_cfg))), a_cfg);
+    assert_eq!(get_ok(&api, &format!("/v2/up/lib/app/blobs/{}", sha256(&a_layer))), a_layer);
+    let b_cfg_d = sha256(&_b_cfg);
+    get_ok(&api, &format!("/v2/up/lib/app/blobs/{b_cfg_d}"));
+    let b_layer_d = sha256(&b_layer);
+    get_ok(&api, &format!("/v2/up/lib/app/blobs/{b_layer_d}"));
+    // A hosted image whose layer is B's, mounted from the mirror (now pushed content).
+    let r = api
+        .send(api.req("POST", &format!("/v2/hosted/app/blobs/uploads/?mount={b_layer_d}&from=up/lib/app")));
+    assert_eq!(r.status, 201, "mount from the mirror: {}", r.describe());
+    let h_cfg = br#"{"architecture":"amd64","os":"linux","hosted":true}"#.to_vec();
+    api.push_blob("hosted/app", &h_cfg);
+    let h_m = image_manifest(
+        OCI_MANIFEST,
+        &Desc::new(OCI_CONFIG, &h_cfg),
+        &[Desc::new(OCI_LAYER, &b_layer)],
+        serde_json::json!({}),
+    );
+    let h_d = api.push_manifest("hosted/app", "v1", OCI_MANIFEST, &h_m);
+
+    // The fillers: the LRU mirrored blobs (A's config and layer, B's config) go, and
+    // with them A, the index listing A, and B — in the mirror only.
+    for f in &fillers {
+        get_ok(&api, &format!("/v2/up/lib/big/blobs/{f}"));
+    }
+    let files = blob_files(&dir);
+    for d in [sha256(&a_cfg), sha256(&a_layer), b_cfg_d.clone()] {
+        assert!(!files.contains_key(&d), "{d} was not evicted");
+    }
+    let m = parse_metrics(&api.get("/metrics").text());
+    assert_eq!(metric_sum(&m, "wharfie_evicted_blobs_total", &[]), 3.0, "{m:?}");
+    assert_eq!(metric_sum(&m, "wharfie_evicted_manifests_total", &[]), 3.0, "{m:?}");
+    let hosted_ok = |api: &Api| {
+        for path in ["/v2/hosted/app/manifests/v1".to_owned(), format!("/v2/hosted/app/manifests/{h_d}")] {
+            assert_eq!(get_ok(api, &path), h_m, "{path}");
+        }
+        assert_eq!(get_ok(api, &format!("/v2/hosted/app/blobs/{b_layer_d}")), b_layer);
+        assert_eq!(get_ok(api, &format!("/v2/hosted/app/blobs/{}", sha256(&h_cfg))), h_cfg);
+    };
+    hosted_ok(&api);
+    drop(api);
+    assert_eq!(w.stop(), Some(0), "graceful stop");
+    // The evicted rows are gone (nothing links or references them), the hosted one stays.
+    let rows = manifest_rows(&dir);
+    assert!(rows.contains(&h_d), "hosted manifest row gone: {rows:?}");
+    for d in [&a_d, &b_d, &x_d] {
+        assert!(!rows.contains(d), "evicted manifest row {d} stayed: {rows:?}");
+    }
+
+    // Offline: the evicted manifests are unknown, by tag and by digest.
+    let off = config_with(tmp.path(), &up, true);
+    let mut w = Wharfie::start_in(&dir, &["--config", &off]);
+    let api = Api::new(&w);
+    let before = up.total();
+    for r in ["a", "b", "idx", a_d.as_str(), b_d.as_str(), x_d.as_str()] {
+        api.get(&format!("/v2/up/lib/app/manifests/{r}")).expect_err(404, "MANIFEST_UNKNOWN");
+        api.head(&format!("/v2/up/lib/app/manifests/{r}")).expect_head_err(404);
+    }
+    assert_eq!(up.total(), before, "an offline mirror contacted the upstream: {}", up.summary());
+    // The repository counter went to zero with its last manifest: off the catalog.
+    assert_eq!(api.catalog(), vec!["hosted/app".to_owned()]);
+    hosted_ok(&api);
+    drop(api);
+    assert_eq!(w.stop(), Some(0), "graceful stop");
+
+    // Online again: A comes back whole from the upstream, and is pullable.
+    let w = Wharfie::start_in(&dir, &["--config", &cfg]);
+    let api = Api::new(&w);
+    let gets = up.count("GET", Kind::Manifest);
+    assert_eq!(get_ok(&api, "/v2/up/lib/app/manifests/a"), a_m);
+    assert_eq!(up.count("GET", Kind::Manifest), gets + 1, "A fetched again: {}", up.summary());
+    assert_eq!(get_ok(&api, &format!("/v2/up/lib/app/manifests/{a_d}")), a_m);
+    assert_eq!(get_ok(&api, &format!("/v2/up/lib/app/blobs/{}", sha256(&a_cfg))), a_cfg);
+    assert_eq!(get_ok(&api, &format!("/v2/up/lib/app/blobs/{}", sha256(&a_layer))), a_layer);
+    assert_eq!(get_ok(&api, "/v2/up/lib/app/manifests/idx"), x_m);
+    hosted_ok(&api);
+
+    // The upstream down: B (evicted, not fetched again) is unavailable, not served broken.
+    up.stop();
+    api.get("/v2/up/lib/app/manifests/b").expect_err(503, "UNAVAILABLE");
+    hosted_ok(&api);
 }

@@ -14,7 +14,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::model::{decode, encode};
 use super::schema::*;
-use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin};
+use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
 use crate::digest::Digest;
 
 /// Which blobs `gc_mark_blobs` may mark.
@@ -80,19 +80,9 @@ impl Meta {
         self.write(move |txn| {
             let mut done = Vec::new();
             for d in digests {
-                if !manifest_collectable(txn, d.as_str())? {
-                    continue;
+                if delete_manifest_row(txn, &d)? {
+                    done.push(d);
                 }
-                let rec = txn.open_table(MANIFESTS)?.remove(d.as_str())?.map(|v| v.value().to_vec());
-                txn.open_table(MANIFEST_BODIES)?.remove(d.as_str())?;
-                if let Some(rec) = rec {
-                    let rec: ManifestRecord = decode(&rec)?;
-                    let mut refs = txn.open_table(REFS)?;
-                    for r in &rec.refs {
-                        add(&mut refs, r.as_str(), -1)?;
-                    }
-                }
-                done.push(d);
             }
             Ok(done)
         })
@@ -214,50 +204,33 @@ impl Meta {
         self.write(move |txn| {
             let mut marked = Vec::new();
             for d in digests {
-                let key = d.as_str();
-                let rec: Option<BlobRecord> =
-                    txn.open_table(BLOBS)?.get(key)?.map(|v| decode(v.value())).transpose()?;
-                let Some(mut rec) = rec else { continue };
-                if rec.deleting {
-                    continue;
+                if mark_blob(txn, &d, mode)? {
+                    marked.push(d);
                 }
-                let qualifies = match mode {
-                    MarkMode::Corrupt => true,
-                    MarkMode::Evict => {
-                        rec.origin == Origin::Mirrored && !leased(&txn.open_table(LEASES)?, key)?
-                    }
-                    MarkMode::Garbage { cutoff } => {
-                        rec.created < cutoff
-                            && count(&txn.open_table(REFS)?, key)? == 0
-                            && !leased(&txn.open_table(LEASES)?, key)?
-                    }
-                };
-                if !qualifies {
-                    continue;
-                }
-                rec.deleting = true;
-                txn.open_table(BLOBS)?.insert(key, encode(&rec).as_slice())?;
-                let repos: Vec<String> = {
-                    let links = txn.open_table(BLOB_LINKS)?;
-                    let mut v = Vec::new();
-                    for item in links.range((key, "")..)? {
-                        let (k, _) = item?;
-                        let (kd, repo) = k.value();
-                        if kd != key {
-                            break;
-                        }
-                        v.push(repo.to_owned());
-                    }
-                    v
-                };
-                let (mut fwd, mut back) = (txn.open_table(REPO_BLOBS)?, txn.open_table(BLOB_LINKS)?);
-                for r in &repos {
-                    fwd.remove((r.as_str(), key))?;
-                    back.remove((key, r.as_str()))?;
-                }
-                marked.push(d);
             }
             Ok(marked)
+        })
+        .await
+    }
+
+    /// Eviction's transaction: mark mirrored blobs as `gc_mark_blobs` does in
+    /// `MarkMode::Evict`, and in the same transaction evict the manifests that would be
+    /// left broken (`evict_broken_manifests`). Returns the blobs marked and how many
+    /// (repository, manifest) links went.
+    pub async fn evict_blobs(
+        &self,
+        digests: Vec<Digest>,
+        mirrored: RepoFilter,
+    ) -> Result<(Vec<Digest>, usize), MetaError> {
+        self.write(move |txn| {
+            let mut marked = Vec::new();
+            for d in digests {
+                if mark_blob(txn, &d, MarkMode::Evict)? {
+                    marked.push(d);
+                }
+            }
+            let manifests = evict_broken_manifests(txn, &marked, &*mirrored)?;
+            Ok((marked, manifests))
         })
         .await
     }
@@ -297,6 +270,152 @@ impl Meta {
         }
         Ok(out)
     }
+}
+
+/// Mark one blob `deleting` and unlink it from every repository, if it still qualifies
+/// under `mode`. Returns whether it did.
+fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool, MetaError> {
+    let key = d.as_str();
+    let rec: Option<BlobRecord> = txn.open_table(BLOBS)?.get(key)?.map(|v| decode(v.value())).transpose()?;
+    let Some(mut rec) = rec else { return Ok(false) };
+    if rec.deleting {
+        return Ok(false);
+    }
+    let qualifies = match mode {
+        MarkMode::Corrupt => true,
+        MarkMode::Evict => rec.origin == Origin::Mirrored && !leased(&txn.open_table(LEASES)?, key)?,
+        MarkMode::Garbage { cutoff } => {
+            rec.created < cutoff
+                && count(&txn.open_table(REFS)?, key)? == 0
+                && !leased(&txn.open_table(LEASES)?, key)?
+        }
+    };
+    if !qualifies {
+        return Ok(false);
+    }
+    rec.deleting = true;
+    txn.open_table(BLOBS)?.insert(key, encode(&rec).as_slice())?;
+    let repos: Vec<String> = {
+        let links = txn.open_table(BLOB_LINKS)?;
+        let mut v = Vec::new();
+        for item in links.range((key, "")..)? {
+            let (k, _) = item?;
+            let (kd, repo) = k.value();
+            if kd != key {
+                break;
+            }
+            v.push(repo.to_owned());
+        }
+        v
+    };
+    let (mut fwd, mut back) = (txn.open_table(REPO_BLOBS)?, txn.open_table(BLOB_LINKS)?);
+    for r in &repos {
+        fwd.remove((r.as_str(), key))?;
+        back.remove((key, r.as_str()))?;
+    }
+    Ok(true)
+}
+
+/// Delete a manifest row (and its bytes) if it is still unlinked and unreferenced,
+/// releasing what it references in `REFS`. Returns whether it did.
+fn delete_manifest_row(txn: &WriteTransaction, d: &Digest) -> Result<bool, MetaError> {
+    if !manifest_collectable(txn, d.as_str())? {
+        return Ok(false);
+    }
+    let rec = txn.open_table(MANIFESTS)?.remove(d.as_str())?.map(|v| v.value().to_vec());
+    txn.open_table(MANIFEST_BODIES)?.remove(d.as_str())?;
+    if let Some(rec) = rec {
+        let rec: ManifestRecord = decode(&rec)?;
+        let mut refs = txn.open_table(REFS)?;
+        for r in &rec.refs {
+            add(&mut refs, r.as_str(), -1)?;
+        }
+    }
+    Ok(true)
+}
+
+/// After `gone` (blobs just marked for eviction), unlink from every mirrored repository
+/// each manifest that references one of them as config or layer, or references (as an
+/// index) a manifest so unlinked — with its tags there and its referrer row
+/// (`unlink_manifest`) — then delete the rows nothing links or references any more
+/// (`delete_manifest_row`), so every counter stays exact. Hosted repositories are never
+/// touched: what `mirrored` rejects keeps its links even to the same digest.
+///
+/// There is no blob → manifests index, so this scans the manifests linked in mirrored
+/// repositories; eviction is rare and runs in the background. Returns how many
+/// (repository, manifest) links went.
+fn evict_broken_manifests(
+    txn: &WriteTransaction,
+    gone: &[Digest],
+    mirrored: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> Result<usize, MetaError> {
+    use std::collections::{BTreeMap, HashSet};
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    // Manifest digest → the mirrored repositories linking it.
+    let mut linked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in txn.open_table(REPO_MANIFESTS)?.iter()? {
+        let (k, _) = item?;
+        let (r, d) = k.value();
+        if mirrored(r) {
+            linked.entry(d.to_owned()).or_default().push(r.to_owned());
+        }
+    }
+    let mut refs: BTreeMap<String, Vec<Digest>> = BTreeMap::new();
+    {
+        let rows = txn.open_table(MANIFESTS)?;
+        for d in linked.keys() {
+            if let Some(v) = rows.get(d.as_str())? {
+                refs.insert(d.clone(), decode::<ManifestRecord>(v.value())?.refs);
+            }
+        }
+    }
+    // Which manifests break: a fixed point, since an index breaks when a child does.
+    // Each pass adds at least one manifest or ends, so it runs at most |refs| + 1 times.
+    let mut broken: HashSet<String> = gone.iter().map(|d| d.as_str().to_owned()).collect();
+    let mut doomed: Vec<Digest> = Vec::new();
+    for _ in 0..=refs.len() {
+        let next: Vec<String> = refs
+            .iter()
+            .filter(|(d, r)| !broken.contains(*d) && r.iter().any(|x| broken.contains(x.as_str())))
+            .map(|(d, _)| d.clone())
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        for d in next {
+            if let Ok(dg) = d.parse::<Digest>() {
+                doomed.push(dg);
+            }
+            broken.insert(d);
+        }
+    }
+    let mut n = 0;
+    for d in &doomed {
+        for r in linked.get(d.as_str()).into_iter().flatten() {
+            if super::unlink_manifest(txn, r, d)? {
+                n += 1;
+            }
+        }
+    }
+    // Delete the rows now free, parents (indexes) releasing children: at most
+    // |doomed| passes, each deleting at least one row or ending.
+    let mut left = doomed;
+    for _ in 0..=left.len() {
+        let before = left.len();
+        let mut keep = Vec::new();
+        for d in left {
+            if !delete_manifest_row(txn, &d)? {
+                keep.push(d);
+            }
+        }
+        left = keep;
+        if left.len() == before {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 fn manifest_collectable(txn: &WriteTransaction, d: &str) -> Result<bool, MetaError> {

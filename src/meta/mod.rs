@@ -459,43 +459,15 @@ impl Meta {
     /// Unlink a manifest from `repo`, with every tag that points at it and its
     /// referrer row. The manifest row itself stays for GC.
     pub async fn delete_manifest(&self, repo: String, digest: Digest) -> Result<(), MetaError> {
-        self.write(move |txn| {
-            let r = repo.as_str();
-            let d = digest.as_str();
-            let mut links = txn.open_table(REPO_MANIFESTS)?;
-            if links.get((r, d))?.is_none() {
-                return Err(MetaError::NotFound);
-            }
-            links.remove((r, d))?;
-            add(&mut txn.open_table(REPOS)?, r, -1)?;
-            add(&mut txn.open_table(MANIFEST_LINKS)?, d, -1)?;
-            let mut tags = txn.open_table(TAGS)?;
-            let mut doomed = Vec::new();
-            for item in tags.range((r, "")..)? {
-                let (k, v) = item?;
-                let (kr, kt) = k.value();
-                if kr != r {
-                    break;
+        self.write(
+            move |txn| {
+                if unlink_manifest(txn, &repo, &digest)? {
+                    Ok(())
+                } else {
+                    Err(MetaError::NotFound)
                 }
-                let rec: TagRecord = decode(v.value())?;
-                if rec.digest == digest {
-                    doomed.push(kt.to_owned());
-                }
-            }
-            for t in doomed {
-                tags.remove((r, t.as_str()))?;
-            }
-            let subject = txn
-                .open_table(MANIFESTS)?
-                .get(d)?
-                .map(|v| decode::<ManifestRecord>(v.value()))
-                .transpose()?
-                .and_then(|m| m.subject);
-            if let Some(s) = subject {
-                txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
-            }
-            Ok(())
-        })
+            },
+        )
         .await
     }
 
@@ -581,6 +553,49 @@ impl Meta {
         })
         .await
     }
+}
+
+/// Unlink a manifest from `repo` (keeping `REPOS` and `MANIFEST_LINKS` exact), with
+/// every tag in `repo` that points at it and its referrer row. The manifest row stays.
+/// Returns false, changing nothing, when `repo` does not link it.
+pub(crate) fn unlink_manifest(
+    txn: &WriteTransaction,
+    repo: &str,
+    digest: &Digest,
+) -> Result<bool, MetaError> {
+    let (r, d) = (repo, digest.as_str());
+    let mut links = txn.open_table(REPO_MANIFESTS)?;
+    if links.remove((r, d))?.is_none() {
+        return Ok(false);
+    }
+    add(&mut txn.open_table(REPOS)?, r, -1)?;
+    add(&mut txn.open_table(MANIFEST_LINKS)?, d, -1)?;
+    let mut tags = txn.open_table(TAGS)?;
+    let mut doomed = Vec::new();
+    for item in tags.range((r, "")..)? {
+        let (k, v) = item?;
+        let (kr, kt) = k.value();
+        if kr != r {
+            break;
+        }
+        let rec: TagRecord = decode(v.value())?;
+        if rec.digest == *digest {
+            doomed.push(kt.to_owned());
+        }
+    }
+    for t in doomed {
+        tags.remove((r, t.as_str()))?;
+    }
+    let subject = txn
+        .open_table(MANIFESTS)?
+        .get(d)?
+        .map(|v| decode::<ManifestRecord>(v.value()))
+        .transpose()?
+        .and_then(|m| m.subject);
+    if let Some(s) = subject {
+        txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
+    }
+    Ok(true)
 }
 
 /// Link a blob into a repository, both directions.

@@ -206,8 +206,19 @@ impl Registry {
         self.evict(self.opts.cache_max_bytes, self.opts.cache_low_bytes).await
     }
 
-    /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes.
-    /// Pushed content is never evicted. Returns (blobs, bytes) evicted.
+    /// Which repositories hold mirrored content: those under an upstream's name (the
+    /// only names `locate` sends to a mirror; `hosted` refuses pushes to them).
+    fn mirrored_repos(&self) -> crate::meta::RepoFilter {
+        let names: Vec<String> = self.mirrors.iter().map(|m| m.name().to_owned()).collect();
+        std::sync::Arc::new(move |repo: &str| {
+            repo.split_once('/').is_some_and(|(first, _)| names.iter().any(|n| n == first))
+        })
+    }
+
+    /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes,
+    /// and with them the mirrored manifests that reference them (which would otherwise
+    /// be served, by an offline mirror, with layers gone); they are fetched again on
+    /// demand. Pushed content is never evicted. Returns (blobs, bytes) evicted.
     pub async fn evict(&self, high_water: u64, low_water: u64) -> Result<(usize, u64), Error> {
         let mut rows: Vec<_> =
             self.meta.blob_rows()?.into_iter().filter(|b| b.origin == Origin::Mirrored).collect();
@@ -217,7 +228,7 @@ impl Registry {
         }
         // Least recently used first: in-memory access times, else creation time.
         rows.sort_by_key(|b| self.last_access(&b.digest).unwrap_or(b.created.saturating_mul(1000)));
-        let (mut n, mut bytes) = (0usize, 0u64);
+        let (mut n, mut bytes, mut manifests) = (0usize, 0u64, 0usize);
         for chunk in rows.chunks(BATCH) {
             if total <= low_water {
                 break;
@@ -231,7 +242,8 @@ impl Registry {
                 planned = planned.saturating_sub(b.size);
                 take.push(b.digest.clone());
             }
-            let marked = self.meta.gc_mark_blobs(take, MarkMode::Evict).await?;
+            let (marked, m) = self.meta.evict_blobs(take, self.mirrored_repos()).await?;
+            manifests += m;
             for d in &marked {
                 if let Some(b) = chunk.iter().find(|b| &b.digest == d) {
                     total = total.saturating_sub(b.size);
@@ -249,8 +261,9 @@ impl Registry {
         }
         self.metrics.evicted_blobs.fetch_add(n as u64, Relaxed);
         self.metrics.evicted_bytes.fetch_add(bytes, Relaxed);
+        self.metrics.evicted_manifests.fetch_add(manifests as u64, Relaxed);
         if n > 0 {
-            tracing::info!(blobs = n, bytes, "evicted mirrored blobs over the cache cap");
+            tracing::info!(blobs = n, bytes, manifests, "evicted mirrored content over the cache cap");
         }
         Ok((n, bytes))
     }

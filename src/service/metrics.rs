@@ -24,6 +24,8 @@ pub struct Metrics {
     pub gc_bytes: AtomicU64,
     pub evicted_blobs: AtomicU64,
     pub evicted_bytes: AtomicU64,
+    /// (repository, manifest) links evicted with the mirrored blobs they referenced.
+    pub evicted_manifests: AtomicU64,
     /// Request latency histogram: cumulative counts per bucket (seconds), sum in µs.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -140,6 +142,12 @@ impl Metrics {
             "wharfie_evicted_bytes_total",
             "Mirrored blob bytes evicted to keep the cache under its cap.",
             self.evicted_bytes.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "wharfie_evicted_manifests_total",
+            "Mirrored manifests (per repository) evicted with the blobs they reference.",
+            self.evicted_manifests.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP wharfie_store_blobs Blobs stored, by origin.");
         let _ = writeln!(o, "# TYPE wharfie_store_blobs gauge");
