@@ -26,15 +26,14 @@ mod clients;
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use clients::{layer, require, Clients, Desc, Image, Layout, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use clients::{
+    layer, require, Clients, Desc, Image, Layout, ReferenceRegistry, OCI_LAYER_GZIP, OCI_MANIFEST,
+};
 use common::{sha256, Wharfie};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -70,7 +69,7 @@ impl Registry {
     fn start() -> Registry {
         match std::env::var("WHARFIE_INTEROP_AGAINST").as_deref() {
             Ok("docker-registry") => {
-                let r = ReferenceRegistry::start();
+                let r = ReferenceRegistry::start_deletable();
                 Registry { addr: r.addr.clone(), _server: Server::Reference(r) }
             }
             Ok("") | Ok("wharfie") | Err(_) => {
@@ -143,70 +142,6 @@ fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
     resp.headers().get(name).map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default()
 }
 
-/// `docker-registry serve` on 127.0.0.1 with an ephemeral port and a temp storage root.
-struct ReferenceRegistry {
-    addr: String,
-    child: Option<Child>,
-    _tmp: tempfile::TempDir,
-}
-
-impl ReferenceRegistry {
-    fn start() -> Self {
-        let bin = require("docker-registry", "docker-registry");
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let config = tmp.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: interop-test\n",
-                tmp.path().join("storage").display()
-            ),
-        )
-        .expect("write registry config");
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn docker-registry");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(i) = line.find("listening on ") {
-                        let rest = &line[i + "listening on ".len()..];
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-                if std::env::var_os("TEST_LOG").is_some() {
-                    eprintln!("docker-registry: {line}");
-                }
-            }
-        });
-        let addr =
-            rx.recv_timeout(Duration::from_secs(60)).expect("docker-registry did not say where it listens");
-        ReferenceRegistry { addr, child: Some(child), _tmp: tmp }
-    }
-}
-
-impl Drop for ReferenceRegistry {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // What the clients print (they are set up in tests/clients/mod.rs)
 // ---------------------------------------------------------------------------
@@ -277,18 +212,7 @@ fn write_image(layout: &Layout, arch: &str, layers: &[(Vec<u8>, Vec<u8>)], label
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history
     });
-    let config_bytes = serde_json::to_vec(&config).unwrap();
-    let config_desc = layout.put(OCI_CONFIG, &config_bytes);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config_desc.json(),
-        "layers": layer_descs.iter().map(Desc::json).collect::<Vec<_>>(),
-        "annotations": {"org.example.interop": label}
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    let manifest_desc = layout.put(OCI_MANIFEST, &manifest_bytes);
-    Image { manifest: manifest_desc, manifest_bytes, config: config_desc, config_bytes, layers: layer_descs }
+    layout.put_image(&config, layer_descs, Some(json!({"org.example.interop": label})))
 }
 
 /// A shared "base" layer (bigger than one gzip stored block, so the blob spans blocks).

@@ -10,8 +10,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -275,6 +278,89 @@ impl Clients {
 }
 
 // ---------------------------------------------------------------------------
+// docker-registry, the reference registry
+// ---------------------------------------------------------------------------
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard(pub Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `docker-registry serve` on 127.0.0.1 with an ephemeral port and a temp storage root.
+pub struct ReferenceRegistry {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    _child: ChildGuard,
+    _tmp: tempfile::TempDir,
+}
+
+impl ReferenceRegistry {
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// One that also accepts DELETE of manifests and blobs.
+    pub fn start_deletable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(delete: bool) -> Self {
+        let bin = require("docker-registry", "docker-registry");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = tmp.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}\
+                 http:\n  addr: 127.0.0.1:0\n  secret: wharfie-test\n",
+                tmp.path().join("storage").display(),
+                if delete { "  delete:\n    enabled: true\n" } else { "" }
+            ),
+        )
+        .expect("write registry config");
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn docker-registry");
+        let stderr = child.stderr.take().expect("stderr");
+        let guard = ChildGuard(Some(child));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(i) = line.find("listening on ") {
+                        let rest = &line[i + "listening on ".len()..];
+                        let addr: String =
+                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("docker-registry: {line}");
+                }
+            }
+        });
+        let addr =
+            rx.recv_timeout(Duration::from_secs(60)).expect("docker-registry did not say where it listens");
+        ReferenceRegistry { addr, _child: guard, _tmp: tmp }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Test images, written by hand: tar, gzip, OCI image layout
 // ---------------------------------------------------------------------------
 
@@ -421,6 +507,25 @@ impl Layout {
             .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
             .unwrap_or_else(|| panic!("no ref {name} in {}", String::from_utf8_lossy(&raw)))
             .clone()
+    }
+
+    /// Write `config` and an image manifest over it and `layers` (already in the layout),
+    /// with `annotations` on the manifest when given.
+    pub fn put_image(&self, config: &Value, layers: Vec<Desc>, annotations: Option<Value>) -> Image {
+        let config_bytes = serde_json::to_vec(config).unwrap();
+        let config_desc = self.put(OCI_CONFIG, &config_bytes);
+        let mut manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_desc.json(),
+            "layers": layers.iter().map(Desc::json).collect::<Vec<_>>(),
+        });
+        if let Some(a) = annotations {
+            manifest["annotations"] = a;
+        }
+        let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+        let manifest = self.put(OCI_MANIFEST, &manifest_bytes);
+        Image { manifest, manifest_bytes, config: config_desc, config_bytes, layers }
     }
 
     /// `oci:<dir>:<name>`

@@ -6,10 +6,8 @@
 //! Every child is killed on drop; a missing tool fails the test with the package to
 //! install.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -19,81 +17,13 @@ use super::sha256;
 #[path = "../clients/mod.rs"]
 pub mod clients;
 
-pub use clients::{gzip_stored, require, tar, Desc, Image, Layout, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+// Re-exported for the suites that include this module; each uses only some of them.
+#[allow(unused_imports)]
+pub use clients::{
+    gzip_stored, require, tar, ChildGuard, Desc, Image, Layout, ReferenceRegistry, OCI_CONFIG,
+    OCI_LAYER_GZIP, OCI_MANIFEST,
+};
 use clients::{Clients, CLIENT_TIMEOUT_SECS};
-
-/// A child process killed (and reaped) on drop.
-pub struct ChildGuard(pub Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// docker-registry
-// ---------------------------------------------------------------------------
-
-/// `docker-registry serve` on 127.0.0.1 with an ephemeral port and a temp storage root.
-pub struct ReferenceRegistry {
-    /// `127.0.0.1:PORT`
-    pub addr: String,
-    _child: ChildGuard,
-    _tmp: tempfile::TempDir,
-}
-
-impl ReferenceRegistry {
-    pub fn start() -> Self {
-        let bin = require("docker-registry", "docker-registry");
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let config = tmp.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:0\n  secret: mirror-test\n",
-                tmp.path().join("storage").display()
-            ),
-        )
-        .expect("write registry config");
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn docker-registry");
-        let stderr = child.stderr.take().expect("stderr");
-        let guard = ChildGuard(Some(child));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(i) = line.find("listening on ") {
-                        let rest = &line[i + "listening on ".len()..];
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-                if std::env::var_os("TEST_LOG").is_some() {
-                    eprintln!("docker-registry: {line}");
-                }
-            }
-        });
-        let addr =
-            rx.recv_timeout(Duration::from_secs(60)).expect("docker-registry did not say where it listens");
-        ReferenceRegistry { addr, _child: guard, _tmp: tmp }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // skopeo, hermetically configured
@@ -248,15 +178,5 @@ pub fn write_image(layout: &Layout, arch: &str, layers: &[Vec<(&str, &[u8])>], l
         "config": {"Cmd": ["/hello.txt"], "Labels": {"org.example.mirror": label}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
-    let config_bytes = serde_json::to_vec(&config).unwrap();
-    let config_desc = layout.put(OCI_CONFIG, &config_bytes);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config_desc.json(),
-        "layers": layer_descs.iter().map(Desc::json).collect::<Vec<_>>(),
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    let manifest_desc = layout.put(OCI_MANIFEST, &manifest_bytes);
-    Image { manifest: manifest_desc, manifest_bytes, config: config_desc, config_bytes, layers: layer_descs }
+    layout.put_image(&config, layer_descs, None)
 }
