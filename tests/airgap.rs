@@ -12,7 +12,6 @@ mod ops_support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use mirror_support::real::{self, Layout, Skopeo};
 use ops_support::*;
@@ -37,8 +36,8 @@ fn fixture() -> Fixture {
         "airgap",
     );
     src.set_refs(&[("v1", &img.manifest)]);
-    let docker_tar = sk.tmp.path().join("docker-save.tar");
-    let oci_tar = sk.tmp.path().join("oci-archive.tar");
+    let docker_tar = sk.path("docker-save.tar");
+    let oci_tar = sk.path("oci-archive.tar");
     // skopeo writes the normalized name, docker.io/airgap/docker:v1, into RepoTags; the
     // importer keeps a registry host as the first component of the repository name.
     sk.run("copy", &[&src.oci("v1"), &format!("docker-archive:{}:airgap/docker:v1", docker_tar.display())]);
@@ -140,10 +139,14 @@ fn import_and_export_talk_to_the_running_server_and_export_is_loadable() {
     assert_same_blobs(&back, &f.src, "skopeo copy oci-archive:export");
 
     // podman loads it (vfs storage in a private root): the image ID is the config digest.
-    let p = Podman::new();
-    let loaded = p.run(&["load", "-i", &path_str(&online)]);
+    let p = real::clients::Clients::new();
+    let podman = |args: &[&str]| {
+        let out = p.podman_ok(args);
+        format!("{}{}", out.stdout, out.stderr)
+    };
+    let loaded = podman(&["load", "-i", &path_str(&online)]);
     assert!(loaded.contains("Loaded image"), "podman load said: {loaded}");
-    let ids = p.run(&["images", "-q", "--no-trunc"]);
+    let ids = podman(&["images", "-q", "--no-trunc"]);
     assert!(
         ids.lines()
             .any(|l| l.trim().trim_start_matches("sha256:")
@@ -245,84 +248,4 @@ fn bad_archives_fail_clearly_and_import_nothing() {
     let w = common::Wharfie::start_in(&dir, &[]);
     let cat: serde_json::Value = reqwest::blocking::get(w.url("/v2/_catalog")).unwrap().json().unwrap();
     assert_eq!(cat["repositories"], serde_json::json!([]), "{cat}");
-}
-
-/// podman with vfs storage, its configuration and its root in one temp dir.
-struct Podman {
-    tmp: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        for (tool, package) in [("timeout", "coreutils"), ("podman", "podman")] {
-            require(tool, package);
-        }
-        // podman refuses a runroot longer than 50 characters: a short temp path.
-        let tmp = tempfile::Builder::new().prefix("wa-").tempdir_in("/tmp").expect("tempdir");
-        let t = tmp.path();
-        for d in ["home/.config/containers", "xdg-run", "tmp", "libpod-tmp", "net", "s"] {
-            std::fs::create_dir_all(t.join(d)).unwrap();
-        }
-        let s = |p: &str| t.join(p).display().to_string();
-        std::fs::write(
-            t.join("home/.config/containers/policy.json"),
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .unwrap();
-        std::fs::write(
-            t.join("registries.conf"),
-            "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                s("s/root"),
-                s("s/run")
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            t.join("containers.conf"),
-            format!(
-                "[engine]\ntmp_dir = \"{}\"\nevents_logger = \"none\"\ncgroup_manager = \"cgroupfs\"\n\
-                 image_copy_tmp_dir = \"{}\"\n\n[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{}\"\n",
-                s("libpod-tmp"),
-                s("tmp"),
-                s("net")
-            ),
-        )
-        .unwrap();
-        Podman { tmp }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let t = self.tmp.path();
-        let s = |p: &str| t.join(p);
-        let out = Command::new("timeout")
-            .args(["-k", "10", "180", "podman"])
-            .arg("--root")
-            .arg(s("s/root"))
-            .arg("--runroot")
-            .arg(s("s/run"))
-            .args(["--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"])
-            .arg("--tmpdir")
-            .arg(s("libpod-tmp"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
-            .env("HOME", s("home"))
-            .env("XDG_RUNTIME_DIR", s("xdg-run"))
-            .env("TMPDIR", s("tmp"))
-            .env("CONTAINERS_CONF", s("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", s("storage.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", s("registries.conf"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run podman");
-        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "podman {args:?} failed ({:?})\n{o}\n{e}", out.status);
-        format!("{o}{e}")
-    }
 }

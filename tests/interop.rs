@@ -22,26 +22,21 @@
 //! reference registry (`/usr/bin/docker-registry`, Debian's `docker-registry`)
 //! instead, to tell a client or test problem from a wharfie bug.
 
+mod clients;
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use clients::{
+    layer, require, Clients, Desc, Image, Layout, ReferenceRegistry, OCI_LAYER_GZIP, OCI_MANIFEST,
+};
 use common::{sha256, Wharfie};
 
-/// Wall-clock limit of one client command (`timeout` sends SIGTERM, then SIGKILL 10 s later).
-const CLIENT_TIMEOUT_SECS: u32 = 180;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -74,7 +69,7 @@ impl Registry {
     fn start() -> Registry {
         match std::env::var("WHARFIE_INTEROP_AGAINST").as_deref() {
             Ok("docker-registry") => {
-                let r = ReferenceRegistry::start();
+                let r = ReferenceRegistry::start_deletable();
                 Registry { addr: r.addr.clone(), _server: Server::Reference(r) }
             }
             Ok("") | Ok("wharfie") | Err(_) => {
@@ -147,307 +142,9 @@ fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
     resp.headers().get(name).map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default()
 }
 
-/// `docker-registry serve` on 127.0.0.1 with an ephemeral port and a temp storage root.
-struct ReferenceRegistry {
-    addr: String,
-    child: Option<Child>,
-    _tmp: tempfile::TempDir,
-}
-
-impl ReferenceRegistry {
-    fn start() -> Self {
-        let bin = require("docker-registry", "docker-registry");
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let config = tmp.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: interop-test\n",
-                tmp.path().join("storage").display()
-            ),
-        )
-        .expect("write registry config");
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn docker-registry");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(i) = line.find("listening on ") {
-                        let rest = &line[i + "listening on ".len()..];
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-                if std::env::var_os("TEST_LOG").is_some() {
-                    eprintln!("docker-registry: {line}");
-                }
-            }
-        });
-        let addr =
-            rx.recv_timeout(Duration::from_secs(60)).expect("docker-registry did not say where it listens");
-        ReferenceRegistry { addr, child: Some(child), _tmp: tmp }
-    }
-}
-
-impl Drop for ReferenceRegistry {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
-// The clients, hermetically configured
+// What the clients print (they are set up in tests/clients/mod.rs)
 // ---------------------------------------------------------------------------
-
-/// Find `tool` on PATH or fail the test with the command that installs it.
-fn require(tool: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(tool);
-        if let Ok(meta) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "{tool} not found: apt-get install -y {package} \
-         (.ci/run installs every Debian package the interop suite needs)"
-    );
-}
-
-/// A temp dir whose path has no upper-case letters: podman names an image pulled
-/// from `oci:PATH` after PATH, and image names must be lower-case.
-fn lowercase_tempdir() -> tempfile::TempDir {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let base = std::env::temp_dir();
-    assert!(
-        !base.display().to_string().chars().any(|c| c.is_ascii_uppercase()),
-        "TMPDIR {} has upper-case letters; podman cannot name images after such paths",
-        base.display()
-    );
-    tempfile::Builder::new()
-        .prefix(&format!("wi-{}-{n}-{nanos:x}", std::process::id()))
-        .rand_bytes(0)
-        .tempdir_in(base)
-        .expect("tempdir")
-}
-
-/// Configuration, storage and caches for skopeo/podman/buildah, all inside one temp dir.
-struct Clients {
-    tmp: tempfile::TempDir,
-    policy: String,
-    registries_conf: String,
-    root: String,
-    runroot: String,
-}
-
-/// What a client printed.
-struct Out {
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `$@` with the test's cache directory (`$0`) mounted where root's
-/// containers/image blob-info cache lives, inside a private mount namespace.
-const CACHE_SHIM: &str =
-    "mkdir -p /var/lib/containers/cache && mount --bind \"$0\" /var/lib/containers/cache && exec \"$@\"";
-
-impl Clients {
-    fn new() -> Clients {
-        for (tool, package) in [("timeout", "coreutils"), ("unshare", "util-linux"), ("mount", "mount")] {
-            require(tool, package);
-        }
-        let tmp = lowercase_tempdir();
-        let t = tmp.path();
-        for d in ["home", "xdg-run", "xdg-data", "xdg-config", "tmp", "cache", "libpod-tmp", "net"] {
-            std::fs::create_dir_all(t.join(d)).expect("mkdir");
-        }
-        let s = |p: &str| t.join(p).display().to_string();
-        let (policy, registries_conf, root, runroot) =
-            (s("policy.json"), s("registries.conf"), s("s/root"), s("s/run"));
-        // podman refuses a runroot longer than 50 characters.
-        assert!(
-            runroot.len() <= 50,
-            "runroot {runroot} is too long for podman: set TMPDIR to a shorter path"
-        );
-        // Passed explicitly where a command takes it, and found at $HOME/.config/containers
-        // by those that do not (`podman manifest push`), instead of /etc/containers.
-        let accept_all = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
-        std::fs::write(&policy, accept_all).unwrap();
-        std::fs::create_dir_all(t.join("home/.config/containers")).unwrap();
-        std::fs::write(t.join("home/.config/containers/policy.json"), accept_all).unwrap();
-        // Only fully qualified names; no short-name aliases, no mirrors.
-        std::fs::write(
-            &registries_conf,
-            "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.join("storage.conf"),
-            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{root}\"\nrunroot = \"{runroot}\"\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            t.join("containers.conf"),
-            format!(
-                "[engine]\ntmp_dir = \"{}\"\nevents_logger = \"none\"\ncgroup_manager = \"cgroupfs\"\n\
-                 image_copy_tmp_dir = \"{}\"\n\n[network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{}\"\n",
-                s("libpod-tmp"),
-                s("tmp"),
-                s("net")
-            ),
-        )
-        .unwrap();
-        std::fs::write(t.join("auth.json"), "{\"auths\":{}}\n").unwrap();
-        Clients { tmp, policy, registries_conf, root, runroot }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
-    }
-
-    /// A fresh directory inside the temp dir.
-    fn dir(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(&p).expect("mkdir");
-        p
-    }
-
-    /// Run a client; panic with everything it printed unless it succeeds.
-    /// `program` is skopeo, podman or buildah, each from the Debian package of that name.
-    fn run(&self, program: &str, args: &[String]) -> Out {
-        require(program, program);
-        let t = self.tmp.path();
-        let s = |p: &str| t.join(p);
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "10", &CLIENT_TIMEOUT_SECS.to_string()])
-            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c", CACHE_SHIM])
-            .arg(s("cache"))
-            .arg(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
-            .env("HOME", s("home"))
-            .env("XDG_RUNTIME_DIR", s("xdg-run"))
-            .env("XDG_DATA_HOME", s("xdg-data"))
-            .env("XDG_CONFIG_HOME", s("xdg-config"))
-            .env("TMPDIR", s("tmp"))
-            .env("CONTAINERS_CONF", s("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", s("storage.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
-            .env("REGISTRY_AUTH_FILE", s("auth.json"))
-            .env("BUILDAH_ISOLATION", "chroot")
-            .stdin(Stdio::null());
-        let line = format!("{program} {}", args.join(" "));
-        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if std::env::var_os("TEST_LOG").is_some() {
-            eprintln!("$ {line}\n{stdout}{stderr}");
-        }
-        let code = out.status.code();
-        if code == Some(124) || code == Some(137) {
-            panic!(
-                "`{line}` timed out after {CLIENT_TIMEOUT_SECS}s\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-            );
-        }
-        if !out.status.success() {
-            panic!("`{line}` failed (exit {code:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
-        }
-        Out { stdout, stderr }
-    }
-
-    /// `skopeo --policy P --tmpdir T <sub> --registries-conf R <args>`
-    fn skopeo(&self, sub: &str, args: &[&str]) -> Out {
-        self.run("skopeo", &self.skopeo_args(&[], sub, args))
-    }
-
-    /// skopeo's argument vector: global flags, the subcommand, its flags.
-    fn skopeo_args(&self, global: &[&str], sub: &str, args: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = global.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--policy".into(),
-            self.policy.clone(),
-            "--tmpdir".into(),
-            self.path("tmp").display().to_string(),
-            "--registries.d".into(),
-            self.path("registries.d").display().to_string(),
-            sub.into(),
-            // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF; this (hidden) flag is its equivalent.
-            "--registries-conf".into(),
-            self.registries_conf.clone(),
-        ]);
-        v.extend(args.iter().map(|s| s.to_string()));
-        v
-    }
-
-    /// skopeo's `--debug` output for one command (the HTTP requests it made are in stderr).
-    fn skopeo_debug(&self, sub: &str, args: &[&str]) -> Out {
-        self.run("skopeo", &self.skopeo_args(&["--debug"], sub, args))
-    }
-
-    fn storage_flags(&self) -> Vec<String> {
-        vec![
-            "--root".into(),
-            self.root.clone(),
-            "--runroot".into(),
-            self.runroot.clone(),
-            "--storage-driver".into(),
-            "vfs".into(),
-        ]
-    }
-
-    /// `podman <storage and engine flags> <args>`
-    fn podman(&self, args: &[&str]) -> Out {
-        self.run("podman", &self.podman_args(args))
-    }
-
-    fn podman_args(&self, args: &[&str]) -> Vec<String> {
-        let mut v = self.storage_flags();
-        v.extend([
-            "--tmpdir".to_string(),
-            self.path("libpod-tmp").display().to_string(),
-            "--events-backend".into(),
-            "none".into(),
-            "--cgroup-manager".into(),
-            "cgroupfs".into(),
-            "--network-config-dir".into(),
-            self.path("net").display().to_string(),
-        ]);
-        v.extend(args.iter().map(|s| s.to_string()));
-        v
-    }
-
-    /// `buildah <storage flags> <args>`
-    fn buildah(&self, args: &[&str]) -> Out {
-        let mut v = self.storage_flags();
-        v.extend(args.iter().map(|s| s.to_string()));
-        self.run("buildah", &v)
-    }
-}
 
 /// The last non-empty line of a client's stdout (podman/buildah print IDs there).
 fn last_line(s: &str) -> String {
@@ -465,36 +162,6 @@ fn hex_of(digest: &str) -> &str {
 // ---------------------------------------------------------------------------
 // Test images, written by hand: tar, gzip, OCI image layout
 // ---------------------------------------------------------------------------
-
-/// An uncompressed ustar archive of regular files, deterministic (mtime 0, uid 0).
-fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    fn octal(field: &mut [u8], value: u64) {
-        let s = format!("{:0width$o}\0", value, width = field.len() - 1);
-        field.copy_from_slice(s.as_bytes());
-    }
-    let mut out = Vec::new();
-    for (name, data) in files {
-        assert!(name.len() < 100, "tar name too long: {name}");
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        octal(&mut h[100..108], 0o644);
-        octal(&mut h[108..116], 0);
-        octal(&mut h[116..124], 0);
-        octal(&mut h[124..136], data.len() as u64);
-        octal(&mut h[136..148], 0);
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
-}
 
 /// The regular files of an uncompressed tar: (name, contents). PAX/GNU extension
 /// records are skipped (the names used here are short).
@@ -524,147 +191,6 @@ fn untar(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-/// A valid gzip member holding `data` in stored (uncompressed) deflate blocks.
-fn gzip_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    let mut chunks: Vec<&[u8]> = data.chunks(65_535).collect();
-    if chunks.is_empty() {
-        chunks.push(&[]);
-    }
-    let n = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
-        out.push(u8::from(i + 1 == n));
-        let len = c.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(c);
-    }
-    out.extend_from_slice(&crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-/// A content descriptor.
-#[derive(Clone, Debug)]
-struct Desc {
-    media_type: String,
-    digest: String,
-    size: usize,
-}
-
-impl Desc {
-    fn json(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
-    }
-}
-
-/// An OCI image layout directory.
-struct Layout {
-    dir: PathBuf,
-}
-
-impl Layout {
-    fn create(dir: &Path) -> Layout {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir layout");
-        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let l = Layout { dir: dir.to_path_buf() };
-        l.set_refs(&[]);
-        l
-    }
-
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        self.dir.join("blobs/sha256").join(hex_of(digest))
-    }
-
-    fn put(&self, media_type: &str, bytes: &[u8]) -> Desc {
-        let digest = sha256(bytes);
-        std::fs::write(self.blob_path(&digest), bytes).expect("write blob");
-        Desc { media_type: media_type.into(), digest, size: bytes.len() }
-    }
-
-    fn blob(&self, digest: &str) -> Vec<u8> {
-        std::fs::read(self.blob_path(digest))
-            .unwrap_or_else(|e| panic!("blob {digest} missing from {}: {e}", self.dir.display()))
-    }
-
-    /// Digests of every blob file in the layout.
-    fn blob_set(&self) -> BTreeSet<String> {
-        std::fs::read_dir(self.dir.join("blobs/sha256"))
-            .expect("read blobs dir")
-            .map(|e| format!("sha256:{}", e.expect("dir entry").file_name().to_string_lossy()))
-            .collect()
-    }
-
-    /// Write index.json naming each descriptor with `org.opencontainers.image.ref.name`.
-    fn set_refs(&self, refs: &[(&str, &Desc)]) {
-        let manifests: Vec<Value> = refs
-            .iter()
-            .map(|(name, d)| {
-                let mut v = d.json();
-                v["annotations"] = json!({"org.opencontainers.image.ref.name": name});
-                v
-            })
-            .collect();
-        let index = json!({"schemaVersion": 2, "manifests": manifests});
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    }
-
-    /// The descriptor index.json gives for `name`.
-    fn ref_desc(&self, name: &str) -> Value {
-        let raw = std::fs::read(self.dir.join("index.json")).expect("index.json");
-        let index: Value = serde_json::from_slice(&raw).expect("index.json is JSON");
-        index["manifests"]
-            .as_array()
-            .expect("manifests array")
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
-            .unwrap_or_else(|| panic!("no ref {name} in {}", String::from_utf8_lossy(&raw)))
-            .clone()
-    }
-
-    /// `oci:<dir>:<name>`
-    fn oci(&self, name: &str) -> String {
-        format!("oci:{}:{name}", self.dir.display())
-    }
-}
-
-/// One image written into a layout.
-#[derive(Clone, Debug)]
-struct Image {
-    manifest: Desc,
-    manifest_bytes: Vec<u8>,
-    config: Desc,
-    config_bytes: Vec<u8>,
-    layers: Vec<Desc>,
-}
-
-impl Image {
-    /// Every blob of the image, manifest included.
-    fn digests(&self) -> BTreeSet<String> {
-        let mut s: BTreeSet<String> = self.layers.iter().map(|l| l.digest.clone()).collect();
-        s.insert(self.config.digest.clone());
-        s.insert(self.manifest.digest.clone());
-        s
-    }
-}
-
-/// A layer: a gzip'd tar of `files`. Returns (compressed, uncompressed).
-fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
-    let t = tar(files);
-    (gzip_stored(&t), t)
-}
-
 /// Write an OCI image (config + gzip layers + manifest) for `arch` into `layout`.
 fn write_image(layout: &Layout, arch: &str, layers: &[(Vec<u8>, Vec<u8>)], label: &str) -> Image {
     let layer_descs: Vec<Desc> = layers.iter().map(|(gz, _)| layout.put(OCI_LAYER_GZIP, gz)).collect();
@@ -686,18 +212,7 @@ fn write_image(layout: &Layout, arch: &str, layers: &[(Vec<u8>, Vec<u8>)], label
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history
     });
-    let config_bytes = serde_json::to_vec(&config).unwrap();
-    let config_desc = layout.put(OCI_CONFIG, &config_bytes);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config_desc.json(),
-        "layers": layer_descs.iter().map(Desc::json).collect::<Vec<_>>(),
-        "annotations": {"org.example.interop": label}
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    let manifest_desc = layout.put(OCI_MANIFEST, &manifest_bytes);
-    Image { manifest: manifest_desc, manifest_bytes, config: config_desc, config_bytes, layers: layer_descs }
+    layout.put_image(&config, layer_descs, Some(json!({"org.example.interop": label})))
 }
 
 /// A shared "base" layer (bigger than one gzip stored block, so the blob spans blocks).
@@ -768,7 +283,7 @@ fn skopeo_copy_roundtrip_is_byte_identical() {
     src.set_refs(&[("v1", &img.manifest)]);
 
     let repo = "interop/skopeo";
-    c.skopeo(
+    c.skopeo_ok(
         "copy",
         &[
             "--preserve-digests",
@@ -792,30 +307,30 @@ fn skopeo_copy_roundtrip_is_byte_identical() {
 
     // skopeo inspect: digest, layers, platform, labels.
     let tagged = reg.docker(&format!("{repo}:v1"));
-    let info = parse_json(&c.skopeo("inspect", &["--tls-verify=false", &tagged]).stdout, "skopeo inspect");
+    let info = parse_json(&c.skopeo_ok("inspect", &["--tls-verify=false", &tagged]).stdout, "skopeo inspect");
     assert_eq!(info["Digest"], img.manifest.digest.as_str(), "skopeo inspect Digest: {info}");
     let layers: Vec<&str> = img.layers.iter().map(|l| l.digest.as_str()).collect();
     assert_eq!(info["Layers"], json!(layers), "skopeo inspect Layers: {info}");
     assert_eq!(info["Architecture"], "amd64", "{info}");
     assert_eq!(info["Os"], "linux", "{info}");
     assert_eq!(info["Labels"]["org.example.interop"], "skopeo", "{info}");
-    let raw = c.skopeo("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
+    let raw = c.skopeo_ok("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
     assert!(
         raw.as_bytes() == img.manifest_bytes,
         "skopeo inspect --raw differs from the manifest pushed:\n{raw}"
     );
-    let raw_config = c.skopeo("inspect", &["--tls-verify=false", "--config", "--raw", &tagged]).stdout;
+    let raw_config = c.skopeo_ok("inspect", &["--tls-verify=false", "--config", "--raw", &tagged]).stdout;
     assert!(
         raw_config.as_bytes() == img.config_bytes,
         "skopeo inspect --config --raw differs:\n{raw_config}"
     );
     let by_digest = reg.docker(&format!("{repo}@{}", img.manifest.digest));
     let info2 =
-        parse_json(&c.skopeo("inspect", &["--tls-verify=false", &by_digest]).stdout, "inspect by digest");
+        parse_json(&c.skopeo_ok("inspect", &["--tls-verify=false", &by_digest]).stdout, "inspect by digest");
     assert_eq!(info2["Digest"], img.manifest.digest.as_str(), "{info2}");
 
     // A second tag, registry to registry (blobs already there), then list-tags.
-    c.skopeo(
+    c.skopeo_ok(
         "copy",
         &[
             "--preserve-digests",
@@ -826,7 +341,7 @@ fn skopeo_copy_roundtrip_is_byte_identical() {
         ],
     );
     let tags = parse_json(
-        &c.skopeo("list-tags", &["--tls-verify=false", &reg.docker(repo)]).stdout,
+        &c.skopeo_ok("list-tags", &["--tls-verify=false", &reg.docker(repo)]).stdout,
         "skopeo list-tags",
     );
     assert_eq!(tags["Tags"], json!(["latest", "v1"]), "skopeo list-tags (lexical order): {tags}");
@@ -835,7 +350,7 @@ fn skopeo_copy_roundtrip_is_byte_identical() {
 
     // And back out into a fresh layout: the same bytes, the same manifest digest.
     let dst = Layout::create(&c.dir("dst"));
-    c.skopeo("copy", &["--preserve-digests", "--src-tls-verify=false", &tagged, &dst.oci("v1")]);
+    c.skopeo_ok("copy", &["--preserve-digests", "--src-tls-verify=false", &tagged, &dst.oci("v1")]);
     let d = dst.ref_desc("v1");
     assert_eq!(d["digest"], img.manifest.digest.as_str(), "index.json of the copy: {d}");
     assert_eq!(d["mediaType"], OCI_MANIFEST, "{d}");
@@ -860,7 +375,7 @@ fn skopeo_docker_schema2_roundtrip() {
 
     let repo = "interop/schema2";
     let tagged = reg.docker(&format!("{repo}:v1"));
-    c.skopeo("copy", &["--format", "v2s2", "--dest-tls-verify=false", &src.oci("v1"), &tagged]);
+    c.skopeo_ok("copy", &["--format", "v2s2", "--dest-tls-verify=false", &src.oci("v1"), &tagged]);
 
     let (status, ct, dcd, body) = reg.get_manifest(repo, "v1");
     assert_eq!(status, 200, "GET /v2/{repo}/manifests/v1");
@@ -877,13 +392,13 @@ fn skopeo_docker_schema2_roundtrip() {
     assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER_GZIP, "{m}");
     assert_eq!(m["layers"][0]["digest"], img.layers[0].digest.as_str(), "{m}");
 
-    let raw = c.skopeo("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
+    let raw = c.skopeo_ok("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
     assert!(raw.as_bytes() == body.as_slice(), "skopeo inspect --raw differs from GET");
 
     // Back out, keeping the schema2 manifest as is.
     let dst = c.dir("dst");
     let dst_ref = format!("dir:{}", dst.display());
-    c.skopeo("copy", &["--preserve-digests", "--src-tls-verify=false", &tagged, &dst_ref]);
+    c.skopeo_ok("copy", &["--preserve-digests", "--src-tls-verify=false", &tagged, &dst_ref]);
     let pulled = std::fs::read(dst.join("manifest.json")).expect("dir:/manifest.json");
     assert!(pulled == body, "schema2 manifest pulled back differs from the one served");
     let layer = std::fs::read(dst.join(hex_of(&img.layers[0].digest))).expect("layer file in dir:");
@@ -911,7 +426,10 @@ fn skopeo_multi_arch_index_copy_all() {
 
     let repo = "interop/multi";
     let tagged = reg.docker(&format!("{repo}:v1"));
-    c.skopeo("copy", &["--all", "--preserve-digests", "--dest-tls-verify=false", &src.oci("multi"), &tagged]);
+    c.skopeo_ok(
+        "copy",
+        &["--all", "--preserve-digests", "--dest-tls-verify=false", &src.oci("multi"), &tagged],
+    );
 
     let (status, ct, dcd, body) = reg.get_manifest(repo, "v1");
     assert_eq!(status, 200, "GET /v2/{repo}/manifests/v1");
@@ -926,7 +444,7 @@ fn skopeo_multi_arch_index_copy_all() {
         assert!(b == img.manifest_bytes, "child manifest {} differs", img.manifest.digest);
     }
 
-    let raw = c.skopeo("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
+    let raw = c.skopeo_ok("inspect", &["--tls-verify=false", "--raw", &tagged]).stdout;
     assert!(raw.as_bytes() == index_bytes, "skopeo inspect --raw of the index differs:\n{raw}");
     // skopeo picks the platform's manifest out of the index.
     for (arch, variant, img) in [("amd64", "", &amd), ("arm64", "v8", &arm)] {
@@ -934,7 +452,7 @@ fn skopeo_multi_arch_index_copy_all() {
         if !variant.is_empty() {
             global.extend(["--override-variant", variant]);
         }
-        let out = c.run("skopeo", &c.skopeo_args(&global, "inspect", &["--tls-verify=false", &tagged]));
+        let out = c.run("skopeo", &c.skopeo_args_with(&global, "inspect", &["--tls-verify=false", &tagged]));
         let info = parse_json(&out.stdout, "skopeo inspect --override-arch");
         // skopeo reports the digest of what the tag names (the index) ...
         assert_eq!(info["Digest"], index_desc.digest.as_str(), "{arch}: {info}");
@@ -945,13 +463,16 @@ fn skopeo_multi_arch_index_copy_all() {
         assert_eq!(info["Labels"]["org.example.interop"], arch, "{info}");
         // The platform manifest by digest.
         let by_digest = reg.docker(&format!("{repo}@{}", img.manifest.digest));
-        let out = c.skopeo("inspect", &["--tls-verify=false", &by_digest]);
+        let out = c.skopeo_ok("inspect", &["--tls-verify=false", &by_digest]);
         let info = parse_json(&out.stdout, "skopeo inspect by digest");
         assert_eq!(info["Digest"], img.manifest.digest.as_str(), "{arch}: {info}");
     }
 
     let dst = Layout::create(&c.dir("dst"));
-    c.skopeo("copy", &["--all", "--preserve-digests", "--src-tls-verify=false", &tagged, &dst.oci("multi")]);
+    c.skopeo_ok(
+        "copy",
+        &["--all", "--preserve-digests", "--src-tls-verify=false", &tagged, &dst.oci("multi")],
+    );
     let d = dst.ref_desc("multi");
     assert_eq!(d["digest"], index_desc.digest.as_str(), "index.json of the copy: {d}");
     assert_eq!(d["mediaType"], OCI_INDEX, "{d}");
@@ -978,7 +499,7 @@ fn skopeo_cross_repository_mount() {
     // No --preserve-digests here: with it, skopeo 1.9 does not consult its blob-info
     // cache and never mounts. Nothing needs changing anyway (gzip layers, OCI manifest),
     // and the manifest digests are checked below.
-    c.skopeo("copy", &["--dest-tls-verify=false", &src.oci("first"), &reg.docker("interop/first:v1")]);
+    c.skopeo_ok("copy", &["--dest-tls-verify=false", &src.oci("first"), &reg.docker("interop/first:v1")]);
     let out = c.skopeo_debug(
         "copy",
         &["--dest-tls-verify=false", &src.oci("second"), &reg.docker("interop/second:v1")],
@@ -1001,7 +522,7 @@ fn skopeo_cross_repository_mount() {
     assert!(b == src.blob(&shared), "mounted blob bytes differ");
 
     let dst = Layout::create(&c.dir("dst"));
-    c.skopeo(
+    c.skopeo_ok(
         "copy",
         &["--preserve-digests", "--src-tls-verify=false", &reg.docker("interop/second:v1"), &dst.oci("v1")],
     );
@@ -1024,15 +545,15 @@ fn podman_push_rmi_pull_roundtrip() {
     let policy = c.policy.clone();
     let sig = ["--signature-policy", policy.as_str()];
 
-    let id = last_line(&c.podman(&[&["pull", "-q"][..], &sig, &[&src.oci("v1")]].concat()).stdout);
+    let id = last_line(&c.podman_ok(&[&["pull", "-q"][..], &sig, &[&src.oci("v1")]].concat()).stdout);
     assert_eq!(id, hex_of(&img.config.digest), "podman's image ID is the config digest");
 
     for (tag, format) in [("v1", "oci"), ("v2s2", "v2s2")] {
         let name = reg.name(&format!("interop/podman:{tag}"));
-        c.podman(&["tag", &id, &name]);
+        c.podman_ok(&["tag", &id, &name]);
         let digestfile = c.path(&format!("digest-{tag}"));
         let df = digestfile.display().to_string();
-        c.podman(
+        c.podman_ok(
             &[&["push", "--tls-verify=false", "--format", format, "--digestfile", &df][..], &sig, &[&name]]
                 .concat(),
         );
@@ -1045,19 +566,19 @@ fn podman_push_rmi_pull_roundtrip() {
         assert_eq!(ct, expected_ct, "Content-Type of the {format} manifest podman pushed");
     }
 
-    c.podman(&["rmi", "-a", "-f"]);
-    let left = c.podman(&["images", "-a", "-q"]).stdout;
+    c.podman_ok(&["rmi", "-a", "-f"]);
+    let left = c.podman_ok(&["images", "-a", "-q"]).stdout;
     assert!(left.trim().is_empty(), "podman rmi -a left images: {left}");
 
     for tag in ["v1", "v2s2"] {
         let name = reg.name(&format!("interop/podman:{tag}"));
         let pulled = last_line(
-            &c.podman(&[&["pull", "-q", "--tls-verify=false"][..], &sig, &[&name]].concat()).stdout,
+            &c.podman_ok(&[&["pull", "-q", "--tls-verify=false"][..], &sig, &[&name]].concat()).stdout,
         );
         assert_eq!(pulled, id, "image ID after podman pull {name}");
         let (_, _, dcd, _) = reg.get_manifest("interop/podman", tag);
         // Both tags are one image (one ID); each pull records its manifest digest.
-        let got = c.podman(&["image", "inspect", "--format", "{{json .RepoDigests}}", &name]);
+        let got = c.podman_ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &name]);
         let repo_digests = parse_json(&last_line(&got.stdout), "podman RepoDigests");
         let want = format!("{}@{dcd}", reg.name("interop/podman"));
         assert!(
@@ -1067,7 +588,7 @@ fn podman_push_rmi_pull_roundtrip() {
     }
 
     let tags = parse_json(
-        &c.skopeo("list-tags", &["--tls-verify=false", &reg.docker("interop/podman")]).stdout,
+        &c.skopeo_ok("list-tags", &["--tls-verify=false", &reg.docker("interop/podman")]).stdout,
         "skopeo list-tags",
     );
     assert_eq!(tags["Tags"], json!(["v1", "v2s2"]), "{tags}");
@@ -1087,16 +608,16 @@ fn podman_manifest_list_push_pull_by_arch() {
     let sig = ["--signature-policy", policy.as_str()];
 
     let list = "localhost/interop-list:v1";
-    c.podman(&["manifest", "create", list]);
+    c.podman_ok(&["manifest", "create", list]);
     for (arch, img) in [("amd64", &amd), ("arm64", &arm)] {
         let id = last_line(
-            &c.podman(&[&["pull", "-q", "--arch", arch][..], &sig, &[&src.oci(arch)]].concat()).stdout,
+            &c.podman_ok(&[&["pull", "-q", "--arch", arch][..], &sig, &[&src.oci(arch)]].concat()).stdout,
         );
         assert_eq!(id, hex_of(&img.config.digest), "{arch} image ID");
-        c.podman(&["manifest", "add", list, &format!("containers-storage:{id}")]);
+        c.podman_ok(&["manifest", "add", list, &format!("containers-storage:{id}")]);
     }
     let name = reg.name("interop/list:v1");
-    c.podman(&[
+    c.podman_ok(&[
         "manifest",
         "push",
         "--all",
@@ -1131,12 +652,14 @@ fn podman_manifest_list_push_pull_by_arch() {
         assert_eq!(m["config"]["digest"], img.config.digest.as_str(), "{arch}: {m}");
     }
 
-    c.podman(&["manifest", "rm", list]);
-    c.podman(&["rmi", "-a", "-f"]);
+    c.podman_ok(&["manifest", "rm", list]);
+    c.podman_ok(&["rmi", "-a", "-f"]);
     for (arch, img) in [("arm64", &arm), ("amd64", &amd)] {
         let id = last_line(
-            &c.podman(&[&["pull", "-q", "--tls-verify=false", "--arch", arch][..], &sig, &[&name]].concat())
-                .stdout,
+            &c.podman_ok(
+                &[&["pull", "-q", "--tls-verify=false", "--arch", arch][..], &sig, &[&name]].concat(),
+            )
+            .stdout,
         );
         assert_eq!(id, hex_of(&img.config.digest), "podman pull --arch {arch} {name}");
     }
@@ -1179,13 +702,13 @@ fn buildah_build_push_pull() {
     let base_digest = std::fs::read_to_string(&df).unwrap().trim().to_string();
 
     let info = parse_json(
-        &c.skopeo("inspect", &["--tls-verify=false", &reg.docker("interop/buildah-base:v1")]).stdout,
+        &c.skopeo_ok("inspect", &["--tls-verify=false", &reg.docker("interop/buildah-base:v1")]).stdout,
         "skopeo inspect",
     );
     assert_eq!(info["Digest"], base_digest.as_str(), "skopeo inspect vs buildah push --digestfile: {info}");
     assert_eq!(info["Labels"]["org.example.interop"], "buildah", "{info}");
     let config = parse_json(
-        &c.skopeo("inspect", &["--tls-verify=false", "--config", &reg.docker("interop/buildah-base:v1")])
+        &c.skopeo_ok("inspect", &["--tls-verify=false", "--config", &reg.docker("interop/buildah-base:v1")])
             .stdout,
         "skopeo inspect --config",
     );
@@ -1193,7 +716,7 @@ fn buildah_build_push_pull() {
 
     // The layer's content, decompressed by skopeo into a dir: layout.
     let out = c.dir("base-dir");
-    c.skopeo(
+    c.skopeo_ok(
         "copy",
         &[
             "--src-tls-verify=false",
@@ -1237,7 +760,7 @@ fn buildah_build_push_pull() {
     );
     let child_digest = std::fs::read_to_string(&df).unwrap().trim().to_string();
     let child = parse_json(
-        &c.skopeo("inspect", &["--tls-verify=false", &reg.docker("interop/buildah-child:v1")]).stdout,
+        &c.skopeo_ok("inspect", &["--tls-verify=false", &reg.docker("interop/buildah-child:v1")]).stdout,
         "skopeo inspect",
     );
     assert_eq!(child["Digest"], child_digest.as_str(), "{child}");

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use common::{bytes_of, Wharfie};
+use common::{bytes_of, require, Wharfie};
 use oci::*;
 use serde_json::json;
 
@@ -67,17 +67,6 @@ fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
 
-fn require(tool: &str, install: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(found, "`{tool}` is not installed: {install}");
-}
-
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -98,7 +87,7 @@ fn preflight() {
         ("prlimit", "util-linux"),
         ("getent", "libc-bin"),
     ] {
-        require(tool, &format!("apt-get install -y {package}"));
+        require(tool, package);
     }
     let v = cargo().args(["deb", "--version"]).stdin(Stdio::null()).output();
     assert!(

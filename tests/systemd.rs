@@ -18,21 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bytes_of, Wharfie};
+use common::{bytes_of, require, Wharfie};
 use oci::*;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/wharfie.service");
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(found, "`{tool}` is not installed: apt-get install -y {package}");
-}
 
 /// `(key, value)` of every assignment in the unit's `[Service]` section, in order.
 fn service_directives() -> Vec<(String, String)> {

@@ -11,6 +11,23 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+/// Find `tool` on PATH (or in the sbin directories) or fail the test with the command
+/// that installs it.
+pub fn require(tool: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
+    for dir in std::env::split_paths(&path).chain(extra) {
+        let p = dir.join(tool);
+        if let Ok(meta) = std::fs::metadata(&p) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return p;
+            }
+        }
+    }
+    panic!("{tool} not found: apt-get install -y {package} (.ci/run installs every Debian package the suites need)");
+}
+
 /// How long a server may take to print its listening line.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 

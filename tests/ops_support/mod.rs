@@ -15,21 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::common::hex_lower;
 
-/// Find `tool` on PATH or fail with the command that installs it.
-pub fn require(tool: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
-    for dir in std::env::split_paths(&path).chain(extra) {
-        let p = dir.join(tool);
-        if let Ok(meta) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
-    }
-    panic!("{tool} not found: apt-get install -y {package}");
-}
+pub use crate::common::require;
 
 /// Wall-clock limit of one `wharfie` subcommand.
 const CLI_TIMEOUT_SECS: u32 = 600;
