@@ -268,6 +268,14 @@ async fn real_main() -> Res<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, fds1) = rss_fds(pid);
 
+    let anon = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
     let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut out = String::new();
     let _ =
@@ -306,6 +314,10 @@ async fn real_main() -> Res<()> {
         mib(rss1),
         samples.first().map_or(0, |x| x.1),
         samples.last().map_or(0, |x| x.1),
+    );
+    let _ = writeln!(
+        out,
+        "of which anonymous (heap) at end: {anon} kB; the rest is file-backed (redb, mapped blobs)"
     );
     let _ = writeln!(
         out,

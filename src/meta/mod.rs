@@ -98,10 +98,16 @@ pub struct Meta {
     writer: Arc<writer::Handle>,
 }
 
+/// redb's page cache for `meta.redb`.
+const META_CACHE_BYTES: usize = 64 << 20;
+
 impl Meta {
     /// Open or create `path`, create every table, and start the writer thread.
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Arc::new(Database::create(path)?);
+        // redb caches up to 1 GiB by default, which a soak run showed growing with the
+        // metadata until RSS passed 400 MiB; an appliance's metadata working set is far
+        // smaller, and the OS page cache still holds the rest of the file.
+        let db = Arc::new(Database::builder().set_cache_size(META_CACHE_BYTES).create(path)?);
         let txn = db.begin_write()?;
         {
             txn.open_table(BLOBS)?;
