@@ -431,24 +431,37 @@ fn bad_names_are_400_name_invalid() {
 // Tags
 
 #[test]
-fn bad_tags_are_400_tag_invalid() {
+/// A PUT under an invalid tag is 400 TAG_INVALID; reads and deletes of one find nothing
+/// (404 MANIFEST_UNKNOWN, as Distribution and the OCI conformance suite expect).
+fn bad_tags_are_400_tag_invalid_on_put_and_404_on_reads() {
     const TI: &[&str] = &["TAG_INVALID"];
+    const MU: &[&str] = &["MANIFEST_UNKNOWN"];
     let long = format!("a{}", "b".repeat(128));
     assert_eq!(long.len(), 129);
-    let tags: Vec<String> =
-        ["-bad", ".hidden", "bad!tag", "a%20b", "tag%2Fslash", "%C3%A9t%C3%A9", "a*b", "a+b", "%2e%2e"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([long])
-            .collect();
+    let tags: Vec<String> = [
+        "-bad",
+        ".hidden",
+        ".INVALID_MANIFEST_NAME",
+        "bad!tag",
+        "a%20b",
+        "tag%2Fslash",
+        "%C3%A9t%C3%A9",
+        "a*b",
+        "a+b",
+        "%2e%2e",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([long])
+    .collect();
     let mut cases = Vec::new();
     for t in tags {
         let t2 = t.clone();
-        cases.push(case(format!("GET manifest tag {t:?}"), 400, TI, After::Nothing, move |_| {
+        cases.push(case(format!("GET manifest tag {t:?}"), 404, MU, After::Nothing, move |_| {
             prep(RawReq::new("GET", manifest_path(REPO, &t2)))
         }));
         let t2 = t.clone();
-        cases.push(case(format!("HEAD manifest tag {t:?}"), 400, &[], After::Nothing, move |_| {
+        cases.push(case(format!("HEAD manifest tag {t:?}"), 404, &[], After::Nothing, move |_| {
             prep(RawReq::new("HEAD", manifest_path(REPO, &t2)))
         }));
         let t2 = t.clone();
@@ -469,7 +482,7 @@ fn bad_tags_are_400_tag_invalid() {
             },
         ));
         let t2 = t.clone();
-        cases.push(case(format!("DELETE manifest tag {t:?}"), 400, TI, After::Nothing, move |_| {
+        cases.push(case(format!("DELETE manifest tag {t:?}"), 404, MU, After::Nothing, move |_| {
             prep(RawReq::new("DELETE", manifest_path(REPO, &t2)))
         }));
     }
@@ -498,20 +511,24 @@ fn bad_digests() -> Vec<String> {
 }
 
 #[test]
+/// A malformed digest is 400 DIGEST_INVALID wherever only a digest may go and on a
+/// manifest PUT; as a manifest reference to read or delete it names nothing: 404
+/// MANIFEST_UNKNOWN (neither a valid tag nor a valid digest, as Distribution answers).
 fn bad_digests_are_400_digest_invalid() {
     const DI: &[&str] = &["DIGEST_INVALID"];
+    const MU: &[&str] = &["MANIFEST_UNKNOWN"];
     let mut cases = Vec::new();
     for d in bad_digests() {
         let d2 = d.clone();
-        cases.push(case(format!("GET manifest {d:?}"), 400, DI, After::Nothing, move |_| {
+        cases.push(case(format!("GET manifest {d:?}"), 404, MU, After::Nothing, move |_| {
             prep(RawReq::new("GET", manifest_path(REPO, &d2)))
         }));
         let d2 = d.clone();
-        cases.push(case(format!("HEAD manifest {d:?}"), 400, &[], After::Nothing, move |_| {
+        cases.push(case(format!("HEAD manifest {d:?}"), 404, &[], After::Nothing, move |_| {
             prep(RawReq::new("HEAD", manifest_path(REPO, &d2)))
         }));
         let d2 = d.clone();
-        cases.push(case(format!("DELETE manifest {d:?}"), 400, DI, After::Nothing, move |_| {
+        cases.push(case(format!("DELETE manifest {d:?}"), 404, MU, After::Nothing, move |_| {
             prep(RawReq::new("DELETE", manifest_path(REPO, &d2)))
         }));
         let d2 = d.clone();

@@ -8,7 +8,7 @@
 
 use super::error::ApiError;
 use crate::digest::Digest;
-use crate::names::{Reference, RepoName};
+use crate::names::{NameError, Reference, RepoName};
 use crate::service::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,11 @@ pub enum Endpoint {
     Catalog,
     /// `/v2/<name>/manifests/<reference>`
     Manifest { name: RepoName, reference: Reference },
+    /// `/v2/<name>/manifests/<reference>` where the reference is neither a valid tag
+    /// nor a valid digest: no manifest can have it, so reads and deletes answer
+    /// `MANIFEST_UNKNOWN` (as Distribution and the conformance suite expect); a PUT is
+    /// refused with `error` (`TAG_INVALID`, `DIGEST_INVALID`).
+    InvalidReference { name: RepoName, error: NameError },
     /// `/v2/<name>/blobs/<digest>`
     Blob { name: RepoName, digest: Digest },
     /// `/v2/<name>/blobs/uploads/`
@@ -45,7 +50,7 @@ impl Endpoint {
         match self {
             Endpoint::Base => "base",
             Endpoint::Catalog => "catalog",
-            Endpoint::Manifest { .. } => "manifest",
+            Endpoint::Manifest { .. } | Endpoint::InvalidReference { .. } => "manifest",
             Endpoint::Blob { .. } => "blob",
             Endpoint::Uploads { .. } => "uploads",
             Endpoint::Upload { .. } => "upload",
@@ -130,8 +135,10 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         match seg[n - 2] {
             "manifests" => {
                 let name = name(n - 2)?;
-                let reference = Reference::parse(&last).map_err(Error::from)?;
-                return Ok(Endpoint::Manifest { name, reference });
+                return Ok(match Reference::parse(&last) {
+                    Ok(reference) => Endpoint::Manifest { name, reference },
+                    Err(error) => Endpoint::InvalidReference { name, error },
+                });
             }
             "blobs" => {
                 let name = name(n - 2)?;
@@ -209,8 +216,19 @@ mod tests {
         assert_eq!(code("/v2/a//b/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("/v2/..%2f..%2fetc/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("/v2/../manifests/latest"), "NAME_INVALID");
-        assert_eq!(code("/v2/a/manifests/bad:tag"), "DIGEST_INVALID");
-        assert_eq!(code("/v2/a/manifests/-bad"), "TAG_INVALID");
+        // An invalid reference routes (reads answer 404, a PUT its error), but only
+        // under a valid name.
+        for r in ["bad:tag", "-bad", ".INVALID_MANIFEST_NAME", "sha256:zz"] {
+            match parse(&format!("/v2/a/manifests/{r}")) {
+                Ok(Endpoint::InvalidReference { name: n, error }) => {
+                    assert_eq!(n, name("a"));
+                    let want = if r.contains(':') { "DIGEST_INVALID" } else { "TAG_INVALID" };
+                    assert_eq!(ApiError::from(Error::from(error)).status_and_code().1, want, "{r}");
+                }
+                other => panic!("{r} parsed as {other:?}"),
+            }
+        }
+        assert_eq!(code("/v2/A/manifests/-bad"), "NAME_INVALID");
         assert_eq!(code("/v2/a/blobs/latest"), "DIGEST_INVALID");
         assert_eq!(code("/v2/a/blobs/uploads/..%2f"), "BLOB_UPLOAD_UNKNOWN");
         assert_eq!(code("/v2/manifests/latest"), "NOT_FOUND");

@@ -21,7 +21,7 @@ use super::guard::Caller;
 use super::route::{self, Endpoint};
 use crate::auth::Access;
 use crate::names::RepoName;
-use crate::service::{Body, Located, Registry};
+use crate::service::{Body, Error, Located, Registry};
 
 /// A request as the handlers see it.
 pub struct Req {
@@ -141,6 +141,13 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             Method::DELETE => {
                 full(manifests::delete(reg, &writable(&name, Access::Delete)?, &reference).await)
             }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        // No manifest has an invalid reference: reads and deletes find nothing (what
+        // Distribution answers); a PUT is told what is wrong with it.
+        Endpoint::InvalidReference { error, .. } => match m {
+            Method::GET | Method::HEAD | Method::DELETE => Err(Error::ManifestUnknown.into()),
+            Method::PUT => Err(Error::from(error).into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Blob { name, digest } => match m {
