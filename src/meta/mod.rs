@@ -98,6 +98,9 @@ pub struct Meta {
     writer: Arc<writer::Handle>,
 }
 
+/// At most this many manifest rows are read by one [`Meta::references`] walk.
+const MAX_REFERENCE_WALK: usize = 4096;
+
 /// redb's page cache for `meta.redb`.
 const META_CACHE_BYTES: usize = 64 << 20;
 
@@ -194,6 +197,48 @@ impl Meta {
             None
         };
         Ok(Some((rec, body)))
+    }
+
+    /// Does a manifest linked in `repo` reference `digest` (as its config, a layer or a
+    /// child manifest), directly or through the children of an index linked there?
+    /// Children are read from the manifest rows whether or not `repo` links them: a
+    /// digest names the same bytes wherever they were stored. Reads only `repo`'s links
+    /// (a repository's manifests are few) and the rows they lead to, at most
+    /// `MAX_REFERENCE_WALK` of them.
+    pub fn references(&self, repo: &str, digest: &Digest) -> Result<bool, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let links = rtx.open_table(REPO_MANIFESTS)?;
+        let rows = rtx.open_table(MANIFESTS)?;
+        let mut todo: Vec<String> = Vec::new();
+        for item in links.range((repo, "")..)? {
+            let (k, _) = item?;
+            let (r, d) = k.value();
+            if r != repo {
+                break;
+            }
+            todo.push(d.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        while let Some(d) = todo.pop() {
+            if seen.len() >= MAX_REFERENCE_WALK {
+                break;
+            }
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            let Some(v) = rows.get(d.as_str())? else { continue };
+            let rec: ManifestRecord = decode(v.value())?;
+            if rec.refs.contains(digest) {
+                return Ok(true);
+            }
+            // An index's children are manifests: walk into those stored here.
+            for r in &rec.refs {
+                if !seen.contains(r.as_str()) && rows.get(r.as_str())?.is_some() {
+                    todo.push(r.as_str().to_owned());
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Tags of `repo`, sorted, after `last`, at most `n`; `None` when the repository
@@ -411,6 +456,55 @@ impl Meta {
                 link_blob(txn, &repo, &digest)?;
             }
             Ok(present)
+        })
+        .await
+    }
+
+    /// Link a stored blob into `repo` (the entitlement rule decided `repo` may have
+    /// it). Returns false, changing nothing, when no live row exists (never stored, or
+    /// GC is deleting it). Like a mount, it restarts the blob's grace period.
+    pub async fn link_stored_blob(&self, repo: String, digest: Digest) -> Result<bool, MetaError> {
+        self.write(move |txn| {
+            let rec: Option<BlobRecord> =
+                txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
+            let Some(mut rec) = rec.filter(|r| !r.deleting) else {
+                return Ok(false);
+            };
+            rec.created = rec.created.max(model::now());
+            txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
+            link_blob(txn, &repo, &digest)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Link a stored manifest into `repo` (the entitlement rule decided `repo` may have
+    /// it), with its referrer row when it has a subject. Returns false when no manifest
+    /// row exists.
+    pub async fn link_manifest(&self, repo: String, digest: Digest) -> Result<bool, MetaError> {
+        self.write(move |txn| {
+            let d = digest.as_str();
+            let rec: Option<ManifestRecord> =
+                txn.open_table(MANIFESTS)?.get(d)?.map(|v| decode(v.value())).transpose()?;
+            let Some(rec) = rec else {
+                return Ok(false);
+            };
+            let r = repo.as_str();
+            if txn.open_table(REPO_MANIFESTS)?.insert((r, d), ())?.is_none() {
+                add(&mut txn.open_table(REPOS)?, r, 1)?;
+                add(&mut txn.open_table(MANIFEST_LINKS)?, d, 1)?;
+            }
+            if let Some(subject) = &rec.subject {
+                let desc = Descriptor {
+                    media_type: rec.media_type.clone(),
+                    digest: digest.clone(),
+                    size: rec.size,
+                    artifact_type: rec.artifact_type.clone(),
+                    annotations: rec.annotations.clone(),
+                };
+                txn.open_table(REFERRERS)?.insert((r, subject.as_str(), d), encode(&desc).as_slice())?;
+            }
+            Ok(true)
         })
         .await
     }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
+use super::entitlement::{Content, Entitlement};
 use super::manifests::{parse, ManifestOut};
 use super::{Error, Registry};
 use crate::digest::Digest;
@@ -129,6 +130,8 @@ pub(super) struct Fill {
     /// A read handle on the staging file: valid across the rename at commit.
     file: Arc<File>,
     state: watch::Receiver<FillState>,
+    /// The repository the fill was started for (from its own upstream).
+    repo: RepoName,
 }
 
 pub(super) type Fills = std::sync::Mutex<HashMap<Digest, Arc<Fill>>>;
@@ -203,9 +206,22 @@ impl Registry {
         let local = &loc.repo;
         match reference {
             Reference::Digest(d) => {
-                if let Ok(out) = self.manifest(local, reference, with_body) {
-                    self.metrics.cache_hits.fetch_add(1, Relaxed);
-                    return Ok(out);
+                match self.entitled(loc, d, Content::Manifest)? {
+                    Entitlement::Linked(r) => {
+                        if let Ok(out) = self.manifest(&r, reference, with_body) {
+                            self.metrics.cache_hits.fetch_add(1, Relaxed);
+                            return Ok(out);
+                        }
+                    }
+                    Entitlement::Referenced => {
+                        if self.meta.link_manifest(local.as_str().to_owned(), d.clone()).await? {
+                            self.metrics.cache_hits.fetch_add(1, Relaxed);
+                            return self.manifest(local, reference, with_body);
+                        }
+                    }
+                    Entitlement::Unknown => return Err(Error::ManifestUnknown),
+                    // The fetch from R's upstream below is the confirmation.
+                    Entitlement::AskUpstream => {}
                 }
                 if m.offline {
                     return Err(Error::ManifestUnknown);
@@ -347,7 +363,9 @@ impl Registry {
         Ok(digest)
     }
 
-    /// GET/HEAD a blob wherever the name leads.
+    /// GET/HEAD a blob wherever the name leads, as far as the entitlement rule
+    /// (`Registry::entitled`) lets it: a digest stored here for another repository or
+    /// upstream is served only once this name is entitled to it.
     pub async fn read_blob(
         self: &Arc<Self>,
         loc: &Located,
@@ -359,40 +377,64 @@ impl Registry {
             let bytes = if head { None } else { Some(self.blob(repo, digest)?) };
             Ok(BlobRead::Stored { size, bytes })
         };
-        if let Some(h) = &loc.hosted_first {
-            match stored(h) {
-                Err(Error::BlobUnknown) => {}
-                r => return r,
-            }
-        }
+        let ent = self.entitled(loc, digest, Content::Blob)?;
         let Some((m, remote)) = &loc.mirror else {
-            return stored(&loc.repo);
+            return match ent {
+                Entitlement::Linked(r) => stored(&r),
+                _ => Err(Error::BlobUnknown),
+            };
         };
         let local = &loc.repo;
-        self.touch(digest);
-        match stored(local) {
-            Err(Error::BlobUnknown) => {}
-            r => {
-                self.metrics.cache_hits.fetch_add(1, Relaxed);
-                return r;
+        if let Entitlement::Linked(r) = &ent {
+            if r != local {
+                return stored(r);
             }
         }
-        // Cached for another repository: link it here, no upstream needed.
-        if self.meta.blob(digest)?.is_some()
-            && self.blobs.exists(digest)
-            && self
-                .meta
-                .mount_blob(local.as_str().to_owned(), digest.clone(), None, None, Origin::Mirrored)
-                .await?
-        {
-            self.metrics.cache_hits.fetch_add(1, Relaxed);
-            return stored(local);
+        self.touch(digest);
+        let mut confirmed = match ent {
+            Entitlement::Linked(_) => match stored(local) {
+                // Unlinked since (a DELETE, GC): ask again, as for any unlinked blob.
+                Err(Error::BlobUnknown) => false,
+                r => {
+                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    return r;
+                }
+            },
+            Entitlement::Referenced => true,
+            Entitlement::AskUpstream => false,
+            Entitlement::Unknown => return Err(Error::BlobUnknown),
+        };
+        // Stored for another repository: link it here once entitled, no download.
+        if self.blob_stored(digest)? {
+            if !confirmed {
+                if m.offline || !self.upstream_has_blob(m, remote, digest).await? {
+                    return Err(Error::BlobUnknown);
+                }
+                confirmed = true;
+            }
+            if self.link_entitled_blob(local, digest).await? {
+                self.metrics.cache_hits.fetch_add(1, Relaxed);
+                return stored(local);
+            }
         }
         if m.offline {
             return Err(Error::BlobUnknown);
         }
         self.metrics.cache_misses.fetch_add(1, Relaxed);
-        let fill = self.join_fill(m, remote, local, digest)?;
+        let fill = match self.join_fill(m, remote, local, digest, confirmed)? {
+            Some(f) => f,
+            None => {
+                // Another repository's fill is in flight: only R's upstream vouches for R.
+                if !self.upstream_has_blob(m, remote, digest).await? {
+                    return Err(Error::BlobUnknown);
+                }
+                if self.link_entitled_blob(local, digest).await? {
+                    return stored(local);
+                }
+                self.join_fill(m, remote, local, digest, true)?
+                    .ok_or_else(|| Error::Internal("fill join refused after confirmation".into()))?
+            }
+        };
         let mut rx = fill.state.clone();
         let st = rx
             .wait_for(|s| s.total.is_some() || s.done.is_some())
@@ -412,16 +454,22 @@ impl Registry {
         Ok(BlobRead::Filling { size, body: Box::pin(fill_reader(fill)) })
     }
 
-    /// Join the fill for `digest`, starting it if none is in flight.
+    /// Join the fill for `digest`, starting it if none is in flight. A fill started for
+    /// another repository is joined only when `entitled` (`local`'s own entitlement is
+    /// established); otherwise `None`: confirm upstream first.
     fn join_fill(
         self: &Arc<Self>,
         m: &Arc<Mirror>,
         remote: &str,
         local: &RepoName,
         digest: &Digest,
-    ) -> Result<Arc<Fill>, Error> {
+        entitled: bool,
+    ) -> Result<Option<Arc<Fill>>, Error> {
         let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = fills.get(digest) {
+            if !entitled && f.repo != *local {
+                return Ok(None);
+            }
             self.metrics.coalesced_followers.fetch_add(1, Relaxed);
             // Link the blob into this repository too once the fill commits.
             let (me, f2, repo, d) = (self.clone(), f.clone(), local.clone(), digest.clone());
@@ -434,19 +482,19 @@ impl Registry {
                         me.meta.mount_blob(repo.as_str().to_owned(), d, None, None, Origin::Mirrored).await;
                 }
             });
-            return Ok(f.clone());
+            return Ok(Some(f.clone()));
         }
         let id = format!("fill-{}", uuid::Uuid::new_v4().simple());
         let staging = self.blobs.create_staging(&id)?;
         let file = Arc::new(self.blobs.open_staging_reader(&id)?);
         let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill { file, state: rx });
+        let fill = Arc::new(Fill { file, state: rx, repo: local.clone() });
         fills.insert(digest.clone(), fill.clone());
         drop(fills);
         let (me, m2, r2, l2, d2) =
             (self.clone(), m.clone(), remote.to_owned(), local.clone(), digest.clone());
         tokio::spawn(async move { me.run_fill(m2, r2, l2, d2, staging, tx).await });
-        Ok(fill)
+        Ok(Some(fill))
     }
 
     /// The detached fill: download (resuming with `Range` after a break), verify,

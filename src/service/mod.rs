@@ -8,6 +8,7 @@
 //! repository, checked in the transaction that stores it.
 
 mod blobs;
+mod entitlement;
 mod error;
 pub mod gc;
 mod manifests;

@@ -257,6 +257,17 @@ impl Upstream {
         Ok(ManifestHead { digest, media_type: content_type(&resp) })
     }
 
+    /// HEAD a blob: does the upstream have it in `repo`? Its size, when it said.
+    pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let resp = self.send("blob_head", Method::HEAD, &path, repo, &[]).await?;
+        Ok(resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
     /// GET a blob from byte `offset` on.
     pub async fn get_blob(
         &self,

@@ -74,12 +74,26 @@ pub(super) async fn post(
 ) -> Result<Response<Bytes>, ApiError> {
     if let Some(mount) = digest_param(&req, "mount")? {
         let from = req.q("from").map(RepoName::parse).transpose().map_err(Error::from)?;
-        // Mounting reads the blob from `from`: without pull there, answer with a plain
-        // upload session, as if the blob were not there (as distribution does), so
-        // nothing about `from` leaks. Without `from`, only repositories the caller may
-        // pull count.
-        let allowed = from.as_ref().is_none_or(|f| caller.may_pull(f.as_str()));
-        if allowed && reg.mount(name, &mount, from.as_ref(), caller.pull_filter()).await? {
+        // Mounting reads the blob from `from`, which must link it: without pull there,
+        // answer with a plain upload session, as if the blob were not there (as
+        // distribution does), so nothing about `from` leaks. `from` is read like any
+        // name: a bare name under a default upstream is the hosted repository, then the
+        // mirrored one. Without `from`, only repositories the caller may pull count.
+        let mounted = match &from {
+            Some(f) => {
+                let loc = reg.locate(f, None)?;
+                let mut mounted = false;
+                for src in loc.hosted_first.iter().chain(std::iter::once(&loc.repo)) {
+                    if caller.may_pull(src.as_str()) && reg.mount(name, &mount, Some(src), None).await? {
+                        mounted = true;
+                        break;
+                    }
+                }
+                mounted
+            }
+            None => reg.mount(name, &mount, None, caller.pull_filter()).await?,
+        };
+        if mounted {
             return Ok(created(name, &mount));
         }
         let id = reg.start_upload(name).await?;
