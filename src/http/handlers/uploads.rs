@@ -79,7 +79,7 @@ pub(super) async fn post(
         // nothing about `from` leaks. Without `from`, only repositories the caller may
         // pull count.
         let allowed = from.as_ref().is_none_or(|f| caller.may_pull(f.as_str()));
-        if allowed && reg.mount(name, &mount, from.as_ref(), caller.pull_filter()).await? {
+        if allowed && reg.mount(name, &mount, from.as_ref(), caller.scoped_pull_filter()).await? {
             return Ok(created(name, &mount));
         }
         let id = reg.start_upload(name).await?;
