@@ -1030,7 +1030,23 @@ fn wharfie_export_and_import_take_creds() {
 // Bearer tokens (`token = true`)
 
 fn token(api: &Api, who: Who) -> Resp {
-    send(api, who, "GET", "/token?service=wharfie&scope=repository:team/app:pull,push", None)
+    token_for(api, who, &["repository:team/app:pull,push"])
+}
+
+/// `GET /token` with one `scope` parameter per entry.
+fn token_for(api: &Api, who: Who, scopes: &[&str]) -> Resp {
+    let mut q = String::from("/token?service=wharfie");
+    for sc in scopes {
+        q.push_str("&scope=");
+        q.push_str(
+            &sc.replace(':', "%3A")
+                .replace(',', "%2C")
+                .replace('/', "%2F")
+                .replace('*', "%2A")
+                .replace(' ', "%20"),
+        );
+    }
+    send(api, who, "GET", &q, None)
 }
 
 fn token_of(r: &Resp) -> &'static str {
@@ -1076,7 +1092,11 @@ fn bearer_tokens_over_raw_http_and_with_real_clients() {
     check(&r, Want::Denied, false, "push with bob's token");
     assert_eq!(blob_status_as_admin(&api, "team/app", &sha256(b"bob with a token")), 404);
     // An anonymous token is anonymous: pulls (anonymous = "pull"), no base, no push.
-    let anon = Who::Header(token_of(&token(&api, Who::Anonymous)));
+    let anon = Who::Header(token_of(&token_for(
+        &api,
+        Who::Anonymous,
+        &["repository:seed/img:pull", "repository:team/app:pull,push"],
+    )));
     check(
         &send(&api, anon, "GET", "/v2/seed/img/manifests/v1", None),
         Want::Ok(200),
@@ -1090,11 +1110,12 @@ fn bearer_tokens_over_raw_http_and_with_real_clients() {
     // Forged or mangled tokens are 401 with the challenge, never anonymous.
     let t = token_of(&token(&api, Who::User(BOB.0, BOB.1)));
     let forged: &'static str = Box::leak(t.replacen("Ym9i", "YWxpY2U", 1).into_boxed_str()); // bob → alice
+    let bearer_pull = format!("{bearer},scope=\"repository:seed/img:pull\"");
     for h in [forged, "Bearer ", "Bearer x.y.z", "Bearer 1.1.YWxpY2U.AAAA"] {
         let r = send(&api, Who::Header(h), "GET", "/v2/seed/img/manifests/v1", None);
         assert_eq!(
             (r.status, r.h("WWW-Authenticate")),
-            (401, Some(bearer.as_str())),
+            (401, Some(bearer_pull.as_str())),
             "{h}: {}",
             r.describe()
         );
@@ -1163,5 +1184,90 @@ fn bearer_tokens_over_raw_http_and_with_real_clients() {
             r.describe()
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn token_scopes_are_enforced_and_challenged() {
+    let s = Server::start(
+        &format!("token = true\n{RULES_PULL}\n[[auth.rules]]\nrepos = \"a\"\nusers = [\"alice\"]\naccess = [\"push\"]\n"),
+        &[ADMIN, ALICE, BOB],
+    );
+    let api = s.api();
+    let addr = s.w.addr.clone();
+    let bearer = format!("Bearer realm=\"http://{addr}/token\",service=\"wharfie\"");
+    let img = Image::new(11);
+    push_image(&api, AS_ADMIN, "a", "v1", &img);
+    push_image(&api, AS_ADMIN, "b", "v1", &img);
+
+    // A 401 names the scope the request needs, as Distribution does.
+    let r = send(&api, Who::Anonymous, "POST", "/v2/a/blobs/uploads/", None);
+    r.expect_err(401, "UNAUTHORIZED");
+    let push_challenge = format!("{bearer},scope=\"repository:a:pull,push\"");
+    assert_eq!(r.h("WWW-Authenticate"), Some(push_challenge.as_str()), "{}", r.describe());
+    let r = send(&api, Who::Anonymous, "GET", "/v2/_catalog", None);
+    assert_eq!(r.status, 200, "anonymous = pull lists the catalog without a token: {}", r.describe());
+
+    // alice may push to a by the rules, but her token says a:pull only.
+    let t = Who::Header(token_of(&token_for(&api, Who::User(ALICE.0, ALICE.1), &["repository:a:pull"])));
+    let r = send(&api, t, "GET", "/v2/a/manifests/v1", None);
+    assert_eq!((r.status, r.body.clone()), (200, img.manifest.clone()), "{}", r.describe());
+    let data = b"pushed with a pull-only token";
+    let r = push_blob(&api, t, "a", data);
+    r.expect_err(401, "UNAUTHORIZED");
+    assert_eq!(r.h("WWW-Authenticate"), Some(push_challenge.as_str()), "{}", r.describe());
+    assert_eq!(blob_status_as_admin(&api, "a", &sha256(data)), 404, "nothing stored");
+    let r = send(&api, t, "PUT", "/v2/a/manifests/v2", Some((OCI_MANIFEST, img.manifest.clone())));
+    r.expect_err(401, "UNAUTHORIZED");
+    assert_eq!(r.h("WWW-Authenticate"), Some(push_challenge.as_str()), "{}", r.describe());
+    assert_eq!(tags_as_admin(&api, "a"), vec!["v1".to_string()], "no tag written");
+    // ... and cannot pull b (never asked for), though the rules would let it.
+    for path in ["/v2/b/manifests/v1", &format!("/v2/b/blobs/{}", img.layer_digest()), "/v2/b/tags/list"] {
+        let r = send(&api, t, "GET", path, None);
+        r.expect_err(401, "UNAUTHORIZED");
+        let want = format!("{bearer},scope=\"repository:b:pull\"");
+        assert_eq!(r.h("WWW-Authenticate"), Some(want.as_str()), "{path}: {}", r.describe());
+        assert!(!r.body.windows(img.manifest.len()).any(|w| w == img.manifest.as_slice()), "{path}: leaked");
+        assert!(
+            !r.body.windows(16).any(|w| img.layer.windows(16).any(|l| l == w)),
+            "{path}: leaked layer bytes"
+        );
+    }
+    // Nor mount from b into a (a plain upload session, nothing mounted, as without pull on b).
+    let t_push =
+        Who::Header(token_of(&token_for(&api, Who::User(ALICE.0, ALICE.1), &["repository:a:pull,push"])));
+    let r = send(
+        &api,
+        t_push,
+        "POST",
+        &format!("/v2/a/blobs/uploads/?mount={}&from=b", img.layer_digest()),
+        None,
+    );
+    assert_eq!(r.status, 202, "mount without pull scope on b: {}", r.describe());
+    // The catalog needs registry:catalog:*.
+    let r = send(&api, t, "GET", "/v2/_catalog", None);
+    r.expect_err(401, "UNAUTHORIZED");
+    let want = format!("{bearer},scope=\"registry:catalog:*\"");
+    assert_eq!(r.h("WWW-Authenticate"), Some(want.as_str()), "{}", r.describe());
+    let tc = Who::Header(token_of(&token_for(&api, Who::User(ALICE.0, ALICE.1), &["registry:catalog:*"])));
+    let r = send(&api, tc, "GET", "/v2/_catalog", None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(strings(&r.json()["repositories"]), vec!["a".to_string(), "b".to_string()]);
+
+    // The token grants the intersection: bob asking for a:pull,push gets a:pull only, so
+    // his push is refused by the rules first (403, no challenge).
+    let tb = Who::Header(token_of(&token_for(&api, Who::User(BOB.0, BOB.1), &["repository:a:pull,push"])));
+    let r = push_blob(&api, tb, "a", data);
+    check(&r, Want::Denied, false, "bob's push with a token he asked push for");
+    assert_eq!(blob_status_as_admin(&api, "a", &sha256(data)), 404, "nothing stored");
+    // With the right scope, alice's push goes through.
+    let r = push_blob(&api, t_push, "a", data);
+    assert_eq!(r.status, 201, "{}", r.describe());
+    // Several scope parameters in one request, and space-separated ones in one parameter.
+    let both =
+        Who::Header(token_of(&token_for(&api, Who::Anonymous, &["repository:a:pull repository:b:pull"])));
+    for repo in ["a", "b"] {
+        let r = send(&api, both, "GET", &format!("/v2/{repo}/manifests/v1"), None);
+        assert_eq!(r.status, 200, "{repo}: {}", r.describe());
     }
 }

@@ -44,16 +44,27 @@
 //!   exist. [`Authenticator::authenticate_async`] runs bcrypt on tokio's blocking pool.
 //!
 //! - **Tokens** (`token = true`, off by default): the 401 challenge becomes `Bearer
-//!   realm="<token endpoint>",service="<realm>"`, and `GET /token` trades `Basic`
-//!   credentials (or none: an anonymous token) for a token clients then send as
-//!   `Authorization: Bearer`. A token names only *who* (user or anonymous), never what:
-//!   every request is still authorized by the rules, so the `scope` a client asks for is
-//!   ignored. Tokens are HMAC-SHA256-signed with a per-process random key, expire after
-//!   `token_ttl`, and die with a restart or an htpasswd reload (clients fetch a new one
-//!   on the next 401). `Basic` keeps working beside them. Verifying a token is one HMAC,
-//!   no bcrypt. This is what lets Docker pull anonymously from a registry with auth on:
-//!   Docker refuses to answer a `Basic` challenge without credentials, but fetches an
-//!   anonymous token for a `Bearer` one.
+//!   realm="<token endpoint>",service="<realm>",scope="<what this request needs>"`
+//!   (`repository:NAME:pull`, `repository:NAME:pull,push` for a push,
+//!   `repository:NAME:delete`, `registry:catalog:*`; see [`scope`]), and `GET /token`
+//!   trades `Basic` credentials (or none: an anonymous token) and the `scope` parameters
+//!   asked for (several are allowed) for a token clients then send as `Authorization:
+//!   Bearer`. A token carries *who* and *what*: the scopes granted, which are the
+//!   intersection of what was asked and what the rules allow the principal at issue time
+//!   (like Distribution's token server, the token may grant less than asked, or
+//!   nothing). A request with a token needs both: the token's scope on the repository as
+//!   the URL names it, and the rules, re-checked on every request (on the repositories
+//!   the name resolves to), so an htpasswd reload or a rule change still applies. The
+//!   rules are checked first: what they refuse is 403 (users) or 401 (anonymous) as
+//!   without tokens; what they allow but the token does not cover is 401 with the
+//!   challenge naming the scope needed, so the client fetches a better token. `/v2/`
+//!   needs only an authenticated token. Tokens are HMAC-SHA256-signed with a
+//!   per-process random key, expire after `token_ttl`, and die with a restart or an
+//!   htpasswd reload (clients fetch a new one on the next 401). `Basic` keeps working
+//!   beside them, unscoped. Verifying a token is one HMAC, no bcrypt. This is what lets
+//!   Docker pull anonymously from a registry with auth on: Docker refuses to answer a
+//!   `Basic` challenge without credentials, but fetches an anonymous token for a
+//!   `Bearer` one.
 //!
 //! # Invariants
 //!
@@ -64,6 +75,7 @@
 
 pub mod htpasswd;
 pub mod rules;
+pub mod scope;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,6 +95,7 @@ use subtle::ConstantTimeEq;
 use crate::names::RepoName;
 
 use self::rules::CompiledRule;
+pub use self::scope::Grants;
 
 /// Whether clients without credentials may pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -201,6 +214,31 @@ impl fmt::Display for Principal {
             Principal::Anonymous => f.write_str(rules::ANONYMOUS),
             Principal::User(u) => f.write_str(u),
         }
+    }
+}
+
+/// Who is asking and, for a Bearer token, what the token was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    /// `Some` for a Bearer token: every request must also be within these scopes.
+    /// `None` for Basic credentials or none (the rules alone decide).
+    pub grants: Option<Grants>,
+}
+
+impl Identity {
+    fn plain(principal: Principal) -> Identity {
+        Identity { principal, grants: None }
+    }
+
+    /// Does the token (if any) grant `access` on `repo`, the name as the request spells it?
+    pub fn token_allows(&self, repo: &RepoName, access: Access) -> bool {
+        self.grants.as_ref().is_none_or(|g| g.allows(repo, access))
+    }
+
+    /// Does the token (if any) grant the catalog?
+    pub fn token_allows_catalog(&self) -> bool {
+        self.grants.as_ref().is_none_or(Grants::catalog)
     }
 }
 
@@ -496,8 +534,10 @@ impl Authenticator {
     /// The challenge for a 401 from a server clients reach at `base_url`
     /// (`http://host:port`): `Bearer realm="<base_url>/token",service="…"` when tokens
     /// are on (or `token_realm` when set), else [`Self::challenge`]. `None`: the base URL
-    /// is unknown (no `Host`), so `Basic` unless `token_realm` is set.
-    pub fn challenge_at(&self, base_url: Option<&str>) -> String {
+    /// is unknown (no `Host`), so `Basic` unless `token_realm` is set. `scope` (the scope
+    /// the request needs, see [`scope::repository_scope`]) is added to a `Bearer`
+    /// challenge as Distribution does, so that clients ask for the right token.
+    pub fn challenge_at(&self, base_url: Option<&str>, scope: Option<&str>) -> String {
         if !self.cfg.token {
             return self.challenge();
         }
@@ -507,7 +547,10 @@ impl Authenticator {
             _ => return self.challenge(),
         };
         let service = self.cfg.realm.replace('\\', "\\\\").replace('"', "\\\"");
-        format!("Bearer realm=\"{realm}\",service=\"{service}\"")
+        match scope.filter(|s| !s.contains(['"', '\\'])) {
+            Some(scope) => format!("Bearer realm=\"{realm}\",service=\"{service}\",scope=\"{scope}\""),
+            None => format!("Bearer realm=\"{realm}\",service=\"{service}\""),
+        }
     }
 
     /// Are Bearer tokens on?
@@ -515,15 +558,23 @@ impl Authenticator {
         self.enabled() && self.cfg.token
     }
 
-    /// A token naming `p`, and how long it is valid. Format:
-    /// `<expiry unix secs>.<htpasswd generation>.<base64url user>.<base64url HMAC of the rest>`.
-    pub fn issue_token(&self, p: &Principal) -> (String, Duration) {
+    /// A token for `p` and the scopes asked for (`scope` parameter values), granted as
+    /// the intersection of what was asked and what the rules allow `p` (so it may grant
+    /// less than asked, or nothing), and how long it is valid. Format:
+    /// `<expiry unix secs>.<htpasswd generation>.<base64url user>.<base64url scopes>.<base64url HMAC of the rest>`.
+    pub fn issue_token<'a>(
+        &self,
+        p: &Principal,
+        scopes: impl IntoIterator<Item = &'a str>,
+    ) -> (String, Duration, Grants) {
+        let grants = Grants::parse(scopes).restrict(|repo, access| self.authorize(p, repo, access));
         let ttl = self.cfg.token_ttl;
         let expiry = unix_now().saturating_add(ttl.as_secs().max(1));
         let user = URL_SAFE.encode(p.user().unwrap_or(""));
-        let payload = format!("{expiry}.{}.{user}", self.snapshot().generation);
+        let granted = URL_SAFE.encode(grants.to_text());
+        let payload = format!("{expiry}.{}.{user}.{granted}", self.snapshot().generation);
         let mac = URL_SAFE.encode(self.token_mac(&payload));
-        (format!("{payload}.{mac}"), ttl)
+        (format!("{payload}.{mac}"), ttl, grants)
     }
 
     fn token_mac(&self, payload: &str) -> [u8; 32] {
@@ -538,16 +589,18 @@ impl Authenticator {
         m.finalize().into_bytes().into()
     }
 
-    /// Who a Bearer token names, if it is ours, current and unexpired.
-    fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Who a Bearer token names and what it grants, if it is ours, current and unexpired.
+    fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
         let bad = AuthError::BadToken;
         let (payload, mac) = token.rsplit_once('.').ok_or(bad("not a wharfie token"))?;
         let mac = URL_SAFE.decode(mac).map_err(|_| bad("not a wharfie token"))?;
         if !bool::from(self.token_mac(payload).as_slice().ct_eq(&mac)) {
             return Err(bad("bad signature (issued by another process or forged)"));
         }
-        let mut parts = payload.splitn(3, '.');
-        let (Some(expiry), Some(generation), Some(user)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = payload.splitn(4, '.');
+        let (Some(expiry), Some(generation), Some(user), Some(granted)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad("not a wharfie token"));
         };
         let expiry: u64 = expiry.parse().map_err(|_| bad("not a wharfie token"))?;
@@ -558,10 +611,18 @@ impl Authenticator {
         if generation.parse::<u64>().ok() != Some(users.generation) {
             return Err(bad("issued before the htpasswd file was reloaded"));
         }
+        let granted = URL_SAFE
+            .decode(granted)
+            .ok()
+            .and_then(|g| String::from_utf8(g).ok())
+            .ok_or(bad("not a wharfie token"))?;
+        let grants = Some(Grants::parse([granted.as_str()]));
         let user = URL_SAFE.decode(user).ok().and_then(|u| String::from_utf8(u).ok());
         match user.as_deref() {
-            Some("") => Ok(Principal::Anonymous),
-            Some(u) if users.map.contains_key(u) => Ok(Principal::User(u.to_string())),
+            Some("") => Ok(Identity { principal: Principal::Anonymous, grants }),
+            Some(u) if users.map.contains_key(u) => {
+                Ok(Identity { principal: Principal::User(u.to_string()), grants })
+            }
             _ => Err(bad("unknown user")),
         }
     }
@@ -613,11 +674,11 @@ impl Authenticator {
         cache.insert(c.user.clone(), CacheEntry { digest, generation, expires });
     }
 
-    /// Everything before bcrypt: `Err(principal)` is a final answer, `Ok` a pending
+    /// Everything before bcrypt: `Err(identity)` is a final answer, `Ok` a pending
     /// verification.
-    fn prepare(&self, header: Option<&str>) -> Result<Result<Pending, Principal>, AuthError> {
+    fn prepare(&self, header: Option<&str>) -> Result<Result<Pending, Identity>, AuthError> {
         if !self.enabled() {
-            return Ok(Err(Principal::Anonymous));
+            return Ok(Err(Identity::plain(Principal::Anonymous)));
         }
         if self.cfg.token {
             if let Some(token) = header.and_then(bearer_token) {
@@ -625,12 +686,12 @@ impl Authenticator {
             }
         }
         let Some(creds) = parse_basic(header)? else {
-            return Ok(Err(Principal::Anonymous));
+            return Ok(Err(Identity::plain(Principal::Anonymous)));
         };
         let users = self.snapshot();
         let digest = self.digest(&creds);
         if self.cached(&creds, &digest, users.generation) {
-            return Ok(Err(Principal::User(creds.user)));
+            return Ok(Err(Identity::plain(Principal::User(creds.user))));
         }
         let (known, hash) = match users.map.get(&creds.user) {
             Some(h) => (true, h.clone()),
@@ -651,11 +712,16 @@ impl Authenticator {
     /// Who sent this `Authorization` header? Runs bcrypt on the calling thread on a cache
     /// miss (tens of milliseconds): async callers use [`Self::authenticate_async`].
     pub fn authenticate(&self, authorization_header: Option<&str>) -> Result<Principal, AuthError> {
+        self.identify(authorization_header).map(|i| i.principal)
+    }
+
+    /// [`Self::authenticate`], with what a Bearer token grants.
+    pub fn identify(&self, authorization_header: Option<&str>) -> Result<Identity, AuthError> {
         match self.prepare(authorization_header)? {
-            Err(principal) => Ok(principal),
+            Err(identity) => Ok(identity),
             Ok(p) => {
                 let ok = verify(&p.creds.password, &p.hash);
-                self.finish(p, ok)
+                self.finish(p, ok).map(Identity::plain)
             }
         }
     }
@@ -665,15 +731,20 @@ impl Authenticator {
         &self,
         authorization_header: Option<&str>,
     ) -> Result<Principal, AuthError> {
+        self.identify_async(authorization_header).await.map(|i| i.principal)
+    }
+
+    /// [`Self::identify`], with bcrypt on tokio's blocking pool.
+    pub async fn identify_async(&self, authorization_header: Option<&str>) -> Result<Identity, AuthError> {
         match self.prepare(authorization_header)? {
-            Err(principal) => Ok(principal),
+            Err(identity) => Ok(identity),
             Ok(mut p) => {
                 let password = std::mem::take(&mut p.creds.password);
                 let hash = p.hash.clone();
                 let ok = tokio::task::spawn_blocking(move || verify(&password, &hash))
                     .await
                     .map_err(|e| AuthError::Internal(e.to_string()))?;
-                self.finish(p, ok)
+                self.finish(p, ok).map(Identity::plain)
             }
         }
     }

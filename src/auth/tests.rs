@@ -452,11 +452,11 @@ fn real_htpasswd_tool_output_verifies() {
 fn tokens_name_their_user_and_nothing_else_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = auth_with(dir.path(), &[("alice", "pw"), ("bob", "pw2")], |c| c.token = true);
-    let (t, ttl) = a.issue_token(&user("alice"));
+    let (t, ttl, _) = a.issue_token(&user("alice"), ["repository:team/app:pull"]);
     assert_eq!(ttl, Duration::from_secs(300));
     assert_eq!(a.authenticate(Some(&format!("Bearer {t}"))).expect("token"), user("alice"));
     assert_eq!(a.authenticate(Some(&format!("bearer  {t} "))).expect("scheme any case"), user("alice"));
-    let (anon, _) = a.issue_token(&Principal::Anonymous);
+    let (anon, _, _) = a.issue_token(&Principal::Anonymous, []);
     assert_eq!(
         a.authenticate(Some(&format!("Bearer {anon}"))).expect("anonymous token"),
         Principal::Anonymous
@@ -496,7 +496,7 @@ fn token_expiry_is_enforced() {
         c.token = true;
         c.token_ttl = Duration::from_secs(1);
     });
-    let (t, _) = a.issue_token(&user("alice"));
+    let (t, _, _) = a.issue_token(&user("alice"), []);
     let h = format!("Bearer {t}");
     // Valid now; expired within at most two seconds (whole-second expiry).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -521,17 +521,22 @@ fn bearer_challenge_points_at_the_token_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = auth_with(dir.path(), &[], |c| c.token = true);
     assert_eq!(
-        a.challenge_at(Some("http://reg.example:5000")),
+        a.challenge_at(Some("http://reg.example:5000"), None),
         "Bearer realm=\"http://reg.example:5000/token\",service=\"wharfie\""
     );
-    assert_eq!(a.challenge_at(None), "Basic realm=\"wharfie\"", "no Host: Basic");
+    assert_eq!(a.challenge_at(None, None), "Basic realm=\"wharfie\"", "no Host: Basic");
+    // The scope a request needs goes into the Bearer challenge, as Distribution does.
+    assert_eq!(
+        a.challenge_at(Some("http://reg.example:5000"), Some("repository:site/bb:pull,push")),
+        "Bearer realm=\"http://reg.example:5000/token\",service=\"wharfie\",scope=\"repository:site/bb:pull,push\""
+    );
     let a = auth_with(dir.path(), &[], |c| {
         c.token = true;
         c.token_realm = Some("https://auth.example/token".into());
     });
-    assert_eq!(a.challenge_at(None), "Bearer realm=\"https://auth.example/token\",service=\"wharfie\"");
+    assert_eq!(a.challenge_at(None, None), "Bearer realm=\"https://auth.example/token\",service=\"wharfie\"");
     let plain = auth_with(dir.path(), &[], |_| {});
-    assert_eq!(plain.challenge_at(Some("http://x")), "Basic realm=\"wharfie\"");
+    assert_eq!(plain.challenge_at(Some("http://x"), Some("repository:a:pull")), "Basic realm=\"wharfie\"");
     for bad in ["ftp://x/token", "https://x/\"token", "https://x y/token"] {
         let cfg = AuthConfig {
             htpasswd: Some(dir.path().join("htpasswd")),
@@ -543,4 +548,64 @@ fn bearer_challenge_points_at_the_token_endpoint() {
     }
     let cfg = AuthConfig { token: true, ..AuthConfig::default() };
     assert!(cfg.check().expect_err("no file").to_string().contains("token = true needs an htpasswd"));
+}
+
+#[test]
+fn scopes_parse_canonically_and_ignore_what_they_do_not_know() {
+    use super::scope::{repository_scope, Grants};
+    let g = Grants::parse([
+        "repository:b:pull",
+        "repository:a:push,pull registry:catalog:*",
+        "repository:a:delete,bogus",
+        "repository:Bad Name:pull",
+        "repository:c:*",
+        "plugin:x:pull",
+        "nonsense",
+        "",
+    ]);
+    assert_eq!(
+        g.to_text(),
+        "registry:catalog:* repository:a:pull,push,delete repository:b:pull repository:c:pull,push,delete"
+    );
+    assert_eq!(Grants::parse([g.to_text().as_str()]), g, "the text form round-trips");
+    assert!(g.allows(&repo("a"), Access::Push) && g.allows(&repo("b"), Access::Pull));
+    assert!(!g.allows(&repo("b"), Access::Push) && !g.allows(&repo("d"), Access::Pull));
+    assert!(g.catalog());
+    assert!(Grants::parse(["registry:catalog:pull"]).is_empty(), "the catalog wants *");
+    assert_eq!(repository_scope(&repo("a/b"), Access::Push), "repository:a/b:pull,push");
+    assert_eq!(repository_scope(&repo("a/b"), Access::Pull), "repository:a/b:pull");
+    assert_eq!(repository_scope(&repo("a/b"), Access::Delete), "repository:a/b:delete");
+}
+
+#[test]
+fn tokens_grant_the_intersection_of_the_asked_scope_and_the_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = auth_with(dir.path(), &[("alice", "pw"), ("bob", "pw2")], |c| {
+        c.token = true;
+        c.rules = vec![rule("team/**", &["alice"], &[Access::Push])];
+    });
+    let asked = ["repository:team/app:pull,push,delete", "repository:other:pull,push", "registry:catalog:*"];
+    // alice: push (and so pull) on team/**, pull elsewhere (anonymous = "pull"), no delete.
+    let (t, _, g) = a.issue_token(&user("alice"), asked);
+    assert_eq!(g.to_text(), "registry:catalog:* repository:other:pull repository:team/app:pull,push");
+    let id = a.identify(Some(&format!("Bearer {t}"))).expect("token");
+    assert_eq!(id.principal, user("alice"));
+    assert_eq!(id.grants.as_ref(), Some(&g), "the token carries what was granted");
+    assert!(id.token_allows(&repo("team/app"), Access::Push));
+    assert!(!id.token_allows(&repo("team/app"), Access::Delete), "delete was asked, not granted");
+    assert!(!id.token_allows(&repo("other"), Access::Push));
+    assert!(!id.token_allows(&repo("team/other"), Access::Pull), "never asked for");
+    // Anonymous: pull only, and the catalog (anonymous = "pull").
+    let (_, _, g) = a.issue_token(&Principal::Anonymous, asked);
+    assert_eq!(g.to_text(), "registry:catalog:* repository:other:pull repository:team/app:pull");
+    // A token for a:pull cannot be turned into a:push by editing its scopes.
+    let (t, _, _) = a.issue_token(&user("alice"), ["repository:team/a:pull"]);
+    let pull = URL_SAFE.encode("repository:team/a:pull");
+    let forged = t.replacen(&pull, &URL_SAFE.encode("repository:team/a:pull,push"), 1);
+    assert_ne!(forged, t);
+    assert!(matches!(a.identify(Some(&format!("Bearer {forged}"))), Err(AuthError::BadToken(_))));
+    // Basic credentials carry no scope: the rules alone decide.
+    let id = a.identify(Some(&basic("alice", "pw"))).expect("basic");
+    assert_eq!(id.grants, None);
+    assert!(id.token_allows(&repo("anything"), Access::Delete));
 }

@@ -36,16 +36,55 @@ pub fn render(settings: &Settings, host: &str) -> String {
             "[[registry]]\nprefix = \"{name}\"\nlocation = \"{name}\"\n\n[[registry.mirror]]\nlocation = \"{host}/{name}\"\ninsecure = {insecure}\n\n"
         ));
     }
-    o.push_str("## Docker daemon: /etc/docker/daemon.json (mirrors Docker Hub only; needs a\n");
-    o.push_str("## `default = true` docker.io upstream)\n");
-    let mut daemon = serde_json::json!({ "registry-mirrors": [format!("{scheme}://{host}")] });
-    if insecure {
-        daemon["insecure-registries"] = serde_json::json!([host]);
-    }
-    o.push_str(&serde_json::to_string_pretty(&daemon).unwrap_or_default());
-    o.push('\n');
-    if !ups.iter().any(|(n, _, d)| *n == "docker.io" && *d) {
-        o.push_str("# note: no docker.io upstream has `default = true`; the Docker daemon's mirror\n# requests (bare names) would go to hosted repositories only.\n");
-    }
+    docker(&mut o, settings, scheme, host, ups.iter().any(|(n, _, d)| *n == "docker.io" && *d));
     o
+}
+
+/// The Docker daemon's `daemon.json` (one JSON block: `registry-mirrors` when a
+/// `default = true` docker.io upstream exists, `insecure-registries` over plain HTTP), the
+/// name to tag images with, `docker login` when auth is on, and what Docker does when the
+/// mirror fails.
+fn docker(o: &mut String, settings: &Settings, scheme: &str, host: &str, mirror: bool) {
+    o.push_str("## Docker daemon: /etc/docker/daemon.json, then `systemctl restart docker`\n");
+    let mut daemon = serde_json::Map::new();
+    if mirror {
+        daemon.insert("registry-mirrors".into(), serde_json::json!([format!("{scheme}://{host}")]));
+    }
+    if scheme == "http" {
+        // Docker trusts plain HTTP only for 127.0.0.0/8 and the registries named here.
+        daemon.insert("insecure-registries".into(), serde_json::json!([host]));
+    }
+    o.push_str(&serde_json::to_string_pretty(&serde_json::Value::Object(daemon)).unwrap_or_default());
+    o.push('\n');
+    if mirror {
+        o.push_str(
+            "# registry-mirrors serves Docker Hub names only (`docker pull nginx` asks this server\n\
+             # for library/nginx). When the mirror answers an error, the daemon falls back to\n\
+             # registry-1.docker.io: that is why wharfie answers a miss of a down upstream at once\n\
+             # (503 with Retry-After) rather than after a long timeout, and serves what it has\n\
+             # cached without asking the upstream.\n",
+        );
+    } else {
+        o.push_str(
+            "# note: no docker.io upstream has `default = true`; the Docker daemon's mirror\n\
+             # requests (bare names) would go to hosted repositories only.\n",
+        );
+    }
+    o.push_str(&format!(
+        "## Docker: hosted repositories are named after this server\n\
+         docker tag IMAGE {host}/team/app:v1\n\
+         docker push {host}/team/app:v1\n\
+         docker pull {host}/team/app:v1\n"
+    ));
+    if settings.auth.htpasswd.is_some() {
+        o.push_str(&format!("docker login {host}   # the htpasswd user; docker logout {host}\n"));
+        if settings.auth.token {
+            o.push_str("# token = true: Docker pulls anonymously too (it fetches an anonymous token).\n");
+        } else {
+            o.push_str(
+                "# Basic only: Docker never pulls anonymously from a registry that challenges;\n\
+                 # set token = true for anonymous pulls.\n",
+            );
+        }
+    }
 }

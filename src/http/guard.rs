@@ -16,6 +16,12 @@
 //! Refusals: an anonymous caller gets 401 `UNAUTHORIZED` with the `Basic` challenge (so
 //! the client retries with credentials); an authenticated one gets 403 `DENIED`.
 //!
+//! With a Bearer token (`token = true`), the rules are checked first (as above), then the
+//! token's scopes on the repository as the URL names it: what the rules allow but the
+//! token does not grant is 401 `UNAUTHORIZED` with a challenge naming the scope needed
+//! (`scope="repository:NAME:pull,push"`), so the client asks for a token that covers it.
+//! The catalog needs `registry:catalog:*`; a mount's `from` needs pull in the token too.
+//!
 //! The base answers an anonymous caller 401 even when anonymous pull is allowed: that is
 //! how `podman login` / `skopeo login` / `docker login` verify credentials (they ping
 //! `GET /v2/`, and only a challenge makes them send the credentials and look at the
@@ -25,7 +31,8 @@
 use std::sync::Arc;
 
 use super::error::ApiError;
-use crate::auth::{Access, Authenticator, Principal};
+use crate::auth::scope::repository_scope;
+use crate::auth::{Access, Authenticator, Identity, Principal};
 use crate::names::RepoName;
 use crate::service::RepoFilter;
 
@@ -33,6 +40,8 @@ use crate::service::RepoFilter;
 pub struct Caller {
     pub auth: Arc<Authenticator>,
     pub who: Principal,
+    /// What the caller's Bearer token grants; `None` without a token.
+    pub grants: Option<crate::auth::Grants>,
     /// The `WWW-Authenticate` value of this request's 401s.
     challenge: String,
 }
@@ -46,8 +55,8 @@ impl Caller {
         header: Option<&str>,
         challenge: String,
     ) -> Result<Caller, ApiError> {
-        match auth.authenticate_async(header).await {
-            Ok(who) => Ok(Caller { auth, who, challenge }),
+        match auth.identify_async(header).await {
+            Ok(Identity { principal: who, grants }) => Ok(Caller { auth, who, grants, challenge }),
             Err(e) if e.is_unauthorized() => {
                 Err(ApiError::Unauthorized { message: e.to_string(), challenge })
             }
@@ -58,7 +67,7 @@ impl Caller {
     /// A request that needs no credentials (or auth is off).
     pub fn open(auth: Arc<Authenticator>) -> Caller {
         let challenge = auth.challenge();
-        Caller { auth, who: Principal::Anonymous, challenge }
+        Caller { auth, who: Principal::Anonymous, grants: None, challenge }
     }
 
     fn unauthorized(&self, message: String) -> ApiError {
@@ -75,19 +84,45 @@ impl Caller {
 
     /// `GET /v2/_catalog`.
     pub fn catalog(&self) -> Result<(), ApiError> {
-        if self.auth.authorize(&self.who, None, Access::Pull) {
-            return Ok(());
+        if !self.auth.authorize(&self.who, None, Access::Pull) {
+            return Err(self.refuse("list the catalog"));
         }
-        Err(self.refuse("list the catalog"))
+        if !self.identity().token_allows_catalog() {
+            return Err(self.unauthorized(format!(
+                "the token does not grant {}: ask the token endpoint for that scope",
+                crate::auth::scope::CATALOG_SCOPE
+            )));
+        }
+        Ok(())
     }
 
-    /// May the caller pull `repo`? (No error: for filtering.)
+    /// May the caller pull `repo`, by the rules and by its token? (No error: for
+    /// filtering, and for a mount's `from`.)
     pub fn may_pull(&self, repo: &str) -> bool {
-        RepoName::parse(repo).is_ok_and(|r| self.auth.authorize(&self.who, Some(&r), Access::Pull))
+        RepoName::parse(repo).is_ok_and(|r| {
+            self.auth.authorize(&self.who, Some(&r), Access::Pull)
+                && self.identity().token_allows(&r, Access::Pull)
+        })
     }
 
-    /// The repositories the caller may pull, as a filter; `None` when that is all of
-    /// them (auth off).
+    fn identity(&self) -> Identity {
+        Identity { principal: self.who.clone(), grants: self.grants.clone() }
+    }
+
+    /// The caller's token grants `access` on `name` (the repository as the URL names it),
+    /// or 401 with the challenge naming the scope needed. Always true without a token.
+    pub fn require_scope(&self, name: &RepoName, access: Access) -> Result<(), ApiError> {
+        match &self.grants {
+            Some(g) if !g.allows(name, access) => Err(self.unauthorized(format!(
+                "the token does not grant {access} on {name}: ask the token endpoint for scope {}",
+                repository_scope(name, access)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The repositories the caller may pull by the rules, as a filter; `None` when that
+    /// is all of them (auth off). For the catalog, whose token scope is checked whole.
     pub fn pull_filter(&self) -> Option<RepoFilter> {
         if !self.auth.enabled() {
             return None;
@@ -95,6 +130,20 @@ impl Caller {
         let (auth, who) = (self.auth.clone(), self.who.clone());
         Some(Arc::new(move |repo: &str| {
             RepoName::parse(repo).is_ok_and(|r| auth.authorize(&who, Some(&r), Access::Pull))
+        }))
+    }
+
+    /// [`Self::pull_filter`], also within the token's pull scopes (a mount without
+    /// `from` reads from any repository the caller may pull).
+    pub fn scoped_pull_filter(&self) -> Option<RepoFilter> {
+        let Some(grants) = self.grants.clone() else {
+            return self.pull_filter();
+        };
+        let (auth, who) = (self.auth.clone(), self.who.clone());
+        Some(Arc::new(move |repo: &str| {
+            RepoName::parse(repo).is_ok_and(|r| {
+                auth.authorize(&who, Some(&r), Access::Pull) && grants.allows(&r, Access::Pull)
+            })
         }))
     }
 

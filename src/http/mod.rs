@@ -117,7 +117,8 @@ async fn handle(
         let challenge = if token {
             auth.challenge()
         } else {
-            auth.challenge_at(host.as_ref().map(|h| format!("{scheme}://{h}")).as_deref())
+            let scope = route::parse(&path).ok().and_then(|ep| handlers::scope_needed(&ep, &method));
+            auth.challenge_at(host.as_ref().map(|h| format!("{scheme}://{h}")).as_deref(), scope.as_deref())
         };
         let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ()));
         match header {

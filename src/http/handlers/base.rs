@@ -11,11 +11,13 @@ pub(super) fn base() -> Response<Bytes> {
     r
 }
 
-/// `GET /token`: a Bearer token naming the caller (the `scope` asked for is ignored:
-/// every request is authorized by the rules anyway). Both spellings of the field, as
-/// the token specification allows.
-pub(super) fn token(caller: &crate::http::guard::Caller) -> Response<Bytes> {
-    let (token, ttl) = caller.auth.issue_token(&caller.who);
+/// `GET /token`: a Bearer token naming the caller and granting the `scope`s asked for
+/// (every `scope` parameter) as far as the rules allow the caller. Both spellings of the
+/// field, as the token specification allows.
+pub(super) fn token(caller: &crate::http::guard::Caller, req: &super::Req) -> Response<Bytes> {
+    let scopes = req.query.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str());
+    let (token, ttl, grants) = caller.auth.issue_token(&caller.who, scopes);
+    tracing::debug!(user = caller.log_name(), granted = %grants.to_text(), "token issued");
     let issued = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let body = serde_json::json!({
         "token": token,

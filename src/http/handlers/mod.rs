@@ -63,6 +63,26 @@ impl From<Response<Bytes>> for Reply {
     }
 }
 
+/// The token scope a request needs, as its 401 challenge names it (`None`: no scope,
+/// such as the base or the token endpoint).
+pub fn scope_needed(ep: &Endpoint, m: &Method) -> Option<String> {
+    use crate::auth::scope::repository_scope;
+    let (name, access) = match ep {
+        Endpoint::Catalog => return Some(crate::auth::scope::CATALOG_SCOPE.to_owned()),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if *m == Method::DELETE => {
+            (name, Access::Delete)
+        }
+        Endpoint::Manifest { name, .. } if *m == Method::PUT => (name, Access::Push),
+        Endpoint::Uploads { name } | Endpoint::Upload { name, .. } => (name, Access::Push),
+        Endpoint::Manifest { name, .. }
+        | Endpoint::Blob { name, .. }
+        | Endpoint::Tags { name }
+        | Endpoint::Referrers { name, .. } => (name, Access::Pull),
+        _ => return None,
+    };
+    Some(repository_scope(name, access))
+}
+
 /// Route and run one request for `caller` (already authenticated): each endpoint checks
 /// the access it needs before it touches the service (see `guard`).
 pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<Reply, ApiError> {
@@ -79,11 +99,13 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
         if let Some(h) = &loc.hosted_first {
             caller.require(h, Access::Pull)?;
         }
+        caller.require_scope(name, Access::Pull)?;
         Ok(loc)
     };
     let writable = |name: &RepoName, access: Access| -> Result<RepoName, ApiError> {
         let repo = reg.hosted(name, ns)?;
         caller.require(&repo, access)?;
+        caller.require_scope(name, access)?;
         Ok(repo)
     };
     match ep {
@@ -110,7 +132,7 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Token => match m {
-            Method::GET if caller.auth.tokens() => Ok(base::token(caller).into()),
+            Method::GET if caller.auth.tokens() => Ok(base::token(caller, &req).into()),
             Method::GET => Err(ApiError::NoRoute),
             _ => Err(ApiError::MethodNotAllowed),
         },
@@ -173,6 +195,7 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             }
             // Every step of an upload session is part of a push (cancelling one too).
             caller.require(&repo, Access::Push)?;
+            caller.require_scope(&name, Access::Push)?;
             full(match m {
                 Method::PATCH => uploads::patch(reg, req, &repo, &id).await,
                 Method::PUT => uploads::put(reg, req, &repo, &id).await,

@@ -91,7 +91,7 @@ pub(super) async fn post(
                 }
                 mounted
             }
-            None => reg.mount(name, &mount, None, caller.pull_filter()).await?,
+            None => reg.mount(name, &mount, None, caller.scoped_pull_filter()).await?,
         };
         if mounted {
             return Ok(created(name, &mount));
