@@ -57,7 +57,9 @@ fn sharded_cluster_behind_haproxy() {
         Topology::new(&[("up", 10), ("node1", 11), ("node2", 12), ("node3", 13), ("lb", 2), ("cl", 100)]);
     let reg = t.registry("up");
     let big_file = t.tmp.path().join("big");
-    let big = make_blob(&big_file, 256 * MIB, 1);
+    // CLUSTER_BIG_MIB=32 for a quicker local run; 256 MiB is the figure the issue asks for.
+    let big_mib: u64 = std::env::var("CLUSTER_BIG_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let big = make_blob(&big_file, big_mib * MIB, 1);
     t.seed_blob("up", "library/big", &big_file, &big);
     let img = seed_image(&t, "up", "library/layers", "v1", 12, 4 * MIB, 2);
     let cfg = mirror_cfg(&t.ip("up"));
@@ -72,13 +74,13 @@ fn sharded_cluster_behind_haproxy() {
     let url = format!("{lb}/v2/docker.io/library/big/blobs/{big}");
     let (res, wall) = parallel_pulls(&t, "cl", std::slice::from_ref(&url), 100, 170);
     let bad: Vec<_> =
-        res.iter().filter(|r| r.len() != 1 || r[0].code != 200 || r[0].size != 256 * MIB).collect();
+        res.iter().filter(|r| r.len() != 1 || r[0].code != 200 || r[0].size != big_mib * MIB).collect();
     assert!(bad.is_empty(), "{} of 100 clients failed: {:?}", bad.len(), bad.first());
     let served_by: BTreeSet<&str> = res.iter().map(|r| r[0].node.as_str()).collect();
     let (gets, _) = t.upstream_count(reg, &format!("/v2/library/big/blobs/{big}"));
     let holders: Vec<&str> = NODES.iter().copied().filter(|n| t.stores(n, &big)).collect();
     println!(
-        "cluster: 3 nodes, 100 cold clients, 1 blob of 256 MiB: upstream GETs {gets}, stored on {} node ({}), \
+        "cluster: 3 nodes, 100 cold clients, 1 blob of {big_mib} MiB: upstream GETs {gets}, stored on {} node ({}), \
          served by {served_by:?}, all 100 complete in {wall:.1} s",
         holders.len(),
         holders.join(",")
@@ -172,19 +174,25 @@ fn sharded_cluster_behind_haproxy() {
         let s = String::from_utf8_lossy(&out.stdout).to_string();
         let size: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!(
-            !out.status.success() && size < 256 * MIB,
+            !out.status.success() && size < big_mib * MIB,
             "an in-flight transfer from the lost node must fail, not end short as a success: {s}"
         );
         cut += 1;
     }
     // The rest of the keys are served by the same nodes; the lost share refills on demand.
     let gets_before = layer_gets(&t);
-    let before = served_now(&t, &NODES.iter().copied().filter(|n| *n != victim).collect::<Vec<_>>());
+    // What each survivor already holds (the by-repository run above filled one of them).
+    let held: BTreeSet<(String, String)> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .flat_map(|n| {
+            img.layers.iter().filter(|(d, _)| t.stores(n, d)).map(|(d, _)| ((*n).to_owned(), d.clone()))
+        })
+        .collect();
     let refill_start = Instant::now();
     let (res, _) = parallel_pulls(&t, "cl", &urls(&lb), 20, 170);
     let refill = refill_start.elapsed().as_secs_f64();
     check_pulls(&res, &img.layers);
-    let _ = served_since(&t, &before);
     let lost: Vec<&String> = layer_home.iter().filter(|(_, n)| **n == victim).map(|(d, _)| d).collect();
     for (i, (d, _)) in img.layers.iter().enumerate() {
         let now = &res[0][i + 2].node;
@@ -195,10 +203,21 @@ fn sharded_cluster_behind_haproxy() {
         }
     }
     let refetched = layer_gets(&t) - gets_before;
-    assert_eq!(refetched, lost.len(), "exactly the lost node's layers are fetched upstream again");
+    let cold_on_new_home = img
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(i, (d, _))| {
+            layer_home[d] == victim && !held.contains(&(res[0][i + 2].node.clone(), d.clone()))
+        })
+        .count();
+    assert_eq!(
+        refetched, cold_on_new_home,
+        "exactly the lost node's layers not already on their new node are fetched upstream again"
+    );
     // A client retrying the cut transfer gets the whole blob from a survivor.
     let (res, _) = parallel_pulls(&t, "cl", std::slice::from_ref(&url), 1, 120);
-    assert_eq!((res[0][0].code, res[0][0].size), (200, 256 * MIB), "retry after the loss");
+    assert_eq!((res[0][0].code, res[0][0].size), (200, big_mib * MIB), "retry after the loss");
     assert_ne!(res[0][0].node, victim);
     let (big_gets, _) = t.upstream_count(reg, &format!("/v2/library/big/blobs/{big}"));
     assert_eq!(big_gets, 2, "the retried blob refilled once on its new node");
@@ -215,8 +234,8 @@ fn sharded_cluster_behind_haproxy() {
     }
     println!(
         "cluster: node loss (SIGKILL {victim}): marked DOWN after {:.1} s; {cut} in-flight transfers failed \
-         (curl error, no short 200); {} of 12 layers refilled from upstream ({} GETs), the other {} served by the \
-         same nodes; survivors served the whole image to 20 clients in {refill:.1} s; retried big blob: 1 more \
+         (curl error, no short 200); {} of 12 layers moved to survivors, {} refilled from upstream (1 GET each; the others were \
+         already there from the by-repository run), the other {} served by the same nodes; survivors served the whole image to 20 clients in {refill:.1} s; retried big blob: 1 more \
          upstream GET; hosted repositories still served {hosted_ok} of 6 (the lost node's are gone with it)",
         marked_down.as_secs_f64(),
         lost.len(),
@@ -264,7 +283,11 @@ fn hosted_blobs_on(t: &Topology, node: &str, _repo: &str, r: usize) -> bool {
 /// and a manifest into `repo`, then pull it back at once; returns the node that served it.
 fn push_hosted(t: &Topology, lb: &str, repo: &str, r: usize) -> String {
     let mut nodes = BTreeSet::new();
-    let head_of = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).to_string();
+    // The final response's head (after any `100 Continue`).
+    let head_of = |out: &std::process::Output| {
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        s.trim_end().rsplit("\r\n\r\n").next().unwrap_or_default().to_owned()
+    };
     let header = |h: &str, name: &str| -> String {
         h.lines()
             .find_map(|l| {

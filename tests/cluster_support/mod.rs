@@ -317,6 +317,11 @@ impl Topology {
             if up >= servers {
                 return id;
             }
+            if let Some(p) = self.procs[id].as_mut() {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    panic!("HAProxy exited ({st}):\n{}", p.log_text());
+                }
+            }
             assert!(
                 Instant::now() < deadline,
                 "HAProxy did not see {servers} servers UP within 30 s:\n{}",
