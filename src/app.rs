@@ -73,6 +73,7 @@ pub async fn open_with_hook(
             password: u.password.clone(),
             ca_file: u.ca_file.clone(),
             deadline: u.timeout,
+            namespace: u.namespace.clone(),
         })
         .map_err(|e| AppError::Upstream { name: u.name.clone(), reason: e.to_string() })?;
         let (m, name) = (metrics.clone(), u.name.clone());

@@ -197,6 +197,7 @@ fn check_contents(deb: &Path) {
         ("-rw-r--r--", "root/root", "/usr/lib/systemd/system/wharfie.service"),
         ("-rw-r--r--", "root/root", "/usr/share/doc/wharfie/README.md"),
         ("-rw-r--r--", "root/root", "/usr/share/doc/wharfie/copyright"),
+        ("-rw-r--r--", "root/root", "/usr/share/doc/wharfie/examples/haproxy/wharfie-cluster.cfg"),
     ];
     let mut got: Vec<(&str, &str, &str)> =
         files.iter().map(|&(m, o, p)| (m, if o == "0/0" { "root/root" } else { o }, p)).collect();
@@ -210,6 +211,9 @@ fn check_contents(deb: &Path) {
     let depends = deb_field(deb, "Depends");
     assert!(depends.contains("libc6 (>="), "Depends without dpkg-shlibdeps' libc6: {depends}");
     assert!(depends.contains("adduser | passwd"), "Depends without the user tools postinst runs: {depends}");
+    // A cluster runs behind HAProxy, one node does not: suggested, never a dependency.
+    assert!(!depends.contains("haproxy"), "haproxy must not be a dependency: {depends}");
+    assert_eq!(deb_field(deb, "Suggests"), "haproxy");
 
     let ctrl = tempfile::tempdir().expect("tempdir");
     run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(ctrl.path()));

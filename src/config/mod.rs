@@ -147,6 +147,11 @@ pub struct RawUpstream {
     /// Retries of one upstream request stop after this long.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Request every repository under this namespace of the upstream (`docker.io`:
+    /// `/v2/docker.io/<repo>/…`), for an upstream that is itself a wharfie mirroring
+    /// that registry (tiered mirrors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -263,6 +268,11 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
             return Err(bad("url must start with http:// or https://"));
         }
+        if let Some(ns) = &u.namespace {
+            if crate::names::RepoName::parse(ns).is_err() {
+                return Err(bad("namespace must be a repository-name prefix, like docker.io"));
+            }
+        }
         if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
             return Err(bad("the name is used twice"));
         }
@@ -368,6 +378,23 @@ mod tests {
             jail.set_env("WHARFIE_AUTH__ANONYMOUS", "pull");
             let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
             assert_eq!(s.auth.anonymous, Anonymous::Pull);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn upstream_namespace_is_a_name_prefix() {
+        figment::Jail::expect_with(|jail| {
+            let up = |ns: &str| {
+                format!("[[upstreams]]\nname = \"docker.io\"\nurl = \"http://regional:5000\"\nnamespace = \"{ns}\"\n")
+            };
+            jail.create_file("w.toml", &up("docker.io"))?;
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.upstreams[0].namespace.as_deref(), Some("docker.io"));
+            jail.create_file("bad.toml", &up("Docker.io/"))?;
+            let err = load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err("bad").to_string();
+            assert!(err.contains("namespace must be a repository-name prefix"), "{err}");
             Ok(())
         });
     }

@@ -59,6 +59,10 @@ pub struct UpstreamConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// Total time one logical request may spend on retries.
     pub deadline: Duration,
+    /// A namespace on the upstream that every repository lives under: `docker.io` makes
+    /// `library/nginx` be requested as `/v2/docker.io/library/nginx/…` (a wharfie tier
+    /// whose upstream is another wharfie's mirrored namespace).
+    pub namespace: Option<String>,
 }
 
 /// A manifest as fetched.
@@ -125,6 +129,15 @@ impl Upstream {
     /// The per-attempt deadline (`timeout` in the config).
     pub fn deadline(&self) -> Duration {
         self.cfg.deadline
+    }
+
+    /// The repository's name on the upstream: under `namespace` when one is set. The
+    /// same name goes into the path and the token scope.
+    fn remote<'a>(&self, repo: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.cfg.namespace {
+            Some(ns) => format!("{ns}/{repo}").into(),
+            None => repo.into(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -232,6 +245,7 @@ impl Upstream {
 
     /// GET a manifest by tag or digest.
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest, UpstreamError> {
+        let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .send("manifest", Method::GET, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
@@ -245,6 +259,7 @@ impl Upstream {
 
     /// HEAD a manifest (free against Docker Hub's pull limit).
     pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestHead, UpstreamError> {
+        let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
             .send("manifest_head", Method::HEAD, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
@@ -275,6 +290,7 @@ impl Upstream {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobStream, UpstreamError> {
+        let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/blobs/{digest}");
         let headers: Vec<(header::HeaderName, String)> =
             if offset > 0 { vec![(header::RANGE, format!("bytes={offset}-"))] } else { vec![] };
