@@ -634,4 +634,46 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn every_key_a_full_config_writes_is_known_to_the_environment_filter() {
+        // The filter learns keys from the defaults, which leave unset options out: with
+        // every option set, no key may be one the filter would drop.
+        let full = RawConfig {
+            tls: Some(TlsConfig { cert: "c.pem".into(), key: "k.pem".into() }),
+            auth: AuthConfig {
+                htpasswd: Some("h".into()),
+                token_realm: Some("https://r/token".into()),
+                ..AuthConfig::default()
+            },
+            ..RawConfig::default()
+        };
+        let mut keys = Vec::new();
+        fn walk(prefix: &str, v: &figment::value::Value, out: &mut Vec<String>) {
+            if let figment::value::Value::Dict(_, d) = v {
+                for (k, v) in d {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                    out.push(key);
+                }
+            }
+        }
+        walk("", &figment::value::Value::serialize(&full).expect("serialize"), &mut keys);
+        let known = known_keys();
+        for k in &keys {
+            assert!(known.contains(k), "{} ({k}) would be ignored as unknown", env_name(k));
+        }
+        assert_eq!(env_key("WHARFIE_CACHE__MAX_BYTES").as_deref(), Some("cache.max_bytes"));
+        assert_eq!(env_key("wharfie_listen").as_deref(), Some("listen"));
+        assert_eq!(env_key("WHARFIE_"), None);
+        assert_eq!(env_key("OTHER_LISTEN"), None);
+        assert_eq!(nearest("cache.max_byte", known.iter().map(String::as_str)), Some("cache.max_bytes"));
+        assert_eq!(nearest("bin", known.iter().map(String::as_str)), None);
+        assert_eq!(file_key(&["upstreams".into(), "1".into(), "url".into()]), "[[upstreams]] #2 url");
+        assert_eq!(
+            file_key(&["auth".into(), "rules".into(), "0".into(), "access".into(), "2".into()]),
+            "[[auth.rules]] #1 access"
+        );
+        assert_eq!(file_key(&["gc".into(), "grace".into()]), "[gc] grace");
+    }
 }
