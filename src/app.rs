@@ -128,7 +128,11 @@ fn authenticator(settings: &Settings) -> Result<Arc<Authenticator>, AppError> {
         tracing::info!(
             users = auth.user_count(),
             rules = c.rules.len(),
-            anonymous = ?c.anonymous,
+            // As the configuration spells it.
+            anonymous = match c.anonymous {
+                crate::auth::Anonymous::Pull => "pull",
+                crate::auth::Anonymous::None => "none",
+            },
             "authentication on"
         );
     }

@@ -774,7 +774,7 @@ fn bad_auth_config_is_refused_naming_the_key() {
             ),
             "rule 1 (repos = \"team//x\")",
         ),
-        (format!("[auth]\nhtpasswd = \"{}\"\nanonymous = \"all\"\n", good.display()), "auth.anonymous"),
+        (format!("[auth]\nhtpasswd = \"{}\"\nanonymous = \"all\"\n", good.display()), "[auth] anonymous in "),
         ("[auth]\nanonymous = \"none\"\n".into(), "needs an htpasswd file"),
     ];
     let data = dir.path().join("data");

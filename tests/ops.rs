@@ -52,7 +52,7 @@ fn verify_detects_quarantines_and_reports_corrupt_blobs() {
         let out = cli(&[&["verify", "--config", &cfg_s, "--data-dir", &dir_s][..], mode].concat());
         out.ok();
         assert!(out.stdout.starts_with(&format!("checked {total} blobs (")), "{}", out.describe());
-        assert!(out.stdout.contains(", 0 corrupt"), "{}", out.describe());
+        assert!(out.stdout.contains("): 0 corrupt"), "{}", out.describe());
     }
 
     // Flip a byte in a pushed layer and in the mirrored blob: the fast (blake3) pass finds both.
@@ -63,13 +63,9 @@ fn verify_detects_quarantines_and_reports_corrupt_blobs() {
     let out = cli(&["verify", "--config", &cfg_s, "--data-dir", &dir_s]);
     assert_eq!(out.code, Some(1), "corruption must fail verify:\n{}", out.describe());
     assert!(out.stdout.contains(&format!("checked {total} blobs")), "{}", out.describe());
-    assert!(out.stdout.contains(", 2 corrupt"), "{}", out.describe());
+    assert!(out.stdout.contains("): 2 corrupt"), "{}", out.describe());
     for d in [&p0, &md] {
-        assert!(
-            out.stdout.contains(&format!("corrupt (quarantined): {d}")),
-            "{d} not reported:\n{}",
-            out.describe()
-        );
+        assert!(out.stdout.contains(&format!("corrupt blob {d} (")), "{d} not reported:\n{}", out.describe());
         let q = dir.join("quarantine").join(d.trim_start_matches("sha256:"));
         assert!(q.is_file(), "{d} not in quarantine/");
         assert!(!blob_path(&dir, d).exists(), "{d} still under blobs/");
@@ -84,8 +80,8 @@ fn verify_detects_quarantines_and_reports_corrupt_blobs() {
     flip_byte(&blob_path(&dir, &p1), 0);
     let out = cli(&["verify", "--full", "--config", &cfg_s, "--data-dir", &dir_s]);
     assert_eq!(out.code, Some(1), "{}", out.describe());
-    assert!(out.stdout.contains(&format!("corrupt (quarantined): {p1}")), "{}", out.describe());
-    assert!(out.stdout.contains(", 1 corrupt"), "{}", out.describe());
+    assert!(out.stdout.contains(&format!("corrupt blob {p1} (pushed")), "{}", out.describe());
+    assert!(out.stdout.contains("): 1 corrupt"), "{}", out.describe());
 
     // The server no longer serves the bad bytes: pushed content is unknown, mirrored
     // content is fetched again from the upstream.
@@ -110,7 +106,7 @@ fn verify_detects_quarantines_and_reports_corrupt_blobs() {
     w.stop();
     let out = cli(&["verify", "--full", "--config", &cfg_s, "--data-dir", &dir_s]);
     out.ok();
-    assert!(out.stdout.contains(", 0 corrupt"), "{}", out.describe());
+    assert!(out.stdout.contains("): 0 corrupt"), "{}", out.describe());
 }
 
 #[test]

@@ -129,11 +129,24 @@ impl ConfigArgs {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `default_level`.
-fn init_tracing(format: LogFormat, default_level: &str) {
+/// Logs go to stderr; `RUST_LOG` overrides `default_level`. Then the warnings loading
+/// the configuration left for the log.
+fn init_tracing(settings: &config::Settings, default_level: &str) {
+    init_subscriber(settings.log_format, default_level);
+    for v in &settings.ignored_env {
+        match &v.nearest {
+            Some(n) => tracing::warn!(variable = %v.name, nearest = %n, "{v}"),
+            None => tracing::warn!(variable = %v.name, "{v}"),
+        }
+    }
+}
+
+fn init_subscriber(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -152,7 +165,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(settings.log_format, "info");
+            init_tracing(&settings, "info");
             match crate::app::serve_blocking(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -162,33 +175,12 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Config { command: ConfigCommand::Check(args) } => match args.load() {
-            Ok((raw, settings)) => match toml::to_string_pretty(&raw) {
-                Ok(s) => {
-                    // The htpasswd file is part of the configuration: read it as `serve` will.
-                    if settings.auth.htpasswd.is_some() {
-                        match crate::auth::Authenticator::new(settings.auth.clone()) {
-                            Ok(a) => eprintln!("[auth] htpasswd: {} user(s)", a.user_count()),
-                            Err(e) => {
-                                eprintln!("wharfie: configuration error: [auth] htpasswd: {e}");
-                                return ExitCode::from(2);
-                            }
-                        }
-                    }
-                    println!("{s}");
-                    eprintln!("configuration ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("wharfie: cannot print the configuration: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("wharfie: configuration error: {e}");
-                ExitCode::from(2)
+        Command::Config { command: ConfigCommand::Check(args) } => {
+            for v in config::ignored_env_vars() {
+                eprintln!("warning: {v}");
             }
-        },
+            config_check(&args)
+        }
         Command::ClientConfig { cfg, host } => match cfg.load() {
             Ok((_, s)) => {
                 let host = host.unwrap_or_else(|| s.listen.to_string());
@@ -233,7 +225,7 @@ pub fn main() -> ExitCode {
             let r = reg.gc(grace, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
             println!("{verb} {} manifests, {} blobs, {} bytes", r.manifests, r.blobs, r.bytes);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Verify { cfg, full } => offline(&cfg, |reg, _| async move {
             let bar = indicatif::ProgressBar::new(0);
@@ -249,15 +241,18 @@ pub fn main() -> ExitCode {
                 })
                 .await?;
             bar.finish_and_clear();
-            println!("checked {} blobs ({} bytes), {} corrupt", r.checked, r.bytes, r.corrupt.len());
-            for d in &r.corrupt {
-                println!("corrupt (quarantined): {d}");
+            print!("{}", verify_summary(&r));
+            let n = r.corrupt.len();
+            if n == 0 {
+                return Ok(ExitCode::SUCCESS);
             }
-            if r.corrupt.is_empty() {
-                Ok(())
-            } else {
-                Err(crate::service::Error::Internal(format!("{} corrupt blobs", r.corrupt.len())))
-            }
+            // Finding corruption is the command doing its job, not a failure of it: say
+            // so, and exit 1 so that a timer or a script notices.
+            eprintln!(
+                "wharfie: verify found {n} corrupt blob{}; each was quarantined (see above)",
+                plural(n)
+            );
+            Ok(ExitCode::FAILURE)
         }),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::DEFAULT_TOML);
@@ -266,12 +261,84 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `config check`: the resolved configuration on stdout, or the first bad value.
+fn config_check(args: &ConfigArgs) -> ExitCode {
+    match args.load() {
+        Ok((raw, settings)) => match toml::to_string_pretty(&raw) {
+            Ok(s) => {
+                // The htpasswd file is part of the configuration: read it as `serve` will.
+                if settings.auth.htpasswd.is_some() {
+                    match crate::auth::Authenticator::new(settings.auth.clone()) {
+                        Ok(a) => eprintln!("[auth] htpasswd: {} user(s)", a.user_count()),
+                        Err(e) => {
+                            eprintln!("wharfie: configuration error: [auth] htpasswd: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                println!("{s}");
+                eprintln!("configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wharfie: cannot print the configuration: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("wharfie: configuration error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `verify`'s report as an operator reads it: totals, then each corrupt blob with what
+/// is wrong, where its file went, and what the server does about it now.
+fn verify_summary(r: &crate::service::gc::VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "checked {} blob{} ({} bytes, {}): {} corrupt\n",
+        r.checked,
+        plural(r.checked),
+        r.bytes,
+        bytesize::ByteSize::b(r.bytes),
+        r.corrupt.len()
+    );
+    for c in &r.corrupt {
+        let origin = crate::service::gc::origin_word(c.origin);
+        let _ = writeln!(out, "corrupt blob {} ({origin}, {} bytes): {}", c.digest, c.size, c.problem);
+        let _ = match &c.quarantined {
+            Some(p) => writeln!(out, "  the bad file was moved to {}", p.display()),
+            None => writeln!(out, "  no file was left to quarantine"),
+        };
+        let _ = match c.origin {
+            crate::meta::Origin::Pushed => writeln!(
+                out,
+                "  the server now answers 404 (BLOB_UNKNOWN) for it: push the image again to restore it"
+            ),
+            crate::meta::Origin::Mirrored => {
+                writeln!(out, "  the server fetches it again from its upstream on the next pull")
+            }
+        };
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 /// Run `f` against the data directory with no server: open the stores (failing with a
-/// clear message when a running server holds them), run, report.
+/// clear message when a running server holds them), run, report; `f` picks the exit
+/// code of a run that worked.
 fn offline<F, Fut>(args: &ConfigArgs, f: F) -> ExitCode
 where
     F: FnOnce(std::sync::Arc<crate::service::Registry>, config::Settings) -> Fut,
-    Fut: std::future::Future<Output = Result<(), crate::service::Error>>,
+    Fut: std::future::Future<Output = Result<ExitCode, crate::service::Error>>,
 {
     let settings = match args.load() {
         Ok((_, s)) => s,
@@ -280,7 +347,7 @@ where
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.log_format, "warn");
+    init_tracing(&settings, "warn");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -303,7 +370,7 @@ where
             }
         };
         match f(reg, settings).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("wharfie: {e}");
                 ExitCode::FAILURE
@@ -337,7 +404,7 @@ fn with_client(
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.log_format, "warn");
+    init_tracing(&settings, "warn");
     let creds = remote.creds.as_deref().map(|c| {
         c.split_once(':').map_or((c.to_owned(), String::new()), |(u, p)| (u.to_owned(), p.to_owned()))
     });

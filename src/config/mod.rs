@@ -213,19 +213,42 @@ pub struct Settings {
     /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
     /// is read at startup ([`crate::auth::Authenticator::new`]) and by `config check`.
     pub auth: AuthConfig,
+    /// `WHARFIE_*` variables that name no configuration key: ignored (the environment is
+    /// shared with other programs), and logged as a warning at startup.
+    pub ignored_env: Vec<IgnoredEnv>,
+}
+
+/// A `WHARFIE_*` environment variable that is not a configuration key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredEnv {
+    /// The variable as set, e.g. `WHARFIE_BIN`.
+    pub name: String,
+    /// The known variable nearest to it, when one is close (a likely typo).
+    pub nearest: Option<String>,
+}
+
+impl std::fmt::Display for IgnoredEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "environment variable {} is not a wharfie setting; ignored", self.name)?;
+        if let Some(n) = &self.nearest {
+            write!(f, " (did you mean {n}?)")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// figment's message names the key and the source (file, env var, default).
-    #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("listen = {value:?} is not a socket address (host:port): {reason}")]
-    Listen { value: String, reason: String },
+    /// A bad or unknown key. `key` is as the user writes it where it came from
+    /// (`[cache] max_bytes` in the file, `WHARFIE_CACHE__MAX_BYTES` in the environment,
+    /// `--listen` on the command line); `origin` says where that was.
+    #[error("{key} {origin}: {reason}")]
+    Value { key: String, origin: String, reason: String },
+    /// A source that cannot be read at all (a TOML syntax error): `what` names it.
+    #[error("{what}: {reason}")]
+    Unreadable { what: String, reason: String },
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
-    #[error("upstream {name:?}: {reason}")]
-    Upstream { name: String, reason: String },
     /// A bad `[auth]` section; the message names the key or rule.
     #[error("{0}")]
     Auth(#[source] AuthError),
@@ -234,7 +257,92 @@ pub enum ConfigError {
     AuthPath { path: PathBuf, source: std::io::Error },
 }
 
-/// Layer the sources.
+/// The prefix of environment variables that set configuration keys.
+const ENV_PREFIX: &str = "WHARFIE_";
+
+/// `WHARFIE_*` variables that are not configuration keys but are wharfie's own.
+const ENV_NOT_KEYS: &[&str] = &["config"];
+
+/// Keys the defaults leave out (unset options), which the environment may still set.
+const OPTIONAL_KEYS: &[&str] = &["tls", "tls.cert", "tls.key", "auth.htpasswd", "auth.token_realm"];
+
+/// Tables whose value is an array of tables (`[[upstreams]]`).
+const ARRAY_TABLES: &[&str] = &["upstreams", "auth.rules"];
+
+/// Every key the environment may set, dotted and lowercase (`cache.max_bytes`): the
+/// tables and keys of the defaults, and the optional ones. Arrays are set whole
+/// (`WHARFIE_UPSTREAMS='[{name = "…", url = "…"}]'`).
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, dict: &figment::value::Dict, out: &mut Vec<String>) {
+        for (k, v) in dict {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if let figment::value::Value::Dict(_, d) = v {
+                walk(&key, d, out);
+            }
+            out.push(key);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(figment::value::Value::Dict(_, d)) = figment::value::Value::serialize(RawConfig::default()) {
+        walk("", &d, &mut out);
+    }
+    out.extend(OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The dotted key an environment variable sets, as figment's `Env` reads it
+/// (`WHARFIE_CACHE__MAX_BYTES` → `cache.max_bytes`); `None` for other variables.
+fn env_key(var: &str) -> Option<String> {
+    let head = var.get(..ENV_PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    let key = var[ENV_PREFIX.len()..].trim().replace("__", ".").to_ascii_lowercase();
+    if key.split('.').any(str::is_empty) {
+        return None;
+    }
+    Some(key)
+}
+
+/// The variable name that sets a dotted key.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// The `WHARFIE_*` variables set now that name no key, each with the nearest known one.
+pub fn ignored_env_vars() -> Vec<IgnoredEnv> {
+    let known = known_keys();
+    let mut out: Vec<IgnoredEnv> = std::env::vars_os()
+        .filter_map(|(k, _)| {
+            let name = k.to_string_lossy().into_owned();
+            let key = env_key(&name)?;
+            if known.contains(&key) || ENV_NOT_KEYS.contains(&key.as_str()) {
+                return None;
+            }
+            let nearest = nearest(&key, known.iter().map(String::as_str)).map(env_name);
+            Some(IgnoredEnv { name, nearest })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The candidate closest to `word`, when it is close enough to be a likely typo.
+fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        // A typo, or a key with something added or cut (`grace_period` for `grace`).
+        .filter(|(d, c)| {
+            *d <= 2.max(c.len().min(word.len()) / 4) || word.starts_with(c) || c.starts_with(word)
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Layer the sources. `WHARFIE_*` variables that name no key are left out (see
+/// [`Settings::ignored_env`]); unknown keys in the file stay an error.
 pub fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, ConfigError> {
     let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
     if let Some(path) = file {
@@ -243,30 +351,155 @@ pub fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, Co
         }
         f = f.merge(Toml::file_exact(path));
     }
-    Ok(f.merge(Env::prefixed("WHARFIE_").split("__").ignore(&["config"]))
-        .merge(Serialized::defaults(overrides)))
+    let known = std::sync::Arc::new(known_keys());
+    let env = Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(move |k| known.contains(&k.as_str().to_ascii_lowercase()));
+    Ok(f.merge(env).merge(Serialized::defaults(overrides)))
 }
 
 /// Load and check.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<(RawConfig, Settings), ConfigError> {
-    let raw: RawConfig = figment(file, overrides)?.extract().map_err(Box::new)?;
-    let settings = resolve(&raw)?;
+    let fig = figment(file, overrides)?;
+    let raw: RawConfig = fig.extract().map_err(|e| describe(&e))?;
+    let mut settings = resolve(&raw).map_err(|e| name_origin(&fig, e))?;
+    settings.ignored_env = ignored_env_vars();
     Ok((raw, settings))
 }
 
+/// Where the value at a dotted key came from, and the key as written there.
+fn locate(md: Option<&figment::Metadata>, path: &[String]) -> (String, String) {
+    let dotted = path.join(".");
+    let Some(md) = md else {
+        return (dotted, "in the configuration".into());
+    };
+    if let Some(figment::Source::File(p)) = &md.source {
+        return (file_key(path), format!("in {}", p.display()));
+    }
+    if md.name.contains(ENV_PREFIX) {
+        // The variable actually set: the longest prefix of the path that is one (a
+        // table can be set whole, `WHARFIE_TLS='{cert = "…"}'`).
+        let set: Vec<String> = std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .filter(|k| env_key(k).is_some())
+            .collect();
+        for n in (1..=path.len()).rev() {
+            let key = path[..n].join(".");
+            if let Some(var) = set.iter().find(|v| env_key(v).as_deref() == Some(key.as_str())) {
+                return (var.clone(), "in the environment".into());
+            }
+        }
+        return (env_name(&dotted), "in the environment".into());
+    }
+    if md.name.ends_with("Overrides") {
+        return (format!("--{}", dotted.replace('_', "-")), "on the command line".into());
+    }
+    (dotted, "in the built-in defaults".into())
+}
+
+/// A key as a TOML file spells it: `listen`, `[cache] max_bytes`,
+/// `[[upstreams]] #2 url` (entries count from 1; an index into an array of values is
+/// dropped: the key names the array).
+fn file_key(path: &[String]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    let mut entries: Vec<String> = Vec::new();
+    for seg in path {
+        match seg.parse::<usize>() {
+            Ok(i) => {
+                if ARRAY_TABLES.contains(&names.join(".").as_str()) {
+                    entries.push(format!("#{}", i + 1));
+                }
+            }
+            Err(_) => names.push(seg),
+        }
+    }
+    let Some((key, table)) = names.split_last() else {
+        return path.join(".");
+    };
+    if table.is_empty() {
+        return (*key).to_owned();
+    }
+    let t = table.join(".");
+    if ARRAY_TABLES.contains(&t.as_str()) {
+        let entry = entries.first().map(|e| format!(" {e}")).unwrap_or_default();
+        format!("[[{t}]]{entry} {key}")
+    } else {
+        format!("[{t}] {key}")
+    }
+}
+
+/// figment's error in the user's words: the key as written, where, and why.
+fn describe(e: &figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let md = e.metadata.as_ref();
+    if e.path.is_empty() {
+        let what = match md {
+            Some(figment::Metadata { source: Some(figment::Source::File(p)), .. }) => p.display().to_string(),
+            Some(m) if m.name.contains(ENV_PREFIX) => format!("the {ENV_PREFIX}* environment variables"),
+            _ => "the configuration".into(),
+        };
+        return ConfigError::Unreadable { what, reason: e.kind.to_string() };
+    }
+    let (key, origin) = locate(md, &e.path);
+    let reason = match &e.kind {
+        Kind::UnknownField(found, expected) => match nearest(found, expected.iter().copied()) {
+            Some(n) => format!("unknown key; did you mean {n}?"),
+            None => format!("unknown key; the keys here are {}", expected.join(", ")),
+        },
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "{found:?} is not one of {}",
+                expected.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+            )
+        }
+        Kind::MissingField(f) => {
+            let mut path = e.path.clone();
+            path.push(f.to_string());
+            let (key, origin) = locate(md, &path);
+            return ConfigError::Value { key, origin, reason: "is required".into() };
+        }
+        // bytesize's own word for what it wanted says nothing to an operator.
+        other => other
+            .to_string()
+            .replace("expected parsable string", "expected a size such as \"512MiB\" or \"10GB\""),
+    };
+    ConfigError::Value { key, origin, reason }
+}
+
+/// A check of the resolved values names the key as its source spells it.
+fn name_origin(fig: &Figment, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Value { key, origin, reason } if origin.is_empty() => {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            // An array (`upstreams`) comes whole from one source.
+            let md = (1..=path.len()).rev().find_map(|n| fig.find_metadata(&path[..n].join(".")));
+            let (key, origin) = locate(md, &path);
+            ConfigError::Value { key, origin, reason }
+        }
+        e => e,
+    }
+}
+
 fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
-    let listen = raw
-        .listen
-        .parse::<SocketAddr>()
-        .map_err(|e| ConfigError::Listen { value: raw.listen.clone(), reason: e.to_string() })?;
-    let mut defaults = 0;
+    // The key is dotted here; `name_origin` rewrites it as its source spells it.
+    let bad = |key: String, reason: String| ConfigError::Value { key, origin: String::new(), reason };
+    let listen = raw.listen.parse::<SocketAddr>().map_err(|e| {
+        bad("listen".into(), format!("{:?} is not a socket address (host:port): {e}", raw.listen))
+    })?;
+    let mut defaults = Vec::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
-        let bad = |reason: &str| ConfigError::Upstream { name: u.name.clone(), reason: reason.into() };
+        let key = |k: &str| format!("upstreams.{i}.{k}");
         if crate::names::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
-            return Err(bad("name must be one repository-name component, like docker.io"));
+            return Err(bad(
+                key("name"),
+                format!("{:?} must be one repository-name component, like docker.io", u.name),
+            ));
         }
         if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
-            return Err(bad("url must start with http:// or https://"));
+            return Err(bad(
+                key("url"),
+                format!("upstream {:?}: the url must start with http:// or https://", u.name),
+            ));
         }
         if let Some(ns) = &u.namespace {
             if crate::names::RepoName::parse(ns).is_err() {
@@ -274,21 +507,30 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
             }
         }
         if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
-            return Err(bad("the name is used twice"));
+            return Err(bad(
+                key("name"),
+                format!("{:?} names two upstreams; each needs its own name", u.name),
+            ));
         }
-        defaults += usize::from(u.default);
+        if u.default {
+            defaults.push(u.name.as_str());
+        }
     }
     if !(1..=100).contains(&raw.cache.low_water_percent) {
-        return Err(ConfigError::Upstream {
-            name: "cache".into(),
-            reason: "low_water_percent must be 1 to 100".into(),
-        });
+        return Err(bad(
+            "cache.low_water_percent".into(),
+            format!("must be 1 to 100, not {}", raw.cache.low_water_percent),
+        ));
     }
-    if defaults > 1 {
-        return Err(ConfigError::Upstream {
-            name: "*".into(),
-            reason: "at most one upstream can be the default".into(),
-        });
+    if defaults.len() > 1 {
+        let i = raw.upstreams.iter().rposition(|u| u.default).unwrap_or(0);
+        return Err(bad(
+            format!("upstreams.{i}.default"),
+            format!(
+                "only one upstream can be the default, and {} all say default = true",
+                defaults.join(", ")
+            ),
+        ));
     }
     raw.auth.check().map_err(ConfigError::Auth)?;
     let mut auth = raw.auth.clone();
@@ -313,6 +555,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         cache: raw.cache.clone(),
         tls: raw.tls.clone(),
         auth,
+        ignored_env: Vec::new(),
     })
 }
 
@@ -417,5 +660,47 @@ mod tests {
             assert!(err.to_string().contains("bad.toml"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_key_a_full_config_writes_is_known_to_the_environment_filter() {
+        // The filter learns keys from the defaults, which leave unset options out: with
+        // every option set, no key may be one the filter would drop.
+        let full = RawConfig {
+            tls: Some(TlsConfig { cert: "c.pem".into(), key: "k.pem".into() }),
+            auth: AuthConfig {
+                htpasswd: Some("h".into()),
+                token_realm: Some("https://r/token".into()),
+                ..AuthConfig::default()
+            },
+            ..RawConfig::default()
+        };
+        let mut keys = Vec::new();
+        fn walk(prefix: &str, v: &figment::value::Value, out: &mut Vec<String>) {
+            if let figment::value::Value::Dict(_, d) = v {
+                for (k, v) in d {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                    out.push(key);
+                }
+            }
+        }
+        walk("", &figment::value::Value::serialize(&full).expect("serialize"), &mut keys);
+        let known = known_keys();
+        for k in &keys {
+            assert!(known.contains(k), "{} ({k}) would be ignored as unknown", env_name(k));
+        }
+        assert_eq!(env_key("WHARFIE_CACHE__MAX_BYTES").as_deref(), Some("cache.max_bytes"));
+        assert_eq!(env_key("wharfie_listen").as_deref(), Some("listen"));
+        assert_eq!(env_key("WHARFIE_"), None);
+        assert_eq!(env_key("OTHER_LISTEN"), None);
+        assert_eq!(nearest("cache.max_byte", known.iter().map(String::as_str)), Some("cache.max_bytes"));
+        assert_eq!(nearest("bin", known.iter().map(String::as_str)), None);
+        assert_eq!(file_key(&["upstreams".into(), "1".into(), "url".into()]), "[[upstreams]] #2 url");
+        assert_eq!(
+            file_key(&["auth".into(), "rules".into(), "0".into(), "access".into(), "2".into()]),
+            "[[auth.rules]] #1 access"
+        );
+        assert_eq!(file_key(&["gc".into(), "grace".into()]), "[gc] grace");
     }
 }

@@ -42,7 +42,52 @@ pub struct VerifyReport {
     pub checked: usize,
     pub bytes: u64,
     /// Missing, short, or hashing to something else; quarantined and unlinked.
-    pub corrupt: Vec<String>,
+    pub corrupt: Vec<CorruptBlob>,
+}
+
+/// One blob `verify` found corrupt, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CorruptBlob {
+    pub digest: Digest,
+    /// Its size as recorded.
+    pub size: u64,
+    /// Pushed content is gone until pushed again; mirrored content is fetched again.
+    pub origin: Origin,
+    /// What is wrong with the file, in words.
+    pub problem: String,
+    /// Where the bad file was moved (`None`: there was no file to move, or the move
+    /// failed; see `problem`).
+    pub quarantined: Option<std::path::PathBuf>,
+}
+
+/// An origin as an operator reads it.
+pub fn origin_word(o: Origin) -> &'static str {
+    match o {
+        Origin::Pushed => "pushed",
+        Origin::Mirrored => "mirrored",
+    }
+}
+
+/// What is wrong with a blob file, from what hashing it gave; `None` when it is sound.
+fn blob_problem(
+    got: &std::io::Result<(u64, String)>,
+    size: u64,
+    expected: Option<&str>,
+    full: bool,
+) -> Option<String> {
+    let algo = if full { "sha256" } else { "blake3" };
+    match (got, expected) {
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => Some("its file is missing".into()),
+        (Err(e), _) => Some(format!("its file cannot be read: {e}")),
+        (Ok((len, _)), _) if *len != size => {
+            Some(format!("its file holds {len} bytes, not the {size} recorded"))
+        }
+        (Ok(_), None) => Some(format!("it has no recorded {algo} to check against")),
+        (Ok((_, h)), Some(e)) if h != e => {
+            Some(format!("its content hashes to {algo} {h}, not the {e} recorded"))
+        }
+        (Ok(_), Some(_)) => None,
+    }
 }
 
 impl Registry {
@@ -289,14 +334,33 @@ impl Registry {
             let blobs = self.blobs.clone();
             let d = b.digest.clone();
             let got = tokio::task::spawn_blocking(move || blobs.hash_file(&d, full)).await?;
-            let ok = matches!((&got, &expected), (Ok((len, h)), Some(e)) if *len == b.size && h == e);
             report.checked += 1;
             report.bytes += b.size;
             progress(report.bytes, total);
-            if !ok {
-                tracing::error!(digest = %b.digest, ?got, "corrupt blob: quarantined");
-                let _ = self.blobs.quarantine(&b.digest);
-                report.corrupt.push(b.digest.to_string());
+            if let Some(problem) = blob_problem(&got, b.size, expected.as_deref(), full) {
+                let quarantined = match self.blobs.quarantine(&b.digest) {
+                    Ok(p) => Some(p),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        tracing::error!(digest = %b.digest, error = %e, "cannot move the corrupt blob's file into quarantine/");
+                        None
+                    }
+                };
+                let moved_to =
+                    quarantined.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string());
+                tracing::error!(
+                    digest = %b.digest,
+                    origin = %origin_word(b.origin),
+                    quarantined = %moved_to,
+                    "corrupt blob: {problem}"
+                );
+                report.corrupt.push(CorruptBlob {
+                    digest: b.digest.clone(),
+                    size: b.size,
+                    origin: b.origin,
+                    problem,
+                    quarantined,
+                });
                 corrupt.push(b.digest);
             }
         }

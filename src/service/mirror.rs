@@ -94,6 +94,17 @@ impl FlightError {
     }
 }
 
+/// In words, for logs and for the error a follower's transfer ends with.
+impl std::fmt::Display for FlightError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlightError::NotFound => f.write_str("not found upstream"),
+            FlightError::Unavailable(m) | FlightError::Internal(m) => f.write_str(m),
+            FlightError::Invalid(m) => write!(f, "upstream sent invalid content: {m}"),
+        }
+    }
+}
+
 impl From<UpstreamError> for FlightError {
     fn from(e: UpstreamError) -> Self {
         match e {
@@ -273,7 +284,7 @@ impl Registry {
                 match res {
                     Ok(digest) => self.manifest(local, &Reference::Digest(digest), with_body),
                     Err(e) if e.transient() && m.stale_if_error && cached.is_some() => {
-                        tracing::warn!(upstream = m.name(), repo = %local, tag = %t, error = ?e, "upstream failed; serving the cached tag");
+                        tracing::warn!(upstream = m.name(), repo = %local, tag = %t, error = %e, "upstream failed; serving the cached tag");
                         self.metrics.stale_served.fetch_add(1, Relaxed);
                         self.manifest(local, reference, with_body)
                     }
@@ -530,7 +541,7 @@ impl Registry {
                 });
             }
             Err(e) => {
-                tracing::warn!(upstream = m.name(), %digest, error = ?e, "blob fill failed; nothing cached");
+                tracing::warn!(upstream = m.name(), %digest, error = %e, "blob fill failed; nothing cached");
                 tx.send_modify(|s| s.done = Some(Err(e.clone())));
             }
         }
@@ -637,7 +648,10 @@ fn min_rate(body: super::Body, window: Duration) -> super::Body {
         };
         if start.elapsed() >= window {
             if got < need {
-                let msg = format!("upstream sent {got} bytes in {window:?}, under {MIN_RATE} B/s");
+                let msg = format!(
+                    "upstream sent {got} bytes in {}, under {MIN_RATE} B/s",
+                    humantime::format_duration(window)
+                );
                 return Some((Err(io::Error::new(io::ErrorKind::TimedOut, msg)), (body, start, got, true)));
             }
             return Some((item, (body, tokio::time::Instant::now(), 0, false)));
@@ -681,7 +695,7 @@ fn fill_reader(fill: Arc<Fill>) -> impl Stream<Item = io::Result<Bytes>> + Send 
         loop {
             let st = rx.borrow_and_update().clone();
             if let Some(Err(e)) = &st.done {
-                let err = io::Error::other(format!("upstream fill failed: {e:?}"));
+                let err = io::Error::other(format!("upstream fill failed: {e}"));
                 return Some((Err(err), (fill, rx, pos, true)));
             }
             let committed = matches!(st.done, Some(Ok(())));

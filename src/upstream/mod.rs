@@ -165,7 +165,10 @@ impl Upstream {
                 {
                     Ok(r) => r,
                     Err(_) => Err((
-                        UpstreamError::Transport(format!("no answer within {:?}", self.cfg.deadline)),
+                        UpstreamError::Transport(format!(
+                            "no answer within {}",
+                            humantime::format_duration(self.cfg.deadline)
+                        )),
                         None,
                     )),
                 };
@@ -183,7 +186,7 @@ impl Upstream {
             if Instant::now() + backoff >= deadline {
                 return Err(err.0);
             }
-            tracing::warn!(upstream = %self.cfg.name, %path, attempt, error = %err.0, ?backoff, "retrying upstream");
+            tracing::warn!(upstream = %self.cfg.name, %path, attempt, error = %err.0, backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "retrying upstream");
             tokio::time::sleep(backoff).await;
         }
     }

@@ -42,6 +42,10 @@ impl CliOut {
 
 /// Run `wharfie <args>` (under coreutils `timeout`) with extra environment variables.
 pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOut {
+    run_cli(args, env, &[])
+}
+
+fn run_cli(args: &[&str], env: &[(&str, &str)], remove: &[String]) -> CliOut {
     require("timeout", "coreutils");
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "5", &CLI_TIMEOUT_SECS.to_string()])
@@ -49,6 +53,9 @@ pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOut {
         .args(args)
         .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null());
+    for k in remove {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -66,6 +73,21 @@ pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOut {
         eprintln!("$ wharfie {}\n{}", args.join(" "), r.describe());
     }
     r
+}
+
+/// `cli_env` without this process's own `WHARFIE_*` variables, for tests that check
+/// every line wharfie writes.
+pub fn cli_only_env(args: &[&str], env: &[(&str, &str)]) -> CliOut {
+    let inherited: Vec<String> = std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .filter(|k| is_wharfie_var(k))
+        .collect();
+    run_cli(args, env, &inherited)
+}
+
+/// Named like one of wharfie's configuration variables (any case, as figment reads them).
+pub fn is_wharfie_var(name: &str) -> bool {
+    name.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("WHARFIE_"))
 }
 
 pub fn cli(args: &[&str]) -> CliOut {
