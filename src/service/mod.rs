@@ -10,6 +10,7 @@
 mod blobs;
 mod error;
 pub mod gc;
+mod inventory;
 mod manifests;
 pub mod metrics;
 mod mirror;
