@@ -249,3 +249,373 @@ fn bad_archives_fail_clearly_and_import_nothing() {
     let cat: serde_json::Value = reqwest::blocking::get(w.url("/v2/_catalog")).unwrap().json().unwrap();
     assert_eq!(cat["repositories"], serde_json::json!([]), "{cat}");
 }
+
+// ---------------------------------------------------------------------------
+// Air gap II (issue 14): bundles from a list, incremental bundles, resumable import
+// ---------------------------------------------------------------------------
+
+/// A connected-side server holding `team/a:v1` and `team/b:v1` (pushed with skopeo,
+/// digests preserved), and the layout they came from.
+struct Connected {
+    sk: Skopeo,
+    src: Layout,
+    a: real::Image,
+    b: real::Image,
+    w: common::Wharfie,
+    _tmp: tempfile::TempDir,
+}
+
+fn push(sk: &Skopeo, src: &Layout, name: &str, addr: &str, dest: &str) {
+    sk.run(
+        "copy",
+        &[
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &src.oci(name),
+            &format!("docker://{addr}/{dest}"),
+        ],
+    );
+}
+
+fn connected(extra: &[&str]) -> Connected {
+    let sk = Skopeo::new();
+    let src = Layout::create(&sk.dir("src2"));
+    let big_a = common::bytes_of(2 << 20, 7);
+    let big_b = common::bytes_of(1 << 20, 8);
+    let a = real::write_image(
+        &src,
+        "amd64",
+        &[vec![("etc/base.txt", b"shared base\n")], vec![("a.bin", &big_a[..])]],
+        "a",
+    );
+    let b = real::write_image(&src, "amd64", &[vec![("b.bin", &big_b[..])], vec![("etc/b", b"b\n")]], "b");
+    src.set_refs(&[("a", &a.manifest), ("b", &b.manifest)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = common::Wharfie::start_in(&tmp.path().join("connected"), extra);
+    push(&sk, &src, "a", &w.addr, "team/a:v1");
+    push(&sk, &src, "b", &w.addr, "team/b:v1");
+    Connected { sk, src, a, b, w, _tmp: tmp }
+}
+
+/// Pull `image` from `addr` and check it is `want`, blob for blob.
+fn pulls_identically(sk: &Skopeo, addr: &str, image: &str, want: &real::Image, src: &Layout, name: &str) {
+    let (got, digest) = pull(sk, addr, image, name);
+    assert_eq!(digest, want.manifest.digest, "{image}: manifest digest");
+    assert_eq!(got.blob_set(), want.digests(), "{image}: blob set");
+    for d in want.digests() {
+        assert!(got.blob(&d) == src.blob(&d), "{image}: {d} differs");
+    }
+}
+
+fn manifest_status(base: &str, image: &str) -> u16 {
+    let (repo, tag) = image.rsplit_once(':').unwrap();
+    reqwest::blocking::Client::new()
+        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn full_bundle_from_one_server_imports_on_another_and_pulls_identically() {
+    let c = connected(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("far");
+    let zst = tmp.path().join("bundle.tar.zst");
+    let plain = tmp.path().join("bundle.tar");
+    cli(&["export", "--server", &c.w.base, "team/a:v1", "team/b:v1", "-o", &path_str(&zst)]).ok();
+    cli(&["export", "--server", &c.w.base, "team/a:v1", "-o", &path_str(&plain)]).ok();
+    let head = std::fs::read(&zst).unwrap();
+    assert_eq!(&head[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a .tar.zst bundle is zstd");
+    // skopeo reads the full (plain) bundle as the OCI archive it is.
+    let (back, _) = skopeo_read(&c.sk, &format!("oci-archive:{}:v1", plain.display()), "sk-full");
+    assert_eq!(back.blob_set(), c.a.digests(), "skopeo reads the bundle");
+    let out = cli(&["import", "--data-dir", &path_str(&far), "--json", &path_str(&zst)]);
+    out.ok();
+    let summary: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(summary["imported"].as_array().unwrap().len(), 2, "{summary}");
+    assert_eq!(summary["refused"], serde_json::json!([]), "{summary}");
+    let links = repo_blob_links(&far);
+    assert!(links.iter().all(|(r, _)| !r.starts_with("wharfie-import")), "scratch links left: {links:?}");
+    let w = common::Wharfie::start_in(&far, &[]);
+    pulls_identically(&c.sk, &w.addr, "team/a:v1", &c.a, &c.src, "far-a");
+    pulls_identically(&c.sk, &w.addr, "team/b:v1", &c.b, &c.src, "far-b");
+    // podman pulls from the far side too (vfs storage in a private root).
+    let p = real::clients::Clients::new();
+    let o = p.podman_ok(&["pull", "--tls-verify=false", &format!("{}/team/a:v1", w.addr)]);
+    assert!(o.stdout.contains(c.a.config.digest.trim_start_matches("sha256:")), "podman pull: {}", o.stdout);
+}
+
+#[test]
+fn incremental_bundle_carries_the_change_and_refuses_where_the_rest_is_missing() {
+    let c = connected(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("far");
+    let full = tmp.path().join("full.tar");
+    cli(&["export", "--server", &c.w.base, "team/a:v1", "team/b:v1", "-o", &path_str(&full)]).ok();
+    cli(&["import", "--data-dir", &path_str(&far), &path_str(&full)]).ok();
+
+    // One layer of a changes: a:v2 shares its base layer with a:v1.
+    let changed = common::bytes_of(1 << 20, 99);
+    let a2 = real::write_image(
+        &c.src,
+        "amd64",
+        &[vec![("etc/base.txt", b"shared base\n")], vec![("a.bin", &changed[..])]],
+        "a",
+    );
+    c.src.set_refs(&[("a2", &a2.manifest)]);
+    push(&c.sk, &c.src, "a2", &c.w.addr, "team/a:v2");
+
+    // The far side's inventory (read through an in-process server on its data dir).
+    let have = tmp.path().join("have.json");
+    let out = cli(&["inventory", "--data-dir", &path_str(&far), "-o", &path_str(&have)]);
+    out.ok();
+    let inv: serde_json::Value = serde_json::from_slice(&std::fs::read(&have).unwrap()).unwrap();
+    let held: BTreeSet<String> =
+        inv["blobs"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap().to_owned()).collect();
+    assert!(c.a.digests().iter().all(|d| held.contains(d) || *d == c.a.manifest.digest), "{inv}");
+
+    let inc = tmp.path().join("inc.tar");
+    let out = cli(&[
+        "export",
+        "--server",
+        &c.w.base,
+        "--have",
+        &path_str(&have),
+        "team/a:v2",
+        "-o",
+        &path_str(&inc),
+    ]);
+    out.ok();
+    let size = std::fs::metadata(&inc).unwrap().len();
+    let layer = a2.layers[1].size as u64;
+    eprintln!("incremental bundle {size} bytes, changed layer {layer} bytes");
+    assert!(
+        size >= layer && size < layer + 64 * 1024,
+        "incremental bundle of {size} bytes for a {layer}-byte change"
+    );
+    // The bundle says what it left out and against which inventory.
+    let mut ar = tar::Archive::new(std::fs::File::open(&inc).unwrap());
+    let mut names = Vec::new();
+    let mut bundle_json = None;
+    let mut index = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let n = e.path().unwrap().to_string_lossy().to_string();
+        let mut buf = Vec::new();
+        if n == "wharfie-bundle.json" || n == "index.json" {
+            std::io::Read::read_to_end(&mut e, &mut buf).unwrap();
+            if n == "index.json" {
+                index = Some(buf);
+            } else {
+                bundle_json = Some(buf);
+            }
+        }
+        names.push(n);
+    }
+    let bj: serde_json::Value = serde_json::from_slice(&bundle_json.expect("wharfie-bundle.json")).unwrap();
+    let idx: serde_json::Value = serde_json::from_slice(&index.unwrap()).unwrap();
+    let inv_id = format!("sha256:{}", sha256_file(&have).trim_start_matches("sha256:"));
+    assert_eq!(bj["inventory"].as_str(), Some(inv_id.as_str()), "{bj}");
+    assert_eq!(idx["annotations"]["io.wharfie.bundle.inventory"].as_str(), Some(inv_id.as_str()), "{idx}");
+    assert_eq!(idx["annotations"]["io.wharfie.bundle.left-out"], "wharfie-bundle.json");
+    let left: BTreeSet<String> = bj["left_out"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[0].as_str().unwrap().to_owned())
+        .collect();
+    assert!(left.contains(&a2.layers[0].digest), "the shared layer is left out: {bj}");
+    assert!(
+        !names.iter().any(|n| n.ends_with(a2.layers[0].digest.trim_start_matches("sha256:"))),
+        "{names:?}"
+    );
+
+    // Imported where the rest is missing (a fresh server): refused, digests named,
+    // nothing of it committed.
+    let empty = tmp.path().join("empty");
+    let out = cli(&["import", "--data-dir", &path_str(&empty), "--json", &path_str(&inc)]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(out.stderr.contains(&a2.layers[0].digest), "the missing digest is named:\n{}", out.describe());
+    let s: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(s["refused"][0]["repo"], "team/a", "{s}");
+    assert!(s["refused"][0]["missing"].as_array().unwrap().iter().any(|d| d == &a2.layers[0].digest), "{s}");
+    assert!(manifest_rows(&empty).is_empty(), "manifests: {:?}", manifest_rows(&empty));
+    assert!(repo_blob_links(&empty).is_empty(), "links: {:?}", repo_blob_links(&empty));
+
+    // Imported on the far side: complete, byte-identical.
+    cli(&["import", "--data-dir", &path_str(&far), &path_str(&inc)]).ok();
+    let w = common::Wharfie::start_in(&far, &[]);
+    pulls_identically(&c.sk, &w.addr, "team/a:v2", &a2, &c.src, "far-a2");
+    pulls_identically(&c.sk, &w.addr, "team/a:v1", &c.a, &c.src, "far-a1");
+}
+
+#[test]
+fn a_flipped_byte_refuses_that_image_and_imports_the_others() {
+    let c = connected(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    cli(&["export", "--server", &c.w.base, "--dir", "team/a:v1", "team/b:v1", "-o", &path_str(&dir)]).ok();
+    let layer = &c.a.layers[1].digest;
+    flip_byte(&dir.join("blobs/sha256").join(layer.trim_start_matches("sha256:")), 4096);
+    let far = tmp.path().join("far");
+    let out = cli(&["import", "--data-dir", &path_str(&far), &path_str(&dir)]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("refused team/a:v1"), "{}", out.describe());
+    assert!(out.stderr.contains(layer.as_str()), "the bad member is named:\n{}", out.describe());
+    assert!(out.stderr.contains("imported team/b:v1"), "{}", out.describe());
+    let rows = manifest_rows(&far);
+    assert!(!rows.iter().any(|r| r.contains(&c.a.manifest.digest)), "a was committed: {rows:?}");
+    assert!(!blob_rows(&far).contains_key(layer.as_str()), "the bad layer was stored");
+    let w = common::Wharfie::start_in(&far, &[]);
+    assert_eq!(manifest_status(&w.base, "team/a:v1"), 404);
+    pulls_identically(&c.sk, &w.addr, "team/b:v1", &c.b, &c.src, "far-b");
+}
+
+#[test]
+fn an_import_killed_midway_resumes_and_reports_what_it_skipped() {
+    use std::io::{BufRead, Write};
+    let c = connected(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle.tar");
+    cli(&["export", "--server", &c.w.base, "team/a:v1", "team/b:v1", "-o", &path_str(&bundle)]).ok();
+    let bytes = std::fs::read(&bundle).unwrap();
+    // Where b's big layer starts: feed everything before it and half of it.
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let b_big = c.b.layers[0].digest.trim_start_matches("sha256:").to_owned();
+    let mut cut = None;
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_string_lossy().ends_with(&b_big) {
+            cut = Some(e.raw_file_position() as usize + e.size() as usize / 2);
+        }
+    }
+    let cut = cut.expect("b's layer is in the bundle");
+    let far = tmp.path().join("far");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharfie"))
+        .args(["import", "--data-dir", &path_str(&far), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    stdin.write_all(&bytes[..cut]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("imported team/a:v1")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("a:v1 did not land before b's layer was complete: {seen:?}"),
+        }
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    drop(stdin);
+    assert!(!seen.iter().any(|l| l.contains("team/b")), "{seen:?}");
+
+    // The re-run: a is skipped (and its blobs not sent again), b lands.
+    let out = cli(&["import", "--data-dir", &path_str(&far), "--json", &path_str(&bundle)]);
+    out.ok();
+    assert!(out.stderr.contains("skipped team/a:v1"), "{}", out.describe());
+    let s: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(s["skipped"][0]["repo"], "team/a", "{s}");
+    assert_eq!(s["imported"][0]["repo"], "team/b", "{s}");
+    assert!(s["skipped_blobs"].as_u64().unwrap() >= 2, "a's blobs were sent again: {s}");
+    let w = common::Wharfie::start_in(&far, &[]);
+    pulls_identically(&c.sk, &w.addr, "team/a:v1", &c.a, &c.src, "re-a");
+    pulls_identically(&c.sk, &w.addr, "team/b:v1", &c.b, &c.src, "re-b");
+}
+
+#[test]
+fn images_from_a_list_with_tags_digests_whole_repositories_and_a_cold_mirror() {
+    let sk0 = Skopeo::new();
+    let upstream = real::ReferenceRegistry::start();
+    let up_src = Layout::create(&sk0.dir("up"));
+    let hello = real::write_image(&up_src, "amd64", &[vec![("hello.txt", b"from upstream\n")]], "up");
+    up_src.set_refs(&[("v1", &hello.manifest)]);
+    sk0.run(
+        "copy",
+        &[
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &up_src.oci("v1"),
+            &format!("docker://{}/library/hello:v1", upstream.addr),
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("up.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[upstreams]]\nname = \"docker.io\"\nurl = \"http://{}\"\n", upstream.addr),
+    )
+    .unwrap();
+    let c = connected(&["--config", &path_str(&cfg)]);
+    push(&c.sk, &c.src, "a", &c.w.addr, "team/multi:x");
+    push(&c.sk, &c.src, "b", &c.w.addr, "team/multi:y");
+    let list = tmp.path().join("images.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# what the far side needs\nteam/a:v1\n\nteam/b@{}   # by digest\nteam/multi\ndocker.io/library/hello:v1\n",
+            c.b.manifest.digest
+        ),
+    )
+    .unwrap();
+    let dir = tmp.path().join("bundle");
+    let out = cli(&[
+        "export",
+        "--server",
+        &c.w.base,
+        "--images-from",
+        &path_str(&list),
+        "--dir",
+        "-o",
+        &path_str(&dir),
+    ]);
+    out.ok();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let names: BTreeSet<String> = idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["annotations"]["io.containerd.image.name"].as_str().unwrap().to_owned())
+        .collect();
+    let want: BTreeSet<String> = [
+        "team/a:v1".to_owned(),
+        format!("team/b@{}", c.b.manifest.digest),
+        "team/multi:x".into(),
+        "team/multi:y".into(),
+        "docker.io/library/hello:v1".into(),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, want);
+    // The export fetched the cold mirrored image through the mirror (a prefetch).
+    let m = parse_metrics(&reqwest::blocking::get(c.w.url("/metrics")).unwrap().text().unwrap());
+    assert!(metric_sum(&m, "wharfie_store_blobs", &["origin=\"mirrored\""]) >= 2.0, "{m:?}");
+
+    let far = tmp.path().join("far");
+    cli(&["import", "--data-dir", &path_str(&far), &path_str(&dir)]).ok();
+    let w = common::Wharfie::start_in(&far, &[]);
+    pulls_identically(&c.sk, &w.addr, "team/a:v1", &c.a, &c.src, "l-a");
+    pulls_identically(&c.sk, &w.addr, &format!("team/b@{}", c.b.manifest.digest), &c.b, &c.src, "l-b");
+    pulls_identically(&c.sk, &w.addr, "team/multi:x", &c.a, &c.src, "l-x");
+    pulls_identically(&c.sk, &w.addr, "team/multi:y", &c.b, &c.src, "l-y");
+    pulls_identically(&sk0, &w.addr, "docker.io/library/hello:v1", &hello, &up_src, "l-hello");
+}

@@ -1,6 +1,8 @@
 //! `airgap/`: moving images across an air gap. `import` reads `docker save` tarballs
-//! (plain or gzipped), OCI image layout directories and OCI archives; `export` writes
-//! OCI archives that `skopeo copy oci-archive:…` and `podman load` accept.
+//! (plain or gzipped), OCI image layout directories and OCI archives (plain, gzip or
+//! zstd), committing image by image; `export` writes bundles (`bundle.rs`: an OCI
+//! image layout, full or incremental against an inventory) that `skopeo copy
+//! oci-archive:…` and `podman load` accept when full.
 //!
 //! Both are registry clients over HTTP (`upstream::client`): they talk to a running
 //! wharfie, or to one the CLI starts in-process on the data directory, so the server's
@@ -9,11 +11,12 @@
 //!
 //! May import: upstream (its client), digest, names.
 
+pub mod bundle;
 mod export;
 mod import;
 
-pub use export::export;
-pub use import::{import, ImportTarget};
+pub use export::{export, parse_image, ExportOptions, ExportSummary};
+pub use import::{import, ImportReport, ImportTarget, Imported, Refused, Ui};
 
 use crate::upstream::UpstreamError;
 
@@ -27,7 +30,7 @@ pub enum AirgapError {
     Registry(#[from] UpstreamError),
 }
 
-pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
+pub fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
     move |source| AirgapError::Io { path: path.display().to_string(), source }
 }
 

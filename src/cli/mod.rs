@@ -69,8 +69,10 @@ enum Command {
         full: bool,
     },
     /// Import images: `docker save` tarballs (plain or gzipped), OCI image layout
-    /// directories and OCI archives. Talks to the running server, or starts one
-    /// in-process on the data directory when none holds it.
+    /// directories and OCI archives and bundles (plain, gzip or zstd; `-` reads
+    /// stdin). Images commit one by one; a re-run skips what already landed. Talks to
+    /// the running server, or starts one in-process on the data directory when none
+    /// holds it.
     Import {
         #[command(flatten)]
         cfg: ConfigArgs,
@@ -81,18 +83,50 @@ enum Command {
         /// names the archive carries.
         #[arg(long, value_name = "NAME[:TAG]")]
         repo: Option<String>,
+        /// No progress bars and no progress lines (errors still go to stderr).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print a JSON summary on stdout (imported, skipped, refused with the
+        /// missing digests).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Export images as one OCI archive (`skopeo copy oci-archive:FILE:TAG …`,
-    /// `podman load -i FILE`).
+    /// Export images as one bundle: an OCI image layout as a tar (`.tar.zst` and
+    /// `.tar.gz` compress) or a directory (`--dir`). A full bundle is what `skopeo
+    /// copy oci-archive:FILE:TAG …` and `podman load -i FILE` read.
     Export {
         #[command(flatten)]
         cfg: ConfigArgs,
-        /// Images as REPO:TAG.
-        #[arg(required = true)]
+        /// Images: REPO:TAG, REPO@DIGEST, REPO (every tag) or a mirrored name
+        /// (docker.io/library/nginx:1.27, fetched through the mirror if not cached).
         images: Vec<String>,
-        /// The archive to write.
+        /// A file of images, one per line (`#` starts a comment).
+        #[arg(long, value_name = "FILE")]
+        images_from: Option<PathBuf>,
+        /// Only this platform of multi-platform images (os/arch[/variant]).
+        #[arg(long)]
+        platform: Option<String>,
+        /// The far side's inventory (`wharfie inventory -o FILE` there): leave out
+        /// every blob and manifest it holds.
+        #[arg(long, value_name = "FILE")]
+        have: Option<PathBuf>,
+        /// Write an OCI layout directory instead of a tar.
+        #[arg(long)]
+        dir: bool,
+        /// The bundle to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Write what this registry holds (every blob and manifest digest, with sizes)
+    /// as JSON: the `--have` of an incremental `wharfie export` on the connected side.
+    Inventory {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// The file to write (`-`: stdout).
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -192,7 +226,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Import { cfg, inputs, repo, remote } => {
+        Command::Import { cfg, inputs, repo, quiet, json, remote } => {
             let target = match repo.as_deref().map(parse_target).transpose() {
                 Ok(t) => t,
                 Err(e) => {
@@ -201,25 +235,93 @@ pub fn main() -> ExitCode {
                 }
             };
             with_client(&cfg, &remote, |client| {
-                let images = crate::airgap::import(client, &inputs, target.as_ref(), &|m| eprintln!("{m}"))?;
-                println!("imported {} image(s)", images.len());
+                let ui = crate::airgap::Ui::new(quiet);
+                let r = crate::airgap::import(client, &inputs, target.as_ref(), &ui);
+                if json {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                } else {
+                    println!(
+                        "imported {} image(s), skipped {} already imported, refused {}",
+                        r.imported.len(),
+                        r.skipped.len(),
+                        r.refused.len()
+                    );
+                }
+                let failed = r.refused.len() + r.errors.len();
+                if failed > 0 {
+                    return Err(crate::airgap::AirgapError::Format(format!(
+                        "{failed} image(s) or input(s) not imported (see above)"
+                    )));
+                }
                 Ok(())
             })
         }
-        Command::Export { cfg, images, output, remote } => {
-            let mut refs = Vec::new();
-            for i in &images {
-                match i.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
-                    Some((r, t)) => refs.push((r.to_owned(), t.to_owned())),
-                    None => refs.push((i.clone(), "latest".to_owned())),
+        Command::Export { cfg, mut images, images_from, platform, have, dir, output, remote } => {
+            if let Some(f) = &images_from {
+                match std::fs::read_to_string(f) {
+                    Ok(text) => images.extend(
+                        text.lines()
+                            .map(|l| l.split('#').next().unwrap_or_default().trim())
+                            .filter(|l| !l.is_empty())
+                            .map(str::to_owned),
+                    ),
+                    Err(e) => {
+                        eprintln!("wharfie: --images-from {}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
                 }
             }
+            if images.is_empty() {
+                eprintln!("wharfie: export: name images, or --images-from FILE");
+                return ExitCode::from(2);
+            }
+            let have = match have.as_deref().map(crate::airgap::bundle::Held::read).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("wharfie: --have: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = crate::airgap::ExportOptions { platform, have, dir, compression: None };
             with_client(&cfg, &remote, |client| {
-                crate::airgap::export(client, &refs, &output, &|m| eprintln!("{m}"))?;
-                println!("wrote {}", output.display());
+                let s = crate::airgap::export(client, &images, &output, &opts, &|m| eprintln!("{m}"))?;
+                println!(
+                    "wrote {}: {} image(s), {} blobs, {} bytes; left out {} blobs and {} manifests the far side holds",
+                    output.display(),
+                    s.images.len(),
+                    s.blobs,
+                    s.bytes,
+                    s.left_out_blobs,
+                    s.left_out_manifests
+                );
                 Ok(())
             })
         }
+        Command::Inventory { cfg, output, remote } => with_client(&cfg, &remote, |client| {
+            let bytes = client.inventory(false)?.ok_or_else(|| {
+                crate::airgap::AirgapError::Format(
+                    "the server has no inventory endpoint (not a wharfie?)".into(),
+                )
+            })?;
+            let held = crate::airgap::bundle::Held::parse(&bytes, "the server's inventory")?;
+            if output == std::path::Path::new("-") {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes).and_then(|()| out.flush()).map_err(crate::airgap::io_err(&output))?;
+            } else {
+                let tmp = output.with_extension("partial");
+                std::fs::write(&tmp, &bytes).map_err(crate::airgap::io_err(&tmp))?;
+                std::fs::rename(&tmp, &output).map_err(crate::airgap::io_err(&output))?;
+                println!(
+                    "wrote {}: {} blobs, {} manifests ({})",
+                    output.display(),
+                    held.blobs.len(),
+                    held.manifests.len(),
+                    held.id.map(|d| d.to_string()).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }),
         Command::Gc { cfg, dry_run, grace } => offline(&cfg, |reg, s| async move {
             let grace = grace.unwrap_or(s.gc.grace);
             let r = reg.gc(grace, dry_run).await?;

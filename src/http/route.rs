@@ -42,6 +42,9 @@ pub enum Endpoint {
     Ready,
     /// `/token`: Bearer tokens (when `[auth] token = true`)
     Token,
+    /// `/v2/_wharfie/inventory`: every blob and manifest digest held (wharfie only; what
+    /// `wharfie inventory` and incremental imports read)
+    Inventory,
 }
 
 impl Endpoint {
@@ -60,6 +63,7 @@ impl Endpoint {
             Endpoint::Metrics => "metrics",
             Endpoint::Ready => "readyz",
             Endpoint::Token => "token",
+            Endpoint::Inventory => "inventory",
         }
     }
 }
@@ -101,6 +105,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
     match path {
         "/v2" | "/v2/" => return Ok(Endpoint::Base),
         "/v2/_catalog" => return Ok(Endpoint::Catalog),
+        "/v2/_wharfie/inventory" => return Ok(Endpoint::Inventory),
         "/healthz" => return Ok(Endpoint::Health),
         "/metrics" => return Ok(Endpoint::Metrics),
         "/readyz" => return Ok(Endpoint::Ready),

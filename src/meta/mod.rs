@@ -8,6 +8,7 @@
 //! by the one writer thread (`writer.rs`) with group commit.
 
 mod gc;
+mod inventory;
 pub mod model;
 mod schema;
 mod writer;
@@ -21,6 +22,7 @@ use redb::{
 
 use crate::digest::Digest;
 pub use gc::{BlobCandidate, MarkMode};
+pub use inventory::{Held, Inventory};
 
 /// A predicate on repository names (which repositories a caller may read), for the
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.

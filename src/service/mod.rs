@@ -11,6 +11,7 @@ mod blobs;
 mod entitlement;
 mod error;
 pub mod gc;
+mod inventory;
 mod manifests;
 pub mod metrics;
 mod mirror;

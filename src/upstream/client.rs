@@ -209,6 +209,47 @@ impl RegistryClient {
     }
 }
 
+impl RegistryClient {
+    /// Every tag of `repo`, following `Link` pages.
+    pub fn list_tags(&self, repo: &str) -> Result<Vec<String>, UpstreamError> {
+        let mut url = format!("/v2/{repo}/tags/list?n=1000");
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let r = check(self.req(reqwest::Method::GET, &url).send().map_err(transport)?, "list tags")?;
+            let next = r
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| Some(l.split_once('<')?.1.split_once('>')?.0.to_owned()));
+            let v: serde_json::Value = r.json().map_err(transport)?;
+            out.extend(
+                v["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)),
+            );
+            match next {
+                Some(n) => url = n,
+                None => return Ok(out),
+            }
+        }
+        Err(UpstreamError::Invalid(format!("{repo}: more than 10000 pages of tags")))
+    }
+
+    /// `GET /v2/_wharfie/inventory` (wharfie only): `None` when the server is not a
+    /// wharfie that has it.
+    pub fn inventory(&self, locate: bool) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let q = if locate { "?locate=1" } else { "" };
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v2/_wharfie/inventory{q}"))
+            .send()
+            .map_err(transport)?;
+        match check(r, "inventory") {
+            Ok(r) => Ok(Some(r.bytes().map_err(transport)?.to_vec())),
+            Err(UpstreamError::NotFound) => Ok(None),
+            Err(UpstreamError::Status { status: 400 | 405, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn location(r: &Response) -> Result<String, UpstreamError> {
     r.headers()
         .get(header::LOCATION)

@@ -143,6 +143,13 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
+        Endpoint::Inventory => match m {
+            Method::GET => {
+                caller.catalog()?;
+                Ok(base::inventory(reg, caller.pull_filter().as_ref(), req.q("locate").is_some())?.into())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
         Endpoint::Tags { name } => match m {
             Method::GET => full(tags::list(reg, &req, &readable(&name)?)),
             _ => Err(ApiError::MethodNotAllowed),
