@@ -79,6 +79,7 @@ fn req_with(headers: &[(&str, &str)]) -> Req {
 fn endpoint_invariants(e: &Endpoint) {
     let name = match e {
         Endpoint::Manifest { name, .. }
+        | Endpoint::InvalidReference { name, .. }
         | Endpoint::Blob { name, .. }
         | Endpoint::Uploads { name }
         | Endpoint::Upload { name, .. }

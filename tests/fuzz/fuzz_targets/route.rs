@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };
     match parse(path) {
         Ok(Endpoint::Manifest { name, .. })
+        | Ok(Endpoint::InvalidReference { name, .. })
         | Ok(Endpoint::Blob { name, .. })
         | Ok(Endpoint::Uploads { name })
         | Ok(Endpoint::Upload { name, .. })
