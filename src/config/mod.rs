@@ -503,7 +503,10 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         }
         if let Some(ns) = &u.namespace {
             if crate::names::RepoName::parse(ns).is_err() {
-                return Err(bad("namespace must be a repository-name prefix, like docker.io"));
+                return Err(bad(
+                    key("namespace"),
+                    format!("{ns:?} must be a repository-name prefix, like docker.io"),
+                ));
             }
         }
         if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
