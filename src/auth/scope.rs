@@ -39,10 +39,8 @@ impl Grants {
             let Some((kind, rest)) = scope.split_once(':') else { continue };
             let Some((name, actions)) = rest.rsplit_once(':') else { continue };
             match kind {
-                "registry" if name == "catalog" => {
-                    if actions.split(',').any(|a| a == "*") {
-                        g.catalog = true;
-                    }
+                "registry" if name == "catalog" && actions.split(',').any(|a| a == "*") => {
+                    g.catalog = true;
                 }
                 "repository" => {
                     let Ok(repo) = RepoName::parse(name) else { continue };
