@@ -147,6 +147,12 @@ pub struct RawUpstream {
     /// Retries of one upstream request stop after this long.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// After a failure the upstream is left alone this long; each failed probe doubles
+    /// the window, up to `down_max`.
+    #[serde(default = "default_down_min", with = "humantime_serde")]
+    pub down_min: Duration,
+    #[serde(default = "default_down_max", with = "humantime_serde")]
+    pub down_max: Duration,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -154,7 +160,16 @@ fn default_tag_ttl() -> Duration {
 }
 
 fn default_upstream_timeout() -> Duration {
-    Duration::from_secs(20)
+    // Well under clients' own timeouts (Docker's are 30 s and more).
+    Duration::from_secs(10)
+}
+
+fn default_down_min() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_down_max() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn yes() -> bool {
