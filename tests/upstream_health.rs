@@ -290,7 +290,8 @@ fn a_404_or_a_401_leaves_it_up_and_5xx_past_the_retries_marks_it_down() {
 }
 
 /// The figures of the issue, with the default config: refused (stale tag, miss, miss
-/// again) and hung (stale tag twice, then a miss). Prints them; asserts only status codes.
+/// again), hung (stale tag twice, then a miss), and a miss as the first request to meet
+/// a refusing upstream. Prints them; asserts only status codes.
 #[test]
 #[ignore = "a measurement: cargo test --release --test upstream_health -- --ignored --nocapture"]
 fn measure_outage_latencies() {
@@ -317,4 +318,12 @@ fn measure_outage_latencies() {
     eprintln!("MEASURE hung: 2nd stale tag {} in {:?}", b.status, b.took);
     eprintln!("MEASURE hung: miss {} in {:?}: {}", c.status, c.took, c.text());
     assert_eq!((a.status, b.status, c.status), (200, 200, 503));
+
+    // A miss is the first request to find the upstream refusing (nothing cached).
+    let mut up = FakeUpstream::start();
+    let (w, _tmp) = start(&up, "");
+    up.stop();
+    let a = get(&w, "/v2/up.test/library/app/manifests/never");
+    eprintln!("MEASURE refused: first miss (no window yet) {} in {:?}", a.status, a.took);
+    assert_eq!(a.status, 503);
 }
