@@ -74,11 +74,16 @@ pub async fn open_with_hook(
             ca_file: u.ca_file.clone(),
             deadline: u.timeout,
             namespace: u.namespace.clone(),
+            down_min: u.down_min,
+            down_max: u.down_max,
         })
         .map_err(|e| AppError::Upstream { name: u.name.clone(), reason: e.to_string() })?;
         let (m, name) = (metrics.clone(), u.name.clone());
         up.on_request =
             Some(Arc::new(move |kind: &str, status: u16| m.upstream_request(&name, kind, status)));
+        metrics.upstream_health(&u.name, true);
+        let (m, name) = (metrics.clone(), u.name.clone());
+        up.on_health = Some(Arc::new(move |is_up: bool| m.upstream_health(&name, is_up)));
         mirrors.push(Arc::new(Mirror {
             up,
             tag_ttl: u.tag_ttl,

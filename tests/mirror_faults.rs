@@ -4,7 +4,8 @@
 //! Each case asserts the client's outcome and that the cache is not poisoned: with the
 //! upstream then failing every request, a GET serves either the exact bytes (a good
 //! fill was cached) or an error, never other bytes; once the upstream is healthy the
-//! pull succeeds with the right bytes.
+//! pull succeeds with the right bytes (after the short window for which the failing
+//! upstream was marked down).
 
 mod common;
 mod mirror_support;
@@ -23,6 +24,7 @@ struct Got {
     /// Reading the body failed (connection aborted mid-body).
     cut: bool,
     took: Duration,
+    retry_after: Option<u64>,
 }
 
 impl Got {
@@ -48,10 +50,12 @@ fn get(w: &Wharfie, path: &str) -> Got {
         .send()
         .unwrap_or_else(|e| panic!("GET {path}: no answer at all: {e}"));
     let status = r.status().as_u16();
+    let retry_after =
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
     let mut r = r;
     let mut body = Vec::new();
     let cut = std::io::Read::read_to_end(&mut r, &mut body).is_err();
-    Got { status, body, cut, took: t.elapsed() }
+    Got { status, body, cut, took: t.elapsed(), retry_after }
 }
 
 fn start(up: &FakeUpstream, timeout: &str) -> (Wharfie, tempfile::TempDir) {
@@ -59,7 +63,10 @@ fn start(up: &FakeUpstream, timeout: &str) -> (Wharfie, tempfile::TempDir) {
     let cfg = tmp.path().join("wharfie.toml");
     std::fs::write(
         &cfg,
-        format!("[[upstreams]]\nname = \"{NAME}\"\nurl = \"{}\"\ntimeout = \"{timeout}\"\n", up.url()),
+        format!(
+            "[[upstreams]]\nname = \"{NAME}\"\nurl = \"{}\"\ntimeout = \"{timeout}\"\ndown_min = \"1s\"\n",
+            up.url()
+        ),
     )
     .expect("config");
     let cfg = cfg.display().to_string();
@@ -86,9 +93,25 @@ fn assert_unpoisoned(w: &Wharfie, up: &FakeUpstream, path: &str, data: &[u8], wh
         assert!(g.body == data, "{what}: the cache serves {} bytes that are not the blob", g.body.len());
     }
     up.faults(|f| *f = mirror_support::upstream::Faults { retry_after: 1, ..Default::default() });
-    let g = get(w, path);
+    let g = get_after_window(w, path);
     assert!(g.complete(data.len()), "{what}: the pull after the upstream healed: {} {}", g.status, g.text());
     assert!(g.body == data, "{what}: bytes after the upstream healed");
+}
+
+/// GET, and while the upstream is marked down (503 with `Retry-After`), wait out the
+/// window and GET again (three times at most).
+fn get_after_window(w: &Wharfie, path: &str) -> Got {
+    let mut g = get(w, path);
+    for _ in 0..3 {
+        match g.retry_after {
+            Some(secs) if g.status == 503 && secs <= 10 => {
+                std::thread::sleep(Duration::from_secs(secs) + Duration::from_millis(100));
+                g = get(w, path);
+            }
+            _ => break,
+        }
+    }
+    g
 }
 
 #[test]
@@ -125,7 +148,7 @@ fn connection_resets_are_retried_and_a_reset_storm_fails_cleanly() {
         g.text()
     );
     assert_unpoisoned(&w, &up, &path2, &data2, "reset storm");
-    let g = get(&w, &format!("/v2/{NAME}/library/app/manifests/v1"));
+    let g = get_after_window(&w, &format!("/v2/{NAME}/library/app/manifests/v1"));
     assert_eq!((g.status, g.body.as_slice()), (200, &m[..]), "manifest after the storm");
 }
 
@@ -226,7 +249,7 @@ fn an_upstream_answering_html_is_refused_and_not_cached() {
     wait_staging_empty(&w, "HTML blob");
     assert_eq!(w.blob_files(), 0, "the HTML page was stored as a blob");
     assert_unpoisoned(&w, &up, &path, &data, "HTML blob");
-    let g = get(&w, &format!("/v2/{NAME}/library/app/manifests/v1"));
+    let g = get_after_window(&w, &format!("/v2/{NAME}/library/app/manifests/v1"));
     assert_eq!((g.status, g.body.as_slice()), (200, &m[..]), "the manifest once the upstream healed");
     assert_eq!(sha256(&g.body), md);
 }

@@ -152,6 +152,12 @@ pub struct RawUpstream {
     /// that registry (tiered mirrors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// After a failure the upstream is left alone this long; each failed probe doubles
+    /// the window, up to `down_max`.
+    #[serde(default = "default_down_min", with = "humantime_serde")]
+    pub down_min: Duration,
+    #[serde(default = "default_down_max", with = "humantime_serde")]
+    pub down_max: Duration,
 }
 
 fn default_tag_ttl() -> Duration {
@@ -159,7 +165,16 @@ fn default_tag_ttl() -> Duration {
 }
 
 fn default_upstream_timeout() -> Duration {
-    Duration::from_secs(20)
+    // Well under clients' own timeouts (Docker's are 30 s and more).
+    Duration::from_secs(10)
+}
+
+fn default_down_min() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_down_max() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn yes() -> bool {

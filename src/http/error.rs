@@ -60,14 +60,17 @@ impl ApiError {
             Error::PaginationInvalid(_) => (S::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
             Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
-            Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Error::Unavailable(_) | Error::Upstream { .. } => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         }
     }
 
     /// The response: status, OCI JSON body, and the headers some errors carry.
     pub fn render(&self) -> Response<Bytes> {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        if matches!(self, ApiError::Service(Error::Upstream { .. })) {
+            // The upstream's transitions are logged where they happen, once each.
+            tracing::debug!(error = %self, "request failed");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
         let detail = match self {
@@ -91,6 +94,9 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(challenge) {
                     h.insert(http::header::WWW_AUTHENTICATE, v);
                 }
+            }
+            ApiError::Service(Error::Upstream { retry_after: Some(secs), .. }) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
             }
             ApiError::Service(Error::UploadOutOfOrder { offset, .. }) => {
                 if let Ok(v) = HeaderValue::from_str(&super::handlers::range_value(*offset)) {

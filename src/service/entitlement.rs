@@ -107,18 +107,8 @@ impl Registry {
             Err(UpstreamError::NotFound) => Ok(false),
             // The upstream's name, never its URL (which transport errors carry).
             Err(e) => {
-                let why = match e {
-                    UpstreamError::NotFound => "does not have it",
-                    UpstreamError::Unauthorized(_) => "refused our credentials",
-                    UpstreamError::Status { .. } => "answered with an error",
-                    UpstreamError::Transport(_) => "is unreachable",
-                    UpstreamError::Invalid(_) => "sent something unusable",
-                };
                 tracing::warn!(upstream = m.name(), %digest, error = %e, "could not confirm a blob upstream");
-                Err(Error::Unavailable(format!(
-                    "upstream {} {why}: cannot confirm {digest} is in {remote}",
-                    m.name()
-                )))
+                Err(m.failed(e).into_error(Error::BlobUnknown))
             }
         }
     }

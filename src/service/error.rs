@@ -50,6 +50,10 @@ pub enum Error {
     Internal(String),
     #[error("storage is unavailable: {0}")]
     Unavailable(String),
+    /// An upstream failed, or is marked down: `retry_after` (seconds) while it is down.
+    /// The message names the upstream by its configured name, never its URL.
+    #[error("{message}")]
+    Upstream { message: String, retry_after: Option<u64> },
 }
 
 impl From<NameError> for Error {

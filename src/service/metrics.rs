@@ -14,6 +14,8 @@ pub struct Metrics {
     pub upstream_bytes: AtomicU64,
     /// (upstream, kind, status) → requests sent.
     upstream_requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// upstream → up (not marked down).
+    upstream_up: Mutex<BTreeMap<String, bool>>,
     /// (route, method, status) → responses.
     http_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
     /// route → response bytes sent (as `Content-Length` announces them).
@@ -48,6 +50,11 @@ impl Metrics {
     pub fn upstream_request(&self, upstream: &str, kind: &str, status: u16) {
         let mut m = self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry((upstream.to_owned(), kind.to_owned(), status)).or_default() += 1;
+    }
+
+    /// The upstream's health changed (or, at startup, is up).
+    pub fn upstream_health(&self, upstream: &str, up: bool) {
+        self.upstream_up.lock().unwrap_or_else(PoisonError::into_inner).insert(upstream.to_owned(), up);
     }
 
     pub fn observe_latency(&self, micros: u64) {
@@ -169,6 +176,12 @@ impl Metrics {
                 o,
                 "wharfie_upstream_requests_total{{upstream=\"{u}\",kind=\"{k}\",status=\"{s}\"}} {n}"
             );
+        }
+        let _ =
+            writeln!(o, "# HELP wharfie_upstream_up Whether the upstream takes requests (0: marked down).");
+        let _ = writeln!(o, "# TYPE wharfie_upstream_up gauge");
+        for (u, up) in self.upstream_up.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let _ = writeln!(o, "wharfie_upstream_up{{upstream=\"{u}\"}} {}", u8::from(*up));
         }
         let _ =
             writeln!(o, "# HELP wharfie_http_request_duration_seconds Time to produce a response's head.");

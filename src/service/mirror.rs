@@ -24,7 +24,7 @@ use super::{Error, Registry};
 use crate::digest::Digest;
 use crate::meta::{model::now, LeaseRecord, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Attempts, Upstream, UpstreamError};
 
 /// One configured upstream and its policy.
 pub struct Mirror {
@@ -47,6 +47,26 @@ impl Mirror {
     /// Docker Hub keeps official images under `library/`.
     fn is_docker_hub(&self) -> bool {
         self.name() == "docker.io"
+    }
+
+    /// An upstream failure as every waiter of a flight sees it.
+    pub(super) fn failed(&self, e: UpstreamError) -> FlightError {
+        match e {
+            UpstreamError::NotFound => FlightError::NotFound,
+            UpstreamError::Invalid(m) => FlightError::Invalid(m),
+            e @ UpstreamError::Down { .. } => {
+                FlightError::Upstream { retry_after: e.retry_after(), message: e.to_string() }
+            }
+            e => FlightError::Upstream { message: format!("{}: {e}", self.name()), retry_after: None },
+        }
+    }
+
+    /// `Err` at once while the upstream is marked down (no flight, no fill, no lease).
+    fn check_up(&self) -> Result<(), Error> {
+        match self.up.down_now() {
+            Some(e) => Err(self.failed(e).into_error(Error::ManifestUnknown)),
+            None => Ok(()),
+        }
     }
 
     fn remote_name(&self, name: &str) -> String {
@@ -74,23 +94,31 @@ pub struct Located {
 pub(super) enum FlightError {
     NotFound,
     Unavailable(String),
+    /// The upstream failed or is down; `retry_after` in seconds when it is down.
+    Upstream {
+        message: String,
+        retry_after: Option<u64>,
+    },
     Invalid(String),
     Internal(String),
 }
 
 impl FlightError {
-    fn into_error(self, not_found: Error) -> Error {
+    pub(super) fn into_error(self, not_found: Error) -> Error {
         match self {
             FlightError::NotFound => not_found,
             FlightError::Unavailable(m) => Error::Unavailable(m),
-            FlightError::Invalid(m) => Error::Unavailable(format!("upstream sent invalid content: {m}")),
+            FlightError::Upstream { message, retry_after } => Error::Upstream { message, retry_after },
+            FlightError::Invalid(m) => {
+                Error::Upstream { message: format!("upstream sent invalid content: {m}"), retry_after: None }
+            }
             FlightError::Internal(m) => Error::Internal(m),
         }
     }
 
     /// Would a cached copy be a better answer than this error?
     fn transient(&self) -> bool {
-        matches!(self, FlightError::Unavailable(_) | FlightError::Invalid(_))
+        matches!(self, FlightError::Unavailable(_) | FlightError::Upstream { .. } | FlightError::Invalid(_))
     }
 }
 
@@ -100,17 +128,8 @@ impl std::fmt::Display for FlightError {
         match self {
             FlightError::NotFound => f.write_str("not found upstream"),
             FlightError::Unavailable(m) | FlightError::Internal(m) => f.write_str(m),
+            FlightError::Upstream { message, .. } => f.write_str(message),
             FlightError::Invalid(m) => write!(f, "upstream sent invalid content: {m}"),
-        }
-    }
-}
-
-impl From<UpstreamError> for FlightError {
-    fn from(e: UpstreamError) -> Self {
-        match e {
-            UpstreamError::NotFound => FlightError::NotFound,
-            UpstreamError::Invalid(m) => FlightError::Invalid(m),
-            e => FlightError::Unavailable(e.to_string()),
         }
     }
 }
@@ -120,6 +139,7 @@ impl From<Error> for FlightError {
         match e {
             Error::ManifestInvalid(m) | Error::DigestInvalid(m) => FlightError::Invalid(m),
             Error::Unavailable(m) => FlightError::Unavailable(m),
+            Error::Upstream { message, retry_after } => FlightError::Upstream { message, retry_after },
             e => FlightError::Internal(e.to_string()),
         }
     }
@@ -238,13 +258,14 @@ impl Registry {
                     return Err(Error::ManifestUnknown);
                 }
                 self.metrics.cache_misses.fetch_add(1, Relaxed);
+                m.check_up()?;
                 let key = format!("m {} {remote} {d}", m.name());
                 let (me, m2, r2, l2, d2) =
                     (self.clone(), m.clone(), remote.clone(), local.clone(), d.clone());
                 let (res, leader) = self
                     .manifest_flights
                     .run(key, move || async move {
-                        me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None).await
+                        me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None, Attempts::Retry).await
                     })
                     .await;
                 self.count_follower(leader);
@@ -269,16 +290,28 @@ impl Registry {
                     return Err(Error::ManifestUnknown);
                 }
                 self.metrics.cache_misses.fetch_add(1, Relaxed);
+                let stale_ok = m.stale_if_error && cached.is_some();
+                if let Err(e) = m.check_up() {
+                    // Down: the cached tag answers without asking the upstream.
+                    if stale_ok {
+                        if let Ok(out) = self.manifest(local, reference, with_body) {
+                            tracing::debug!(upstream = m.name(), repo = %local, tag = %t, "upstream down; serving the cached tag");
+                            self.metrics.stale_served.fetch_add(1, Relaxed);
+                            return Ok(out);
+                        }
+                    }
+                    return Err(e);
+                }
                 let key = format!("t {} {remote} {t}", m.name());
                 let cached_digest = cached.as_ref().map(|r| r.digest.clone());
                 let (me, m2, r2, l2, t2) =
                     (self.clone(), m.clone(), remote.clone(), local.clone(), t.as_str().to_owned());
-                let (res, leader) =
-                    self.manifest_flights
-                        .run(key, move || async move {
-                            me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest).await
-                        })
-                        .await;
+                let (res, leader) = self
+                    .manifest_flights
+                    .run(key, move || async move {
+                        me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest, stale_ok).await
+                    })
+                    .await;
                 self.count_follower(leader);
                 let res = res.map_err(|_| Error::Internal("manifest fetch task was lost".into()))?;
                 match res {
@@ -308,9 +341,12 @@ impl Registry {
         local: &RepoName,
         tag: &str,
         cached: Option<Digest>,
+        stale_ok: bool,
     ) -> Result<Digest, FlightError> {
+        // With a cached copy to fall back on, a connect failure is final at once.
+        let attempts = if stale_ok { Attempts::StaleOk } else { Attempts::Retry };
         if let Some(cd) = cached {
-            let head = m.up.head_manifest(remote, tag).await?;
+            let head = m.up.head_manifest(remote, tag, attempts).await.map_err(|e| m.failed(e))?;
             if head.digest.as_ref() == Some(&cd) {
                 self.meta
                     .touch_tag(local.as_str().to_owned(), tag.to_owned(), now())
@@ -319,11 +355,12 @@ impl Registry {
                 return Ok(cd);
             }
         }
-        self.fetch_manifest(m, remote, local, tag, None, Some(tag)).await
+        self.fetch_manifest(m, remote, local, tag, None, Some(tag), attempts).await
     }
 
     /// GET a manifest upstream, verify it, and store it by digest (and under `tag`) in
     /// one transaction.
+    #[allow(clippy::too_many_arguments)] // one flight's context, passed through as is
     async fn fetch_manifest(
         &self,
         m: &Mirror,
@@ -332,8 +369,9 @@ impl Registry {
         reference: &str,
         expect: Option<&Digest>,
         tag: Option<&str>,
+        attempts: Attempts,
     ) -> Result<Digest, FlightError> {
-        let f = m.up.get_manifest(remote, reference).await?;
+        let f = m.up.get_manifest(remote, reference, attempts).await.map_err(|e| m.failed(e))?;
         if f.bytes.len() as u64 > self.opts.max_manifest_bytes {
             return Err(FlightError::Invalid(format!(
                 "manifest of {} bytes is over the limit",
@@ -432,6 +470,7 @@ impl Registry {
             return Err(Error::BlobUnknown);
         }
         self.metrics.cache_misses.fetch_add(1, Relaxed);
+        m.check_up()?;
         let fill = match self.join_fill(m, remote, local, digest, confirmed)? {
             Some(f) => f,
             None => {
@@ -565,7 +604,7 @@ impl Registry {
                 Ok(s) => s,
                 Err(e) => {
                     self.blobs.remove_staging(staging.id());
-                    return Err(e.into());
+                    return Err(m.failed(e));
                 }
             };
             let total = if stream.partial || offset == 0 {
@@ -608,10 +647,14 @@ impl Registry {
                     resumes += 1;
                     if resumes > MAX_RESUMES {
                         self.blobs.remove_staging(staging.id());
-                        return Err(FlightError::Unavailable(format!(
-                            "upstream body broke {resumes} times; giving up at byte {}",
-                            staging.len()
-                        )));
+                        return Err(FlightError::Upstream {
+                            message: format!(
+                                "upstream {} broke off the blob body {resumes} times; gave up at byte {}",
+                                m.name(),
+                                staging.len()
+                            ),
+                            retry_after: None,
+                        });
                     }
                     tracing::warn!(upstream = m.name(), %digest, at = staging.len(), "upstream body broke; resuming");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;

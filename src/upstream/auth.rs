@@ -110,7 +110,7 @@ impl Auth {
                 if let Some(b) = self.basic_value() {
                     req = req.header(reqwest::header::AUTHORIZATION, b);
                 }
-                let resp = req.send().await.map_err(|e| UpstreamError::Transport(e.to_string()))?;
+                let resp = req.send().await.map_err(|e| super::transport_error(&e))?;
                 if !resp.status().is_success() {
                     return Err(UpstreamError::Unauthorized(format!(
                         "token endpoint answered {}",

@@ -1,12 +1,18 @@
 //! `upstream/`: a client for one upstream registry — manifests, blob streams, the
 //! `WWW-Authenticate` dance (anonymous or basic-credential bearer tokens, cached until
-//! they expire; plain basic auth), and retries with exponential backoff and jitter
-//! inside a deadline.
+//! they expire; plain basic auth), retries with exponential backoff and jitter inside a
+//! deadline, and the upstream's health (`health.rs`): after a transport failure, a
+//! response-header timeout, or 5xx/429 past the retries, it is down for a growing
+//! window and requests fail at once with [`UpstreamError::Down`].
+//!
+//! Errors name the upstream by its configured name and the cause in a few words; they
+//! never carry its URL (they reach clients).
 //!
 //! May import: reqwest, digest, names. Only this module names reqwest.
 
 mod auth;
 pub mod client;
+mod health;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,20 +40,68 @@ pub enum UpstreamError {
     Status { status: u16, message: String },
     #[error("upstream unreachable: {0}")]
     Transport(String),
+    /// The connection could not be made (refused, unreachable, DNS, TLS).
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// No response headers within the deadline (a hung upstream).
+    #[error("upstream sent no response within {0:?}")]
+    Timeout(Duration),
     #[error("upstream sent something unusable: {0}")]
     Invalid(String),
+    /// The upstream is marked down: nothing was sent (or this request just found it
+    /// failing). `cause` reads after the name: "is unreachable (connection refused)".
+    #[error("upstream {upstream} {cause}; retry in {retry_in} s")]
+    Down { upstream: String, cause: String, retry_in: u64 },
 }
 
 impl UpstreamError {
     /// Worth another try (the upstream may recover)?
     fn retryable(&self) -> bool {
         match self {
-            UpstreamError::Transport(_) => true,
+            UpstreamError::Transport(_) | UpstreamError::Connect(_) | UpstreamError::Timeout(_) => true,
             UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
     }
+
+    /// Does this failure mark the upstream down? As what (after its name)? A 404, a
+    /// 401 or an unusable answer show an upstream that answers: not a health failure.
+    fn health_cause(&self) -> Option<String> {
+        match self {
+            UpstreamError::Transport(c) | UpstreamError::Connect(c) => Some(format!("is unreachable ({c})")),
+            UpstreamError::Timeout(d) => Some(format!("is not answering (no response within {d:?})")),
+            UpstreamError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                let reason = StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason());
+                Some(format!(
+                    "is failing (answered {status}{})",
+                    reason.map(|r| format!(" {r}")).unwrap_or_default()
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Seconds to wait before trying again, when the upstream is down.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Down { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
 }
+
+/// How hard one request tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempts {
+    /// A cached copy can answer if this fails: a connect failure is final at once.
+    StaleOk,
+    /// A miss: retry within the deadline (connect failures only twice, quickly).
+    Retry,
+}
+
+/// Retries of a connect failure for a miss: a restarting upstream gets two more tries
+/// within a second; a refusing one is not asked again and again.
+const CONNECT_RETRIES: u32 = 2;
 
 /// Settings of one upstream, as the config resolves them.
 #[derive(Debug, Clone)]
@@ -63,6 +117,10 @@ pub struct UpstreamConfig {
     /// `library/nginx` be requested as `/v2/docker.io/library/nginx/…` (a wharfie tier
     /// whose upstream is another wharfie's mirrored namespace).
     pub namespace: Option<String>,
+    /// The first down window after a failure; it doubles on each failed probe...
+    pub down_min: Duration,
+    /// ...up to this.
+    pub down_max: Duration,
 }
 
 /// A manifest as fetched.
@@ -93,13 +151,19 @@ pub struct BlobStream {
 /// Called with (kind, status) for every request sent.
 pub type RequestHook = Arc<dyn Fn(&str, u16) + Send + Sync>;
 
+/// Called with `true` when the upstream comes up, `false` when it goes down.
+pub type HealthHook = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// One upstream registry.
 pub struct Upstream {
     cfg: UpstreamConfig,
     http: reqwest::Client,
     auth: Auth,
+    health: health::Health,
     /// Counts every HTTP request sent, by kind and status (for metrics).
     pub on_request: Option<RequestHook>,
+    /// Told of every health transition (for the `wharfie_upstream_up` gauge).
+    pub on_health: Option<HealthHook>,
 }
 
 impl Upstream {
@@ -119,7 +183,8 @@ impl Upstream {
         }
         let http = b.build().map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let auth = Auth::new(cfg.username.clone(), cfg.password.clone());
-        Ok(Upstream { cfg, http, auth, on_request: None })
+        let health = health::Health::new(cfg.down_min, cfg.down_max);
+        Ok(Upstream { cfg, http, auth, health, on_request: None, on_health: None })
     }
 
     pub fn name(&self) -> &str {
@@ -144,7 +209,36 @@ impl Upstream {
         format!("{}{}", self.cfg.url.trim_end_matches('/'), path)
     }
 
-    /// Send one request with auth, retrying what is worth retrying until the deadline.
+    /// The error while the upstream is marked down, or `None` when a request may be
+    /// sent (also when it would be the probe: that slot is not taken here).
+    pub fn down_now(&self) -> Option<UpstreamError> {
+        self.health.refused(Instant::now()).map(|r| self.down_error(&r.cause, r.retry_in))
+    }
+
+    fn down_error(&self, cause: &str, retry_in: Duration) -> UpstreamError {
+        // Whole seconds, rounded up, at least 1 (also while a probe is in flight).
+        let secs = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+        UpstreamError::Down {
+            upstream: self.cfg.name.clone(),
+            cause: cause.to_owned(),
+            retry_in: secs.max(1),
+        }
+    }
+
+    fn changed(&self, change: health::Change, cause: &str, retry_in: Duration) {
+        match change {
+            health::Change::None => return,
+            health::Change::WentDown => {
+                tracing::warn!(upstream = %self.cfg.name, cause, ?retry_in, "upstream marked down");
+            }
+            health::Change::CameUp => tracing::info!(upstream = %self.cfg.name, "upstream is up again"),
+        }
+        if let Some(cb) = &self.on_health {
+            cb(change == health::Change::CameUp);
+        }
+    }
+
+    /// Send one request, unless the upstream is down; its outcome updates the health.
     async fn send(
         &self,
         kind: &str,
@@ -152,9 +246,45 @@ impl Upstream {
         path: &str,
         repo: &str,
         headers: &[(header::HeaderName, String)],
+        attempts: Attempts,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let ticket = match self.health.admit(Instant::now()) {
+            Ok(t) => t,
+            Err(r) => return Err(self.down_error(&r.cause, r.retry_in)),
+        };
+        match self.send_retrying(kind, method, path, repo, headers, attempts).await {
+            Ok(resp) => {
+                let ch = self.health.succeeded(ticket);
+                self.changed(ch, "", Duration::ZERO);
+                Ok(resp)
+            }
+            Err((e, retry_after)) => {
+                let Some(cause) = e.health_cause() else {
+                    let ch = self.health.succeeded(ticket);
+                    self.changed(ch, "", Duration::ZERO);
+                    return Err(e);
+                };
+                let (left, ch) = self.health.failed(ticket, &cause, retry_after, Instant::now());
+                self.changed(ch, &cause, left);
+                Err(self.down_error(&cause, left))
+            }
+        }
+    }
+
+    /// Send with auth, retrying what is worth retrying until the deadline. The error
+    /// comes with the upstream's last `Retry-After`.
+    async fn send_retrying(
+        &self,
+        kind: &str,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: &[(header::HeaderName, String)],
+        attempts: Attempts,
+    ) -> Result<reqwest::Response, (UpstreamError, Option<Duration>)> {
         let deadline = Instant::now() + self.cfg.deadline;
         let mut attempt: u32 = 0;
+        let mut connect_failures: u32 = 0;
         loop {
             // Each attempt (connect, auth dance, response headers) gets what is left of
             // the deadline: a stalled upstream costs `timeout`, not the client's own limits.
@@ -164,27 +294,27 @@ impl Upstream {
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err((
-                        UpstreamError::Transport(format!(
-                            "no answer within {}",
-                            humantime::format_duration(self.cfg.deadline)
-                        )),
-                        None,
-                    )),
+                    Err(_) => Err((UpstreamError::Timeout(self.cfg.deadline), None)),
                 };
             let err = match r {
                 Ok(resp) => return Ok(resp),
                 Err((e, retry_after)) => {
                     if !e.retryable() {
-                        return Err(e);
+                        return Err((e, retry_after));
                     }
                     (e, retry_after)
                 }
             };
+            if matches!(err.0, UpstreamError::Connect(_)) {
+                connect_failures += 1;
+                if attempts == Attempts::StaleOk || connect_failures > CONNECT_RETRIES {
+                    return Err(err);
+                }
+            }
             attempt += 1;
             let backoff = err.1.unwrap_or_else(|| backoff(attempt));
             if Instant::now() + backoff >= deadline {
-                return Err(err.0);
+                return Err(err);
             }
             tracing::warn!(upstream = %self.cfg.name, %path, attempt, error = %err.0, backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "retrying upstream");
             tokio::time::sleep(backoff).await;
@@ -208,7 +338,15 @@ impl Upstream {
             if let Some(h) = self.auth.header_for(repo) {
                 req = req.header(header::AUTHORIZATION, h);
             }
-            let resp = req.send().await.map_err(|e| (UpstreamError::Transport(error_chain(&e)), None))?;
+            let resp = req.send().await.map_err(|e| {
+                // The read timeout is the deadline too: no answer is a hung upstream.
+                let e = if e.is_timeout() && !e.is_connect() {
+                    UpstreamError::Timeout(self.cfg.deadline)
+                } else {
+                    transport_error(&e)
+                };
+                (e, None)
+            })?;
             let status = resp.status();
             if let Some(cb) = &self.on_request {
                 cb(kind, status.as_u16());
@@ -247,26 +385,34 @@ impl Upstream {
     }
 
     /// GET a manifest by tag or digest.
-    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest, UpstreamError> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        attempts: Attempts,
+    ) -> Result<FetchedManifest, UpstreamError> {
         let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self
-            .send("manifest", Method::GET, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
-            .await?;
+        let accept = [(header::ACCEPT, MANIFEST_ACCEPT.into())];
+        let resp = self.send("manifest", Method::GET, &path, repo, &accept, attempts).await?;
         let media_type = content_type(&resp);
         let digest =
             resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
+        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(cause(&e)))?;
         Ok(FetchedManifest { bytes, media_type, digest })
     }
 
     /// HEAD a manifest (free against Docker Hub's pull limit).
-    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestHead, UpstreamError> {
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        attempts: Attempts,
+    ) -> Result<ManifestHead, UpstreamError> {
         let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let resp = self
-            .send("manifest_head", Method::HEAD, &path, repo, &[(header::ACCEPT, MANIFEST_ACCEPT.into())])
-            .await?;
+        let accept = [(header::ACCEPT, MANIFEST_ACCEPT.into())];
+        let resp = self.send("manifest_head", Method::HEAD, &path, repo, &accept, attempts).await?;
         let digest = resp
             .headers()
             .get("docker-content-digest")
@@ -277,8 +423,9 @@ impl Upstream {
 
     /// HEAD a blob: does the upstream have it in `repo`? Its size, when it said.
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
+        let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.send("blob_head", Method::HEAD, &path, repo, &[]).await?;
+        let resp = self.send("blob_head", Method::HEAD, &path, repo, &[], Attempts::Retry).await?;
         Ok(resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -297,10 +444,10 @@ impl Upstream {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let headers: Vec<(header::HeaderName, String)> =
             if offset > 0 { vec![(header::RANGE, format!("bytes={offset}-"))] } else { vec![] };
-        let resp = self.send("blob", Method::GET, &path, repo, &headers).await?;
+        let resp = self.send("blob", Method::GET, &path, repo, &headers, Attempts::Retry).await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let remaining = resp.content_length();
-        let body = resp.bytes_stream().map(|r| r.map_err(|e| UpstreamError::Transport(error_chain(&e))));
+        let body = resp.bytes_stream().map(|r| r.map_err(|e| UpstreamError::Transport(cause(&e))));
         Ok(BlobStream { remaining, partial, body: Box::pin(body) })
     }
 }
@@ -316,6 +463,66 @@ fn content_type(resp: &reqwest::Response) -> Option<String> {
 fn backoff(attempt: u32) -> Duration {
     let cap = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
     Duration::from_millis(rand::random_range(cap / 2..=cap))
+}
+
+/// A request that failed before any answer, classified; its cause carries no URL.
+fn transport_error(e: &reqwest::Error) -> UpstreamError {
+    if e.is_connect() {
+        UpstreamError::Connect(cause(e))
+    } else {
+        UpstreamError::Transport(cause(e))
+    }
+}
+
+/// What went wrong, in a few words and without the URL (reqwest's own message names
+/// it): "connection refused", "DNS lookup failed: …", "TLS: invalid peer certificate…".
+fn cause(e: &reqwest::Error) -> String {
+    use std::io::ErrorKind as K;
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        chain.push(c);
+        src = c.source();
+    }
+    if let Some(io) = chain.iter().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+        let known = match io.kind() {
+            K::ConnectionRefused => Some("connection refused"),
+            K::ConnectionReset => Some("connection reset"),
+            K::ConnectionAborted => Some("connection aborted"),
+            K::TimedOut => Some("timed out"),
+            K::UnexpectedEof => Some("connection closed early"),
+            K::HostUnreachable => Some("host unreachable"),
+            K::NetworkUnreachable => Some("network unreachable"),
+            _ => None,
+        };
+        if let Some(k) = known {
+            return k.to_owned();
+        }
+    }
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let inner = chain.last().map_or_else(|| e.to_string(), ToString::to_string);
+    let texts: Vec<String> = chain.iter().map(ToString::to_string).collect();
+    let what = if texts.iter().any(|t| t.contains("dns error")) {
+        "DNS lookup failed: "
+    } else if texts.iter().any(|t| t.contains("certificate") || t.to_lowercase().contains("tls")) {
+        "TLS: "
+    } else if e.is_connect() {
+        "connect failed: "
+    } else if e.is_body() || e.is_decode() {
+        "body: "
+    } else {
+        ""
+    };
+    let s = format!("{what}{inner}");
+    // Never a URL, whatever a lower layer put in its message.
+    if s.contains("://") {
+        tracing::debug!(error = %error_chain(e), "upstream request failed");
+        format!("{what}request failed").trim_end_matches([':', ' ']).to_owned()
+    } else {
+        s
+    }
 }
 
 /// An error with its causes, one line.

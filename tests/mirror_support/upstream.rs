@@ -129,18 +129,18 @@ impl FakeUpstream {
             conns: Mutex::new(Vec::new()),
             base: format!("http://{addr}"),
         });
-        let sh = shared.clone();
-        let accept = rt.spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
-                let sh2 = sh.clone();
-                let h = tokio::spawn(async move { serve_conn(sock, sh2).await });
-                let mut conns = lock(&sh.conns);
-                conns.retain(|c| !c.is_finished());
-                conns.push(h.abort_handle());
-            }
-        });
+        let accept = rt.spawn(accept_loop(listener, shared.clone()));
         FakeUpstream { addr, shared, rt: Some(rt), accept: Some(accept) }
+    }
+
+    /// After `stop`: listen again on the same address, with the same content.
+    pub fn resume(&mut self) {
+        let Some(rt) = self.rt.as_ref() else { return };
+        if self.accept.is_some() {
+            return;
+        }
+        let listener = rt.block_on(TcpListener::bind(self.addr)).expect("bind the upstream again");
+        self.accept = Some(rt.spawn(accept_loop(listener, self.shared.clone())));
     }
 
     /// `http://127.0.0.1:PORT`
@@ -252,6 +252,17 @@ impl Drop for FakeUpstream {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        let sh2 = sh.clone();
+        let h = tokio::spawn(async move { serve_conn(sock, sh2).await });
+        let mut conns = lock(&sh.conns);
+        conns.retain(|c| !c.is_finished());
+        conns.push(h.abort_handle());
     }
 }
 
