@@ -655,7 +655,10 @@ mod tests {
             assert_eq!(s.upstreams[0].namespace.as_deref(), Some("docker.io"));
             jail.create_file("bad.toml", &up("Docker.io/"))?;
             let err = load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err("bad").to_string();
-            assert!(err.contains("namespace must be a repository-name prefix"), "{err}");
+            assert_eq!(
+                err,
+                r#"[[upstreams]] #1 namespace in bad.toml: "Docker.io/" must be a repository-name prefix, like docker.io"#
+            );
             Ok(())
         });
     }
