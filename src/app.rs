@@ -46,14 +46,30 @@ pub async fn open_with_hook(
     settings: &Settings,
     hook: Arc<dyn FaultHook>,
 ) -> Result<Arc<Registry>, AppError> {
+    open_with_seams(settings, hook, None).await
+}
+
+/// `open_with_hook`, with the metadata store already opened by the caller (`Some`: the
+/// power-loss tests' `Meta::open_with_backend`) instead of `meta.redb` in the data
+/// directory. A library-only seam for tests.
+pub async fn open_with_seams(
+    settings: &Settings,
+    hook: Arc<dyn FaultHook>,
+    meta: Option<Meta>,
+) -> Result<Arc<Registry>, AppError> {
     let dir = settings.data_dir.clone();
     let dir_err = |source| AppError::DataDir { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(dir_err)?;
     let blobs = BlobStore::with_hook(dir.clone(), hook).map_err(dir_err)?;
-    let db_path = dir.join("meta.redb");
-    let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
-        .await
-        .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??;
+    let meta = match meta {
+        Some(m) => m,
+        None => {
+            let db_path = dir.join("meta.redb");
+            tokio::task::spawn_blocking(move || Meta::open(&db_path))
+                .await
+                .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??
+        }
+    };
     let cap = settings.cache.max_bytes.as_u64();
     let opts = Options {
         max_manifest_bytes: settings.max_manifest_bytes,
@@ -113,8 +129,19 @@ pub async fn run_with_hook(
     hook: Arc<dyn FaultHook>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    run_with_seams(listeners, settings, hook, None, shutdown).await
+}
+
+/// `run_with_hook`, with a metadata store opened by the caller (see `open_with_seams`).
+pub async fn run_with_seams(
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    hook: Arc<dyn FaultHook>,
+    meta: Option<Meta>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let auth = authenticator(&settings)?;
-    let reg = open_with_hook(&settings, hook).await?;
+    let reg = open_with_seams(&settings, hook, meta).await?;
     let tasks = spawn_background(&reg, &settings);
     crate::http::server::serve(listeners, reg, auth, crate::http::server::Limits::of(&settings), shutdown)
         .await;

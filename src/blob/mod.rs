@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::digest::Digest;
-pub use fs::{FaultHook, FsOp, NoFaults};
+pub use fs::{FaultHook, FsOp, NoFaults, SyncTarget};
 use layout::Layout;
 pub use writer::Staging;
 
@@ -85,8 +85,10 @@ impl BlobStore {
     /// rename.
     pub fn with_hook(root: PathBuf, hook: Arc<dyn FaultHook>) -> io::Result<Self> {
         let layout = Layout::new(root);
-        std::fs::create_dir_all(layout.blobs_root())?;
-        std::fs::create_dir_all(layout.uploads_root())?;
+        // The skeleton's directory entries must be durable before the first commit
+        // counts on them: a commit fsyncs only the shard and `blobs/sha256`.
+        create_dir_durable(&layout.blobs_root(), hook.as_ref())?;
+        create_dir_durable(&layout.uploads_root(), hook.as_ref())?;
         let open = OpenCache::with_weighter(4096, CACHE_WEIGHT, BlobWeight);
         Ok(BlobStore { layout: Arc::new(layout), hook, open: Arc::new(open) })
     }
@@ -110,8 +112,10 @@ impl BlobStore {
 
     /// Cut staging area `id`'s data back to `len` bytes (undoing a rejected chunk).
     pub fn truncate_staging(&self, id: &str, len: u64) -> io::Result<()> {
-        let f = std::fs::OpenOptions::new().write(true).open(self.layout.staging_file(id))?;
+        let path = self.layout.staging_file(id);
+        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
         f.set_len(len)?;
+        self.hook.before_sync(SyncTarget::File(&path));
         f.sync_all()
     }
 
@@ -202,6 +206,7 @@ impl BlobStore {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }
         self.hook.check(FsOp::Fsync)?;
+        self.hook.before_sync(SyncTarget::File(&path));
         file.sync_all()?;
         drop(file);
         let dest = self.layout.blob_path(expected);
@@ -216,9 +221,11 @@ impl BlobStore {
         self.hook.check(FsOp::Rename)?;
         std::fs::rename(&path, &dest)?;
         self.hook.check(FsOp::Fsync)?;
+        self.hook.before_sync(SyncTarget::Dir(&dir));
         fsync_dir(&dir)?;
         if created_dir {
             if let Some(parent) = dir.parent() {
+                self.hook.before_sync(SyncTarget::Dir(parent));
                 fsync_dir(parent)?;
             }
         }
@@ -325,4 +332,28 @@ unsafe fn map_immutable(file: &File) -> io::Result<Bytes> {
 
 fn fsync_dir(dir: &std::path::Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created, so that the
+/// new entries survive a power cut (a created directory is not durable until its
+/// parent is synced).
+fn create_dir_durable(dir: &std::path::Path, hook: &dyn FaultHook) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while !p.exists() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    // Deepest first: each parent then lists a child that is already durable inside.
+    for created in &missing {
+        if let Some(parent) = created.parent() {
+            hook.before_sync(SyncTarget::Dir(parent));
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
 }

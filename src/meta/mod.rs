@@ -7,6 +7,7 @@
 //! Reads are short MVCC snapshots taken on the caller's thread; writes are closures run
 //! by the one writer thread (`writer.rs`) with group commit.
 
+mod backend;
 mod gc;
 mod inventory;
 pub mod model;
@@ -21,6 +22,7 @@ use redb::{
 };
 
 use crate::digest::Digest;
+pub use backend::{SyncGate, VolatileBackend};
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
 
@@ -112,7 +114,27 @@ impl Meta {
         // redb caches up to 1 GiB by default, which a soak run showed growing with the
         // metadata until RSS passed 400 MiB; an appliance's metadata working set is far
         // smaller, and the OS page cache still holds the rest of the file.
-        let db = Arc::new(Database::builder().set_cache_size(META_CACHE_BYTES).create(path)?);
+        let created = !path.exists();
+        let db = Database::builder().set_cache_size(META_CACHE_BYTES).create(path)?;
+        if created {
+            // redb syncs the file's data, not its directory entry: without this a power
+            // cut after the first commits could leave a data directory with no meta.redb.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(MetaError::storage)?;
+            }
+        }
+        Self::from_db(db)
+    }
+
+    /// Like `open`, on a caller's redb storage backend instead of a file (the
+    /// power-loss tests' [`VolatileBackend`]).
+    pub fn open_with_backend(backend: VolatileBackend) -> Result<Self, MetaError> {
+        let db = Database::builder().set_cache_size(META_CACHE_BYTES).create_with_backend(backend)?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: Database) -> Result<Self, MetaError> {
+        let db = Arc::new(db);
         let txn = db.begin_write()?;
         {
             txn.open_table(BLOBS)?;
