@@ -22,7 +22,7 @@ use super::entitlement::{Content, Entitlement};
 use super::manifests::{parse, ManifestOut};
 use super::{Error, Registry};
 use crate::digest::Digest;
-use crate::meta::{model::now, LeaseRecord, Origin, PutManifest};
+use crate::meta::{model::now, LeaseKey, LeaseRecord, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -519,7 +519,7 @@ impl Registry {
         staging: crate::blob::Staging,
         tx: watch::Sender<FillState>,
     ) {
-        let lease = format!("fill {digest}");
+        let lease = LeaseKey::Fill { digest: digest.clone() };
         let _ = self
             .meta
             .take_lease(

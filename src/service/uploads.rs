@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use super::{Body, Error, Registry};
 use crate::blob::Staging;
 use crate::digest::Digest;
-use crate::meta::{model::now, BlobRecord, Origin, RepoFilter, UploadRecord};
+use crate::meta::{model::now, BlobRecord, LeaseKey, Origin, RepoFilter, UploadRecord};
 use crate::names::RepoName;
 
 /// One session's in-memory state, behind a per-session async lock so that two requests
@@ -142,8 +142,8 @@ impl Registry {
     ) -> Result<(), Error> {
         // Lease the digest before the rename, so GC cannot unlink the file between the
         // rename and the commit that makes it referenced.
-        let lease = format!("blob {digest} {}", staging.id());
-        let leased = self.lease_blob(&lease, digest).await;
+        let lease = LeaseKey::Upload { digest: digest.clone(), id: staging.id().to_owned() };
+        let leased = self.lease_blob(&lease).await;
         let blobs = self.blobs.clone();
         let d = digest.clone();
         let committed = match leased {
@@ -178,9 +178,10 @@ impl Registry {
     }
 
     /// Take the per-upload lease on `digest`, waiting while GC finishes deleting it.
-    async fn lease_blob(&self, key: &str, digest: &Digest) -> Result<(), Error> {
+    async fn lease_blob(&self, key: &LeaseKey) -> Result<(), Error> {
+        let digest = key.digest();
         for _ in 0..600 {
-            if self.meta.lease_blob(key.to_owned(), digest.clone()).await? {
+            if self.meta.lease_blob(key.clone()).await? {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
