@@ -11,7 +11,7 @@ use std::fmt;
 use redb::ReadableTable;
 
 use super::model::{decode, LeaseRecord};
-use super::MetaError;
+use super::{Meta, MetaError};
 use crate::digest::Digest;
 
 /// What a lease protects, and for whom.
@@ -82,6 +82,27 @@ pub(super) fn leased(
         }
     }
     Ok(false)
+}
+
+/// A held lease (from [`Meta::hold_lease`]); dropping it releases the lease.
+#[must_use = "the lease is released when the guard drops"]
+pub struct LeaseGuard {
+    meta: Meta,
+    key: Option<LeaseKey>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.meta.release_lease_detached(key);
+        }
+    }
+}
+
+impl LeaseGuard {
+    pub(super) fn new(meta: Meta, key: LeaseKey) -> Self {
+        LeaseGuard { meta, key: Some(key) }
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use redb::{
 use crate::digest::Digest;
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
-pub use lease::LeaseKey;
+pub use lease::{LeaseGuard, LeaseKey};
 
 /// A predicate on repository names (which repositories a caller may read), for the
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
@@ -601,6 +601,13 @@ impl Meta {
             Ok(())
         })
         .await
+    }
+
+    /// `take_lease`, returning a guard that releases the lease when dropped, however
+    /// its holder ends (a panicking fill task included).
+    pub async fn hold_lease(&self, key: LeaseKey, rec: LeaseRecord) -> Result<LeaseGuard, MetaError> {
+        self.take_lease(key.clone(), rec).await?;
+        Ok(LeaseGuard::new(self.clone(), key))
     }
 
     pub async fn release_lease(&self, key: LeaseKey) -> Result<(), MetaError> {
