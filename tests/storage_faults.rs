@@ -29,6 +29,8 @@ const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
 const EDQUOT: i32 = 122;
 const MIB: usize = 1 << 20;
+/// Not an errno: the hook panics instead of failing the operation (a bug in the fill).
+const PANIC: i32 = 0;
 
 // ---------------------------------------------------------------------------------
 // The hook: fail the (skip+1)th operation of one kind, once.
@@ -69,6 +71,10 @@ impl FaultHook for Faults {
                 if p.seen == skip {
                     p.rule = None;
                     p.fired += 1;
+                    drop(p);
+                    if errno == PANIC {
+                        panic!("fault hook: a {op:?} panics on purpose");
+                    }
                     return Err(io::Error::from_raw_os_error(errno));
                 }
                 p.seen += 1;
@@ -515,6 +521,53 @@ fn mirror_fill_faults_are_not_cached_and_the_next_pull_fills() {
         assert_eq!(sha256(&r.body), d, "{what}: the next pull's bytes");
     }
     eprintln!("mirror fills: {tried} faults injected");
+}
+
+/// A fill whose task panics mid-download (the hook panics in its writer, which panics
+/// the fill task): the client gets an error, never a complete body; the flight's guard
+/// frees the digest, so the next pull starts a new fill and succeeds (no "task was
+/// lost" for ever); and the fill lease is released.
+#[test]
+fn a_panicking_fill_frees_its_digest_and_the_next_pull_fills() {
+    let up = FakeUpstream::start();
+    let cfg = format!("[[upstreams]]\nname = \"up.example\"\nurl = \"{}\"\ntimeout = \"10s\"\n", up.url());
+    let mut s = InProc::start(Some(&cfg));
+    let data = bytes_of(3 * MIB, 777);
+    let d = up.add_blob(data.clone());
+    let path = format!("/v2/up.example/library/app/blobs/{d}");
+    s.faults.arm(FsOp::Write, 2, PANIC);
+    let got = client().get(format!("{}{path}", s.base)).send().map(|r| {
+        let status = r.status().as_u16();
+        (status, r.bytes().map(|b| b.to_vec()))
+    });
+    assert_eq!(s.faults.disarm(), 1, "the panic never fired");
+    match got {
+        Ok((200, body)) => {
+            let complete = body.as_ref().is_ok_and(|b| b.len() == data.len());
+            assert!(!complete, "a complete 200 body for a fill that panicked");
+        }
+        Ok((status, body)) => {
+            let text = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+            assert_eq!((status, oci_code(&text).as_str()), (500, "UNKNOWN"), "{text}");
+        }
+        Err(_) => {} // the connection was aborted: a clean failure for a client
+    }
+    // The next pulls start a new fill (bounded: the first must already succeed).
+    for attempt in 0..2 {
+        let r = s.send(s.req("GET", &path));
+        assert_eq!(r.status, 200, "pull {attempt} after the panic: {}", r.text());
+        assert_eq!(sha256(&r.body), d, "pull {attempt} after the panic: bytes");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.staging() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.staging(), 0, "the panicked fill's staging stayed");
+    assert_blob_files_sound(&s.dir, "after a panicked fill");
+    s.shutdown();
+    let meta = wharfie::meta::Meta::open(&s.dir.join("meta.redb")).expect("open meta after the stop");
+    let leases = meta.leases().expect("leases");
+    assert!(leases.is_empty(), "leases held after the fills ended: {leases:?}");
 }
 
 // ---------------------------------------------------------------------------------

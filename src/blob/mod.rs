@@ -1,6 +1,7 @@
 //! `blob/`: content-addressed blob files and the staging areas that become them.
 //!
-//! May import: memmap2, sha2, blake3, digest. Only this module knows blob paths or maps
+//! May import: memmap2, sha2, blake3, digest, tokio (its blocking pool, for the async
+//! calls that service/ uses so that no filesystem call runs on an async worker). Only this module knows blob paths or maps
 //! files.
 //!
 //! Invariants:
@@ -10,6 +11,7 @@
 //!   fsync the directory (Distribution's validate → move; the link is meta's commit).
 
 mod fs;
+mod growing;
 mod layout;
 mod writer;
 
@@ -22,6 +24,7 @@ use bytes::Bytes;
 
 use crate::digest::Digest;
 pub use fs::{FaultHook, FsOp, NoFaults, SyncTarget};
+pub use growing::GrowingReader;
 use layout::Layout;
 pub use writer::Staging;
 
@@ -106,8 +109,52 @@ impl BlobStore {
 
     /// A read handle on staging area `id`'s data file (followers of a fill read it as
     /// it grows; the handle stays valid across the rename at commit).
-    pub fn open_staging_reader(&self, id: &str) -> io::Result<File> {
-        File::open(self.layout.staging_file(id))
+    pub fn open_staging_reader(&self, id: &str) -> io::Result<GrowingReader> {
+        File::open(self.layout.staging_file(id)).map(GrowingReader::new)
+    }
+
+    /// Start a fill's staging area `id` and open its reader, on the blocking pool.
+    pub async fn create_fill(&self, id: String) -> io::Result<(Staging, GrowingReader)> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let staging = me.create_staging(&id)?;
+            match me.open_staging_reader(&id) {
+                Ok(r) => Ok((staging, r)),
+                Err(e) => {
+                    me.remove_staging(&id);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// A guard that removes staging area `id` when dropped (on the blocking pool when a
+    /// runtime is there): a fill task that panics leaves no staging behind. Harmless
+    /// after a commit, which removes the staging itself.
+    pub fn staging_cleanup(&self, id: &str) -> StagingCleanup {
+        StagingCleanup { blobs: self.clone(), id: id.to_owned() }
+    }
+
+    /// `create_staging` on the blocking pool.
+    pub async fn create_staging_blocking(&self, id: String) -> io::Result<Staging> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.create_staging(&id)).await.map_err(io::Error::other)?
+    }
+
+    /// `truncate_staging` (truncate + fsync) on the blocking pool.
+    pub async fn truncate_staging_blocking(&self, id: String, len: u64) -> io::Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.truncate_staging(&id, len)).await.map_err(io::Error::other)?
+    }
+
+    /// `remove_staging` on the blocking pool.
+    pub async fn remove_staging_blocking(&self, id: String) {
+        let me = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || me.remove_staging(&id)).await {
+            tracing::warn!(error = %e, "staging removal task failed");
+        }
     }
 
     /// Cut staging area `id`'s data back to `len` bytes (undoing a rejected chunk).
@@ -311,6 +358,25 @@ impl BlobStore {
     /// Drop a blob from the open-blob cache (before its file is unlinked).
     pub fn forget(&self, digest: &Digest) {
         self.open.remove(digest);
+    }
+}
+
+/// See [`BlobStore::staging_cleanup`].
+#[must_use = "the staging is removed when the guard drops"]
+pub struct StagingCleanup {
+    blobs: BlobStore,
+    id: String,
+}
+
+impl Drop for StagingCleanup {
+    fn drop(&mut self) {
+        let (blobs, id) = (self.blobs.clone(), std::mem::take(&mut self.id));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || blobs.remove_staging(&id));
+            }
+            Err(_) => blobs.remove_staging(&id),
+        }
     }
 }
 

@@ -6,13 +6,14 @@
 //!   it (`MANIFEST_LINKS`, `REFS` — both maintained by the transactions that change
 //!   them);
 //! - a blob is first marked `deleting` and unlinked everywhere, only when nothing
-//!   references it, no upload holds a lease on it, and it is older than the grace
+//!   references it, no unexpired lease (upload or fill) is held on it, and it is older than the grace
 //!   period; the caller then unlinks the file and removes the row. An upload that
 //!   finds the mark waits (`lease_blob` answers false) until the row is gone.
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::model::{decode, encode};
+use super::lease::leased;
+use super::model::{self, decode, encode};
 use super::schema::*;
 use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
 use crate::digest::Digest;
@@ -35,18 +36,6 @@ pub struct BlobCandidate {
     pub size: u64,
     pub origin: Origin,
     pub created: u64,
-}
-
-fn leased(
-    txn_leases: &impl ReadableTable<&'static str, &'static [u8]>,
-    digest: &str,
-) -> Result<bool, MetaError> {
-    let prefix = format!("blob {digest} ");
-    let mut it = txn_leases.range(prefix.as_str()..)?;
-    Ok(match it.next() {
-        Some(item) => item?.0.value().starts_with(&prefix),
-        None => false,
-    })
 }
 
 fn count(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, MetaError> {
@@ -147,6 +136,7 @@ impl Meta {
             }
         }
         let leases = rtx.open_table(LEASES)?;
+        let now = model::now();
         let mut blobs = Vec::new();
         for item in rtx.open_table(BLOBS)?.iter()? {
             let (k, v) = item?;
@@ -155,7 +145,7 @@ impl Meta {
             if rec.deleting
                 || rec.created >= cutoff
                 || refs.get(d).copied().unwrap_or(0) > 0
-                || leased(&leases, d)?
+                || leased(&leases, d, now)?
             {
                 continue;
             }
@@ -175,12 +165,13 @@ impl Meta {
     pub fn gc_blob_candidates(&self, cutoff: u64, limit: usize) -> Result<Vec<BlobCandidate>, MetaError> {
         let rtx = self.db.begin_read()?;
         let (refs, leases) = (rtx.open_table(REFS)?, rtx.open_table(LEASES)?);
+        let now = model::now();
         let mut out = Vec::new();
         for item in rtx.open_table(BLOBS)?.iter()? {
             let (k, v) = item?;
             let rec: BlobRecord = decode(v.value())?;
             let d = k.value();
-            if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d)? {
+            if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d, now)? {
                 continue;
             }
             if let Ok(digest) = d.parse() {
@@ -283,11 +274,13 @@ fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool,
     }
     let qualifies = match mode {
         MarkMode::Corrupt => true,
-        MarkMode::Evict => rec.origin == Origin::Mirrored && !leased(&txn.open_table(LEASES)?, key)?,
+        MarkMode::Evict => {
+            rec.origin == Origin::Mirrored && !leased(&txn.open_table(LEASES)?, key, model::now())?
+        }
         MarkMode::Garbage { cutoff } => {
             rec.created < cutoff
                 && count(&txn.open_table(REFS)?, key)? == 0
-                && !leased(&txn.open_table(LEASES)?, key)?
+                && !leased(&txn.open_table(LEASES)?, key, model::now())?
         }
     };
     if !qualifies {

@@ -10,6 +10,7 @@
 mod backend;
 mod gc;
 mod inventory;
+mod lease;
 pub mod model;
 mod schema;
 mod writer;
@@ -25,6 +26,7 @@ use crate::digest::Digest;
 pub use backend::{SyncGate, VolatileBackend};
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
+pub use lease::{LeaseGuard, LeaseKey};
 
 /// A predicate on repository names (which repositories a caller may read), for the
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
@@ -359,12 +361,15 @@ impl Meta {
     }
 
     /// Every lease row.
-    pub fn leases(&self) -> Result<Vec<(String, LeaseRecord)>, MetaError> {
+    pub fn leases(&self) -> Result<Vec<(LeaseKey, LeaseRecord)>, MetaError> {
         let t = self.read(LEASES)?;
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push((k.value().to_owned(), decode(v.value())?));
+            match LeaseKey::decode(k.value()) {
+                Some(key) => out.push((key, decode(v.value())?)),
+                None => tracing::warn!(key = k.value(), "ignoring a lease row of unknown form"),
+            }
         }
         Ok(out)
     }
@@ -380,7 +385,7 @@ impl Meta {
         digest: Digest,
         record: BlobRecord,
         upload: Option<String>,
-        lease: Option<String>,
+        lease: Option<LeaseKey>,
     ) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut blobs = txn.open_table(BLOBS)?;
@@ -405,7 +410,7 @@ impl Meta {
                 txn.open_table(UPLOADS)?.remove(id.as_str())?;
             }
             if let Some(l) = lease {
-                txn.open_table(LEASES)?.remove(l.as_str())?;
+                txn.open_table(LEASES)?.remove(l.encode().as_str())?;
             }
             Ok(())
         })
@@ -415,8 +420,9 @@ impl Meta {
     /// Lease `digest` for an upload about to rename its file into place, so GC cannot
     /// unlink that file between the rename and the commit. `Ok(false)` while GC is
     /// deleting the digest (retry shortly). The key is unique per upload.
-    pub async fn lease_blob(&self, key: String, digest: Digest) -> Result<bool, MetaError> {
+    pub async fn lease_blob(&self, key: LeaseKey) -> Result<bool, MetaError> {
         self.write(move |txn| {
+            let digest = key.digest();
             let deleting = txn
                 .open_table(BLOBS)?
                 .get(digest.as_str())?
@@ -427,7 +433,7 @@ impl Meta {
                 return Ok(false);
             }
             let rec = LeaseRecord { owner: digest.to_string(), expires: model::now() + 3600 };
-            txn.open_table(LEASES)?.insert(key.as_str(), encode(&rec).as_slice())?;
+            txn.open_table(LEASES)?.insert(key.encode().as_str(), encode(&rec).as_slice())?;
             Ok(true)
         })
         .await
@@ -611,20 +617,40 @@ impl Meta {
     }
 
     /// Hold a lease on `key` (an in-flight fill) until `release_lease` or restart.
-    pub async fn take_lease(&self, key: String, rec: LeaseRecord) -> Result<(), MetaError> {
+    pub async fn take_lease(&self, key: LeaseKey, rec: LeaseRecord) -> Result<(), MetaError> {
         self.write(move |txn| {
-            txn.open_table(LEASES)?.insert(key.as_str(), encode(&rec).as_slice())?;
+            txn.open_table(LEASES)?.insert(key.encode().as_str(), encode(&rec).as_slice())?;
             Ok(())
         })
         .await
     }
 
-    pub async fn release_lease(&self, key: String) -> Result<(), MetaError> {
+    /// `take_lease`, returning a guard that releases the lease when dropped, however
+    /// its holder ends (a panicking fill task included).
+    pub async fn hold_lease(&self, key: LeaseKey, rec: LeaseRecord) -> Result<LeaseGuard, MetaError> {
+        self.take_lease(key.clone(), rec).await?;
+        Ok(LeaseGuard::new(self.clone(), key))
+    }
+
+    pub async fn release_lease(&self, key: LeaseKey) -> Result<(), MetaError> {
         self.write(move |txn| {
-            txn.open_table(LEASES)?.remove(key.as_str())?;
+            txn.open_table(LEASES)?.remove(key.encode().as_str())?;
             Ok(())
         })
         .await
+    }
+
+    /// Release `key` without waiting for the commit: for `Drop` (a guard dropped by a
+    /// panicking task cannot await). Failures are logged; startup clears leases anyway.
+    pub fn release_lease_detached(&self, key: LeaseKey) {
+        let (job, _done) = writer::job(move |txn| {
+            txn.open_table(LEASES)?.remove(key.encode().as_str())?;
+            Ok(())
+        });
+        let sent = self.writer.sender().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            tracing::warn!("cannot release a lease: the metadata writer is closed");
+        }
     }
 
     /// Remove one tag; the manifest stays.

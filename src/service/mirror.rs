@@ -6,23 +6,21 @@
 //! every reader until then: no client ever receives a complete body with wrong bytes.
 //! What a fill commits goes through the same commit path as a push, marked mirrored.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::watch;
 
 use super::entitlement::{Content, Entitlement};
 use super::manifests::{parse, ManifestOut};
 use super::{Error, Registry};
+use crate::blob::GrowingReader;
 use crate::digest::Digest;
-use crate::meta::{model::now, LeaseRecord, Origin, PutManifest};
+use crate::flight::{Joined, Lost};
+use crate::meta::{model::now, LeaseKey, LeaseRecord, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
 use crate::upstream::{Attempts, Upstream, UpstreamError};
 
@@ -145,27 +143,38 @@ impl From<Error> for FlightError {
     }
 }
 
-/// A fill's progress, published to every reader.
-#[derive(Debug, Clone, Default)]
-struct FillState {
+/// A fill's progress, published to every reader (the flight's progress).
+#[derive(Debug, Clone)]
+pub(super) struct FillProgress {
+    /// The repository the fill was started for (from its own upstream).
+    repo: RepoName,
+    /// A reader of the staging file, once the fill created it.
+    reader: Option<GrowingReader>,
     /// The blob's size, once the upstream said it.
     total: Option<u64>,
     /// Bytes readers may send: everything written except the held-back last byte.
     visible: u64,
-    /// Set when the fill ended: committed, or why not.
-    done: Option<Result<(), FlightError>>,
 }
 
-/// A blob fill in progress.
-pub(super) struct Fill {
-    /// A read handle on the staging file: valid across the rename at commit.
-    file: Arc<File>,
-    state: watch::Receiver<FillState>,
-    /// The repository the fill was started for (from its own upstream).
-    repo: RepoName,
+/// What a fill ends with: committed, or why not.
+type FillResult = Result<(), FlightError>;
+
+/// Blob fills in flight, by digest: the one singleflight (`crate::flight`).
+pub(super) type Fills = crate::flight::Flights<Digest, FillProgress, FillResult>;
+
+type FillWatch = crate::flight::Watch<FillProgress, FillResult>;
+type FillHandle = crate::flight::Progress<FillProgress, FillResult>;
+
+impl From<Lost> for FlightError {
+    fn from(l: Lost) -> Self {
+        FlightError::Internal(format!("blob fill: {l}"))
+    }
 }
 
-pub(super) type Fills = std::sync::Mutex<HashMap<Digest, Arc<Fill>>>;
+/// A flight's end as the fill's result (`Lost`: its task panicked or was cancelled).
+fn fill_outcome(done: &Option<Result<FillResult, Lost>>) -> Option<FillResult> {
+    done.as_ref().map(|d| d.clone().unwrap_or_else(|l| Err(l.into())))
+}
 
 /// A blob as a GET or HEAD answers it.
 pub enum BlobRead {
@@ -174,6 +183,9 @@ pub enum BlobRead {
     /// Streaming from a fill in progress.
     Filling { size: u64, body: super::Body },
 }
+
+/// Staging ids of fills start with this (uploads use bare uuids).
+const FILL_STAGING: &str = "fill-";
 
 const READ_CHUNK: u64 = 256 * 1024;
 /// Times a fill broken mid-body is resumed before giving up.
@@ -270,7 +282,7 @@ impl Registry {
                     .await;
                 self.count_follower(leader);
                 let digest = res
-                    .map_err(|_| Error::Internal("manifest fetch task was lost".into()))?
+                    .map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?
                     .map_err(|e| e.into_error(Error::ManifestUnknown))?;
                 self.manifest(local, &Reference::Digest(digest), with_body)
             }
@@ -313,7 +325,7 @@ impl Registry {
                     })
                     .await;
                 self.count_follower(leader);
-                let res = res.map_err(|_| Error::Internal("manifest fetch task was lost".into()))?;
+                let res = res.map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?;
                 match res {
                     Ok(digest) => self.manifest(local, &Reference::Digest(digest), with_body),
                     Err(e) if e.transient() && m.stale_if_error && cached.is_some() => {
@@ -471,7 +483,7 @@ impl Registry {
         }
         self.metrics.cache_misses.fetch_add(1, Relaxed);
         m.check_up()?;
-        let fill = match self.join_fill(m, remote, local, digest, confirmed)? {
+        let fill = match self.join_fill(m, remote, local, digest, confirmed) {
             Some(f) => f,
             None => {
                 // Another repository's fill is in flight: only R's upstream vouches for R.
@@ -481,17 +493,17 @@ impl Registry {
                 if self.link_entitled_blob(local, digest).await? {
                     return stored(local);
                 }
-                self.join_fill(m, remote, local, digest, true)?
+                self.join_fill(m, remote, local, digest, true)
                     .ok_or_else(|| Error::Internal("fill join refused after confirmation".into()))?
             }
         };
-        let mut rx = fill.state.clone();
+        let mut rx = fill.clone();
         let st = rx
-            .wait_for(|s| s.total.is_some() || s.done.is_some())
+            .wait_for(|s| s.progress.total.is_some() || s.done.is_some())
             .await
-            .map_err(|_| Error::Internal("fill task was lost".into()))?
+            .map_err(|_| Error::Internal("blob fill ended without a result".into()))?
             .clone();
-        let size = match (st.total, st.done) {
+        let size = match (st.progress.total, fill_outcome(&st.done)) {
             (_, Some(Err(e))) => return Err(e.into_error(Error::BlobUnknown)),
             (Some(t), _) => t,
             // Committed before the size was published: it is stored now.
@@ -506,7 +518,8 @@ impl Registry {
 
     /// Join the fill for `digest`, starting it if none is in flight. A fill started for
     /// another repository is joined only when `entitled` (`local`'s own entitlement is
-    /// established); otherwise `None`: confirm upstream first.
+    /// established); otherwise `None`: confirm upstream first. Nothing here touches the
+    /// filesystem: the fill task creates its staging on the blocking pool.
     fn join_fill(
         self: &Arc<Self>,
         m: &Arc<Mirror>,
@@ -514,59 +527,71 @@ impl Registry {
         local: &RepoName,
         digest: &Digest,
         entitled: bool,
-    ) -> Result<Option<Arc<Fill>>, Error> {
-        let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = fills.get(digest) {
-            if !entitled && f.repo != *local {
-                return Ok(None);
-            }
-            self.metrics.coalesced_followers.fetch_add(1, Relaxed);
-            // Link the blob into this repository too once the fill commits.
-            let (me, f2, repo, d) = (self.clone(), f.clone(), local.clone(), digest.clone());
-            tokio::spawn(async move {
-                let mut rx = f2.state.clone();
-                let committed =
-                    rx.wait_for(|s| s.done.is_some()).await.is_ok_and(|st| matches!(st.done, Some(Ok(()))));
-                if committed {
-                    let _ =
-                        me.meta.mount_blob(repo.as_str().to_owned(), d, None, None, Origin::Mirrored).await;
-                }
-            });
-            return Ok(Some(f.clone()));
-        }
-        let id = format!("fill-{}", uuid::Uuid::new_v4().simple());
-        let staging = self.blobs.create_staging(&id)?;
-        let file = Arc::new(self.blobs.open_staging_reader(&id)?);
-        let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill { file, state: rx, repo: local.clone() });
-        fills.insert(digest.clone(), fill.clone());
-        drop(fills);
+    ) -> Option<FillWatch> {
         let (me, m2, r2, l2, d2) =
             (self.clone(), m.clone(), remote.to_owned(), local.clone(), digest.clone());
-        tokio::spawn(async move { me.run_fill(m2, r2, l2, d2, staging, tx).await });
-        Ok(Some(fill))
+        let joined = self.fills.join(
+            digest.clone(),
+            |p| entitled || p.repo == *local,
+            || FillProgress { repo: local.clone(), reader: None, total: None, visible: 0 },
+            move |progress| async move { me.run_fill(m2, r2, l2, d2, progress).await },
+        );
+        match joined {
+            Joined::Leader(rx) => Some(rx),
+            Joined::Refused => None,
+            Joined::Follower(rx) => {
+                self.metrics.coalesced_followers.fetch_add(1, Relaxed);
+                // Link the blob into this repository too once the fill commits.
+                let (me, repo, d) = (self.clone(), local.clone(), digest.clone());
+                let mut wait = rx.clone();
+                tokio::spawn(async move {
+                    let committed = wait
+                        .wait_for(|s| s.done.is_some())
+                        .await
+                        .is_ok_and(|st| matches!(fill_outcome(&st.done), Some(Ok(()))));
+                    if committed {
+                        let _ = me
+                            .meta
+                            .mount_blob(repo.as_str().to_owned(), d, None, None, Origin::Mirrored)
+                            .await;
+                    }
+                });
+                Some(rx)
+            }
+        }
     }
 
-    /// The detached fill: download (resuming with `Range` after a break), verify,
-    /// commit, publish. Runs to the end whether or not any client is still reading.
+    /// The detached fill (the flight's work): create the staging area, download
+    /// (resuming with `Range` after a break), verify, commit. Runs to the end whether or
+    /// not any client is still reading. The flight publishes the result; if this task
+    /// panics, the flight's guard wakes every reader with an error and frees the digest
+    /// for a new fill, and the lease guard releases the fill lease.
     async fn run_fill(
         self: Arc<Self>,
         m: Arc<Mirror>,
         remote: String,
         local: RepoName,
         digest: Digest,
-        staging: crate::blob::Staging,
-        tx: watch::Sender<FillState>,
-    ) {
-        let lease = format!("fill {digest}");
-        let _ = self
-            .meta
-            .take_lease(
-                lease.clone(),
-                LeaseRecord { owner: staging.id().to_owned(), expires: now() + 24 * 3600 },
-            )
-            .await;
-        let result = self.download(&m, &remote, &local, &digest, staging, &tx).await;
+        progress: FillHandle,
+    ) -> FillResult {
+        let id = format!("{FILL_STAGING}{}", uuid::Uuid::new_v4().simple());
+        let lease = LeaseKey::Fill { digest: digest.clone() };
+        let rec = LeaseRecord { owner: id.clone(), expires: now() + 24 * 3600 };
+        let _lease = match self.meta.hold_lease(lease, rec).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot take the fill lease");
+                None
+            }
+        };
+        let _staging = self.blobs.staging_cleanup(&id);
+        let result = match self.blobs.create_fill(id).await {
+            Ok((staging, reader)) => {
+                progress.update(|p| p.reader = Some(reader));
+                self.download(&m, &remote, &local, &digest, staging, &progress).await
+            }
+            Err(e) => Err(FlightError::Internal(format!("cannot create the fill's staging: {e}"))),
+        };
         match &result {
             Ok(()) => {
                 // Enforce the cache cap before the fill reports done: when a client's
@@ -574,18 +599,13 @@ impl Registry {
                 if let Err(e) = self.enforce_cap().await {
                     tracing::warn!(error = %e, "eviction failed");
                 }
-                tx.send_modify(|s| {
-                    s.visible = s.total.unwrap_or(s.visible);
-                    s.done = Some(Ok(()));
-                });
+                progress.update(|s| s.visible = s.total.unwrap_or(s.visible));
             }
             Err(e) => {
                 tracing::warn!(upstream = m.name(), %digest, error = %e, "blob fill failed; nothing cached");
-                tx.send_modify(|s| s.done = Some(Err(e.clone())));
             }
         }
-        self.fills.lock().unwrap_or_else(PoisonError::into_inner).remove(&digest);
-        let _ = self.meta.release_lease(lease).await;
+        result
     }
 
     async fn download(
@@ -595,7 +615,7 @@ impl Registry {
         local: &RepoName,
         digest: &Digest,
         mut staging: crate::blob::Staging,
-        tx: &watch::Sender<FillState>,
+        progress: &FillHandle,
     ) -> Result<(), FlightError> {
         let mut resumes = 0;
         loop {
@@ -603,7 +623,7 @@ impl Registry {
             let stream = match m.up.get_blob(remote, digest, offset).await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.blobs.remove_staging(staging.id());
+                    self.blobs.remove_staging_blocking(staging.id().to_owned()).await;
                     return Err(m.failed(e));
                 }
             };
@@ -613,7 +633,7 @@ impl Registry {
                 stream.remaining
             };
             if let Some(t) = total {
-                tx.send_modify(|s| {
+                progress.update(|s| {
                     if s.total.is_none() {
                         s.total = Some(t);
                     }
@@ -629,16 +649,16 @@ impl Registry {
                 r.map_err(io::Error::other)
             }));
             let body = min_rate(body, m.up.deadline());
-            let total_now = tx.borrow().total;
-            let tx2 = tx.clone();
-            let progress = move |written: u64| {
-                tx2.send_modify(|s| {
+            let total_now = progress.read(|p| p.total);
+            let tx2 = progress.clone();
+            let on_write = move |written: u64| {
+                tx2.update(|s| {
                     // Hold back the last byte until the digest verifies.
                     let cap = total_now.map_or(written.saturating_sub(1), |t| t.saturating_sub(1));
                     s.visible = written.min(cap);
                 });
             };
-            let (st, outcome) = super::uploads::pump_with(staging, body, Some(Box::new(progress))).await?;
+            let (st, outcome) = super::uploads::pump_with(staging, body, Some(Box::new(on_write))).await?;
             staging = st;
             let complete = total_now.is_none_or(|t| staging.len() >= t);
             match outcome {
@@ -646,7 +666,7 @@ impl Registry {
                 Ok(()) | Err(Error::BodyRead(_)) => {
                     resumes += 1;
                     if resumes > MAX_RESUMES {
-                        self.blobs.remove_staging(staging.id());
+                        self.blobs.remove_staging_blocking(staging.id().to_owned()).await;
                         return Err(FlightError::Upstream {
                             message: format!(
                                 "upstream {} broke off the blob body {resumes} times; gave up at byte {}",
@@ -660,7 +680,7 @@ impl Registry {
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
                 }
                 Err(e) => {
-                    self.blobs.remove_staging(staging.id());
+                    self.blobs.remove_staging_blocking(staging.id().to_owned()).await;
                     return Err(e.into());
                 }
             }
@@ -729,42 +749,44 @@ where
 
 /// A reader of a fill: streams the staging file from offset 0 as it grows, ends when
 /// the fill commits, fails (aborting the client's connection) when it fails.
-fn fill_reader(fill: Arc<Fill>) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    let rx = fill.state.clone();
-    futures_util::stream::unfold((fill, rx, 0u64, false), |(fill, mut rx, pos, ended)| async move {
+fn fill_reader(rx: FillWatch) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::unfold((rx, 0u64, false), |(mut rx, pos, ended)| async move {
         if ended {
             return None;
         }
         loop {
-            let st = rx.borrow_and_update().clone();
-            if let Some(Err(e)) = &st.done {
+            let (p, outcome) = {
+                let st = rx.borrow_and_update();
+                (st.progress.clone(), fill_outcome(&st.done))
+            };
+            if let Some(Err(e)) = &outcome {
                 let err = io::Error::other(format!("upstream fill failed: {e}"));
-                return Some((Err(err), (fill, rx, pos, true)));
+                return Some((Err(err), (rx, pos, true)));
             }
-            let committed = matches!(st.done, Some(Ok(())));
-            let limit = if committed { st.total.unwrap_or(st.visible) } else { st.visible };
+            let committed = matches!(outcome, Some(Ok(())));
+            let limit = if committed { p.total.unwrap_or(p.visible) } else { p.visible };
             if pos < limit {
+                let Some(reader) = p.reader else {
+                    let err = io::Error::other("fill published bytes without a staging file");
+                    return Some((Err(err), (rx, pos, true)));
+                };
                 let n = (limit - pos).min(READ_CHUNK);
-                let file = fill.file.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
-                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
-                return match read {
-                    Ok(b) => Some((Ok(b), (fill, rx, pos + n, false))),
-                    Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                return match reader.read_at(pos, n).await {
+                    Ok(b) => Some((Ok(b), (rx, pos + n, false))),
+                    Err(e) => Some((Err(e), (rx, pos, true))),
                 };
             }
             if committed {
                 return None;
             }
             if rx.changed().await.is_err() {
-                // The fill task is gone; its last state decides.
-                let st = rx.borrow().clone();
-                if !matches!(st.done, Some(Ok(()))) {
-                    return Some((Err(io::Error::other("fill task ended")), (fill, rx, pos, true)));
+                // The fill's flight is gone; its last state decides.
+                let done = fill_outcome(&rx.borrow().done);
+                if !matches!(done, Some(Ok(()))) {
+                    return Some((
+                        Err(io::Error::other("blob fill ended without a result")),
+                        (rx, pos, true),
+                    ));
                 }
             }
         }

@@ -75,7 +75,7 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     mirrors: Vec<Arc<Mirror>>,
     /// Blob fills in flight, by digest.
-    fills: mirror::Fills,
+    fills: Arc<mirror::Fills>,
     /// Manifest fetches in flight, by upstream/repository/reference.
     manifest_flights: Arc<ManifestFlights>,
     pub metrics: Arc<Metrics>,
@@ -85,7 +85,7 @@ pub struct Registry {
     access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
 
-type ManifestFlights = crate::flight::Flights<String, Result<crate::digest::Digest, mirror::FlightError>>;
+type ManifestFlights = crate::flight::Flights<String, (), Result<crate::digest::Digest, mirror::FlightError>>;
 
 impl Registry {
     pub fn new(
@@ -101,7 +101,7 @@ impl Registry {
             opts,
             sessions: Mutex::new(HashMap::new()),
             mirrors,
-            fills: Mutex::new(HashMap::new()),
+            fills: Arc::new(crate::flight::Flights::default()),
             manifest_flights: Arc::new(crate::flight::Flights::default()),
             metrics,
             access: Mutex::new(HashMap::new()),

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use super::{Body, Error, Registry};
 use crate::blob::Staging;
 use crate::digest::Digest;
-use crate::meta::{model::now, BlobRecord, Origin, RepoFilter, UploadRecord};
+use crate::meta::{model::now, BlobRecord, LeaseKey, Origin, RepoFilter, UploadRecord};
 use crate::names::RepoName;
 
 /// One session's in-memory state, behind a per-session async lock so that two requests
@@ -79,7 +79,14 @@ async fn pump_inner(
         }
     }
     drop(tx);
-    let (staging, write_res) = writer.await?;
+    let (staging, write_res) = match writer.await {
+        Ok(v) => v,
+        // A fill runs under a flight guard: a panic in its writer panics the fill, and
+        // the guard turns it into an error for every reader and frees the digest. A
+        // push's writer panic stays an error of the request (500).
+        Err(e) if e.is_panic() && !drain => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => return Err(e.into()),
+    };
     let outcome = match (write_res, body_err) {
         (Err(e), _) => Err(e.into()),
         (Ok(()), Some(e)) => Err(e),
@@ -96,12 +103,10 @@ impl Registry {
     /// POST: open a session. Returns its id.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<String, Error> {
         let id = Self::new_upload_id();
-        let blobs = self.blobs.clone();
-        let sid = id.clone();
-        let staging = tokio::task::spawn_blocking(move || blobs.create_staging(&sid)).await??;
+        let staging = self.blobs.create_staging_blocking(id.clone()).await?;
         let rec = UploadRecord { repo: repo.as_str().to_owned(), started: now() };
         if let Err(e) = self.meta.create_upload(id.clone(), rec).await {
-            self.blobs.remove_staging(&id);
+            self.blobs.remove_staging_blocking(id.clone()).await;
             return Err(e.into());
         }
         let slot = Slot { staging: Some(staging), closed: false };
@@ -113,18 +118,16 @@ impl Registry {
     /// only staging, which startup removes).
     pub async fn upload_monolithic(&self, repo: &RepoName, digest: &Digest, body: Body) -> Result<(), Error> {
         let id = Self::new_upload_id();
-        let blobs = self.blobs.clone();
-        let sid = id.clone();
-        let staging = tokio::task::spawn_blocking(move || blobs.create_staging(&sid)).await??;
+        let staging = self.blobs.create_staging_blocking(id.clone()).await?;
         let (staging, outcome) = match pump(staging, body).await {
             Ok(v) => v,
             Err(e) => {
-                self.blobs.remove_staging(&id);
+                self.blobs.remove_staging_blocking(id.clone()).await;
                 return Err(e);
             }
         };
         if let Err(e) = outcome {
-            self.blobs.remove_staging(&id);
+            self.blobs.remove_staging_blocking(id.clone()).await;
             return Err(e);
         }
         self.commit(repo, digest, staging, None, Origin::Pushed).await
@@ -142,8 +145,8 @@ impl Registry {
     ) -> Result<(), Error> {
         // Lease the digest before the rename, so GC cannot unlink the file between the
         // rename and the commit that makes it referenced.
-        let lease = format!("blob {digest} {}", staging.id());
-        let leased = self.lease_blob(&lease, digest).await;
+        let lease = LeaseKey::Upload { digest: digest.clone(), id: staging.id().to_owned() };
+        let leased = self.lease_blob(&lease).await;
         let blobs = self.blobs.clone();
         let d = digest.clone();
         let committed = match leased {
@@ -151,7 +154,7 @@ impl Registry {
                 tokio::task::spawn_blocking(move || blobs.commit(staging, &d)).await?.map_err(Error::from)
             }
             Err(e) => {
-                self.blobs.remove_staging(staging.id());
+                self.blobs.remove_staging_blocking(staging.id().to_owned()).await;
                 Err(e)
             }
         };
@@ -178,9 +181,10 @@ impl Registry {
     }
 
     /// Take the per-upload lease on `digest`, waiting while GC finishes deleting it.
-    async fn lease_blob(&self, key: &str, digest: &Digest) -> Result<(), Error> {
+    async fn lease_blob(&self, key: &LeaseKey) -> Result<(), Error> {
+        let digest = key.digest();
         for _ in 0..600 {
-            if self.meta.lease_blob(key.to_owned(), digest.clone()).await? {
+            if self.meta.lease_blob(key.clone()).await? {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -252,7 +256,7 @@ impl Registry {
     async fn forget(&self, id: &str) {
         self.lock_sessions().remove(id);
         let _ = self.meta.delete_upload(id.to_owned()).await;
-        self.blobs.remove_staging(id);
+        self.blobs.remove_staging_blocking(id.to_owned()).await;
     }
 
     /// PATCH: append `body`; with `Content-Range` its start must equal the current
@@ -292,7 +296,7 @@ impl Registry {
                 // A chunked body that disagrees with its Content-Range: undo the append
                 // (the hashes cannot be rewound, so the next request rehashes the file).
                 drop(staging);
-                self.blobs.truncate_staging(id, before)?;
+                self.blobs.truncate_staging_blocking(id.to_owned(), before).await?;
                 return Err(Error::BlobUploadInvalid(format!(
                     "Content-Range {start}-{end} announced {} bytes but the body had {}",
                     end - start + 1,
@@ -350,9 +354,8 @@ impl Registry {
     /// If even the cut fails the session cannot be trusted and ends.
     async fn undo_failed_write(&self, guard: &mut Slot, id: &str, staging: Staging, before: u64) {
         drop(staging);
-        let (blobs, sid) = (self.blobs.clone(), id.to_owned());
-        let cut = tokio::task::spawn_blocking(move || blobs.truncate_staging(&sid, before)).await;
-        if !matches!(cut, Ok(Ok(()))) {
+        let cut = self.blobs.truncate_staging_blocking(id.to_owned(), before).await;
+        if cut.is_err() {
             tracing::warn!(upload = id, "cannot cut a failed chunk off its upload; ending the session");
             guard.closed = true;
             self.forget(id).await;

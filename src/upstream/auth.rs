@@ -10,6 +10,9 @@ use base64::Engine;
 
 use super::UpstreamError;
 
+/// The longest a token server may make us keep a token (its `expires_in` is capped).
+const MAX_TOKEN_LIFE_SECS: u64 = 24 * 3600;
+
 #[derive(Clone)]
 struct Token {
     value: String,
@@ -130,8 +133,11 @@ impl Auth {
                     .or(t.access_token)
                     .ok_or_else(|| UpstreamError::Invalid("token response without a token".into()))?;
                 // Docker's default lifetime is 60 s; renew a little early.
-                let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
-                let expires = Instant::now() + life - Duration::from_secs(5);
+                // `expires_in` comes from the network: clamp it, so no value can
+                // overflow the clock arithmetic.
+                let life = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(10, MAX_TOKEN_LIFE_SECS));
+                let now = Instant::now();
+                let expires = now.checked_add(life - Duration::from_secs(5)).unwrap_or(now);
                 if let Ok(mut tokens) = self.tokens.lock() {
                     tokens.insert(repo.to_owned(), Token { value, expires });
                 }
