@@ -54,14 +54,11 @@ pub async fn open_with_hook(
     let meta = tokio::task::spawn_blocking(move || Meta::open(&db_path))
         .await
         .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??;
-    let cap = settings.cache.max_bytes.as_u64();
     let opts = Options {
         max_manifest_bytes: settings.max_manifest_bytes,
         upload_ttl: settings.upload_ttl,
-        cache_max_bytes: cap,
-        // Multiply first: `cap / 100 * pct` rounds the low-water mark below what it says.
-        cache_low_bytes: u64::try_from(u128::from(cap) * u128::from(settings.cache.low_water_percent) / 100)
-            .unwrap_or(cap),
+        cache_max_bytes: settings.cache.max_bytes,
+        cache_low_bytes: settings.cache.low_water_bytes,
     };
     let metrics = Arc::new(Metrics::default());
     let mut mirrors = Vec::new();
@@ -341,7 +338,7 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
             }
         }));
     }
-    let (reg, cache) = (reg.clone(), s.cache.clone());
+    let (reg, cache) = (reg.clone(), s.cache);
     tasks.push(tokio::spawn(async move {
         // Persist access times in batches; each fill commit checks the cap at once, the
         // tick catches anything else (a lowered cap after a restart).
