@@ -70,14 +70,11 @@ pub async fn open_with_seams(
                 .map_err(|e| AppError::Meta(MetaError::Storage(e.to_string().into())))??
         }
     };
-    let cap = settings.cache.max_bytes.as_u64();
     let opts = Options {
         max_manifest_bytes: settings.max_manifest_bytes,
         upload_ttl: settings.upload_ttl,
-        cache_max_bytes: cap,
-        // Multiply first: `cap / 100 * pct` rounds the low-water mark below what it says.
-        cache_low_bytes: u64::try_from(u128::from(cap) * u128::from(settings.cache.low_water_percent) / 100)
-            .unwrap_or(cap),
+        cache_max_bytes: settings.cache.max_bytes,
+        cache_low_bytes: settings.cache.low_water_bytes,
     };
     let metrics = Arc::new(Metrics::default());
     let mut mirrors = Vec::new();
@@ -119,7 +116,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    run_with_hook(listeners, settings, Arc::new(NoFaults), shutdown).await
+    Server::new(settings).listeners(listeners).run(shutdown).await
 }
 
 /// `run`, with a fault-injection hook in the blob store (see `open_with_hook`).
@@ -140,15 +137,206 @@ pub async fn run_with_seams(
     meta: Option<Meta>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let auth = authenticator(&settings)?;
-    let reg = open_with_seams(&settings, hook, meta).await?;
-    let tasks = spawn_background(&reg, &settings);
-    crate::http::server::serve(listeners, reg, auth, crate::http::server::Limits::of(&settings), shutdown)
-        .await;
-    for t in tasks {
-        t.abort();
+    let mut server = Server::new(settings).listeners(listeners).fault_hook(hook);
+    server.meta = meta;
+    server.run(shutdown).await
+}
+
+/// The one way a wharfie server starts: `serve` (production), the tests' `run` and the
+/// CLI's in-process server all build one of these. Options default to what a library
+/// caller wants (TLS as `[tls]` says; no stdout line, no sd_notify, no SIGHUP handler);
+/// `serve_blocking` turns on the operator-facing ones.
+pub struct Server {
+    settings: Settings,
+    listeners: Option<Vec<TcpListener>>,
+    hook: Arc<dyn FaultHook>,
+    /// A metadata store opened by the caller (the power-loss tests' volatile backend).
+    meta: Option<Meta>,
+    tls: bool,
+    auth: Option<Arc<Authenticator>>,
+    announce: bool,
+    notify: bool,
+    reload: bool,
+}
+
+impl Server {
+    pub fn new(settings: Settings) -> Self {
+        Server {
+            settings,
+            listeners: None,
+            hook: Arc::new(NoFaults),
+            meta: None,
+            tls: true,
+            auth: None,
+            announce: false,
+            notify: false,
+            reload: false,
+        }
     }
-    Ok(())
+
+    /// Serve on these listeners instead of binding `settings.listen`.
+    #[must_use]
+    pub fn listeners(mut self, listeners: Vec<TcpListener>) -> Self {
+        self.listeners = Some(listeners);
+        self
+    }
+
+    /// A fault-injection hook in the blob store (see [`open_with_hook`]).
+    #[must_use]
+    pub fn fault_hook(mut self, hook: Arc<dyn FaultHook>) -> Self {
+        self.hook = hook;
+        self
+    }
+
+    /// Speak TLS when `[tls]` is configured (the default); `false` serves plain HTTP.
+    #[must_use]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Use this authenticator instead of loading `[auth]` (the CLI's private server
+    /// passes [`Authenticator::disabled`]).
+    #[must_use]
+    pub fn authenticator(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Print `listening on SCHEME://ADDR` on stdout once serving.
+    #[must_use]
+    pub fn announce(mut self, on: bool) -> Self {
+        self.announce = on;
+        self
+    }
+
+    /// Tell systemd READY=1 once serving and STOPPING=1 when the drain starts.
+    #[must_use]
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
+    }
+
+    /// Re-read the htpasswd file on SIGHUP.
+    #[must_use]
+    pub fn reload(mut self, on: bool) -> Self {
+        self.reload = on;
+        self
+    }
+
+    /// Bind, load TLS and auth, open the stores and recover: every error a start can
+    /// have, before anything is served (a held database is `AppError::Meta(MetaError::Locked)`).
+    pub async fn start(self) -> Result<Started, AppError> {
+        let s = &self.settings;
+        let listeners = match self.listeners {
+            Some(l) => l,
+            None => vec![TcpListener::bind(s.listen)
+                .await
+                .map_err(|source| AppError::Bind { addr: s.listen.to_string(), source })?],
+        };
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| AppError::Bind { addr: s.listen.to_string(), source })?;
+        let tls = match (&s.tls, self.tls) {
+            (Some(t), true) => {
+                Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?)
+            }
+            _ => None,
+        };
+        let auth = match self.auth {
+            Some(a) => a,
+            None => authenticator(s)?,
+        };
+        let reg = open_with_seams(s, self.hook, self.meta).await?;
+        // Installed now, before READY=1 (see `shutdown_signal`).
+        let hup = self.reload.then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
+        Ok(Started {
+            settings: self.settings,
+            listeners,
+            addrs,
+            tls,
+            auth,
+            reg,
+            announce: self.announce,
+            notify: self.notify,
+            hup,
+        })
+    }
+
+    /// `start`, then serve until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        self.start().await?.run(shutdown).await
+    }
+}
+
+/// A server whose stores are open and listeners bound: [`Started::run`] serves.
+pub struct Started {
+    settings: Settings,
+    listeners: Vec<TcpListener>,
+    addrs: Vec<std::net::SocketAddr>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Arc<Authenticator>,
+    reg: Arc<Registry>,
+    announce: bool,
+    notify: bool,
+    hup: Option<std::io::Result<tokio::signal::unix::Signal>>,
+}
+
+impl Started {
+    /// The bound addresses, in the order of the listeners.
+    pub fn addrs(&self) -> &[std::net::SocketAddr] {
+        &self.addrs
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Serve until `shutdown` resolves, then drain and stop the background tasks.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let scheme = self.scheme();
+        let s = &self.settings;
+        if self.announce {
+            for addr in &self.addrs {
+                tracing::info!(%addr, data_dir = %s.data_dir.display(), scheme, "wharfie listening");
+                // The one line on stdout: scripts and tests read the bound address from it.
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "listening on {scheme}://{addr}");
+                let _ = out.flush();
+            }
+        }
+        let tasks = spawn_background(&self.reg, s);
+        let limits = crate::http::server::Limits::of(s);
+        let reload = self.hup.map(|hup| tokio::spawn(reload_on_sighup(self.auth.clone(), hup)));
+        // systemd (Type=notify): ready once the listener is bound and the stores are open;
+        // stopping as soon as the drain starts.
+        let notify = self.notify;
+        if notify {
+            crate::notify::ready();
+        }
+        let shutdown = async {
+            shutdown.await;
+            if notify {
+                crate::notify::stopping();
+            }
+        };
+        crate::http::server::serve_with(self.listeners, self.reg, self.auth, limits, self.tls, shutdown)
+            .await;
+        if let Some(r) = reload {
+            r.abort();
+        }
+        for t in tasks {
+            t.abort();
+        }
+        Ok(())
+    }
 }
 
 /// Load the htpasswd file and compile the rules: a bad file is a startup error, never
@@ -187,7 +375,7 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
             }
         }));
     }
-    let (reg, cache) = (reg.clone(), s.cache.clone());
+    let (reg, cache) = (reg.clone(), s.cache);
     tasks.push(tokio::spawn(async move {
         // Persist access times in batches; each fill commit checks the cap at once, the
         // tick catches anything else (a lowered cap after a restart).
@@ -274,41 +462,8 @@ pub fn serve_blocking(settings: Settings) -> Result<(), AppError> {
         .build()
         .map_err(AppError::Runtime)?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Bind { addr: settings.listen.to_string(), source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| AppError::Bind { addr: settings.listen.to_string(), source })?;
-        let tls = match &settings.tls {
-            Some(t) => Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?),
-            None => None,
-        };
-        let auth = authenticator(&settings)?;
-        let reg = open(&settings).await?;
-        let signals = shutdown_signal();
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(%addr, data_dir = %settings.data_dir.display(), scheme, "wharfie listening");
-        // The one line on stdout: scripts and tests read the bound address from it.
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "listening on {scheme}://{addr}");
-        let _ = out.flush();
-        let tasks = spawn_background(&reg, &settings);
-        let limits = crate::http::server::Limits::of(&settings);
-        // systemd (Type=notify): ready once the listener is bound and the stores are open;
-        // stopping as soon as a signal starts the drain.
-        crate::notify::ready();
-        let shutdown = async {
-            signals.await;
-            crate::notify::stopping();
-        };
-        let reload = tokio::spawn(reload_on_sighup(auth.clone(), hup));
-        crate::http::server::serve_with(vec![listener], reg, auth, limits, tls, shutdown).await;
-        reload.abort();
-        for t in tasks {
-            t.abort();
-        }
+        let started = Server::new(settings).announce(true).notify(true).reload(true).start().await?;
+        started.run(shutdown_signal()).await?;
         tracing::info!("wharfie stopped");
         Ok(())
     })

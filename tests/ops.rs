@@ -117,6 +117,27 @@ fn verify_refuses_while_the_server_runs() {
     assert!(out.stderr.contains("stop it first"), "{}", out.describe());
 }
 
+/// The data directory is held by a running server (the typed `MetaError::Locked`):
+/// `inventory`, like `import` and `export`, talks to that server over HTTP instead of
+/// failing or starting a second one. The server's own request counter proves it.
+#[test]
+fn cli_talks_to_the_running_server_that_holds_the_data_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let cfg = write_config(tmp.path(), free_port(), &dir, "");
+    let srv = Server::start(&cfg);
+    let out = cli(&["inventory", "--config", &path_str(&cfg), "-o", "-"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let inv: serde_json::Value = serde_json::from_str(&out.stdout).expect("inventory JSON on stdout");
+    assert!(inv.is_object(), "{inv}");
+    let metrics =
+        reqwest::blocking::get(format!("{}/metrics", srv.base)).expect("metrics").text().expect("text");
+    let m = parse_metrics(&metrics);
+    let served: f64 =
+        m.iter().filter(|(k, _)| k.starts_with("wharfie_http_requests_total")).map(|(_, v)| v).sum();
+    assert!(served >= 2.0, "the running server saw no ping and inventory request:\n{metrics}");
+}
+
 // ---------------------------------------------------------------------------
 // metrics, health, logs
 

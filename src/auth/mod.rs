@@ -1,7 +1,8 @@
 //! `auth/`: who is asking ([`Principal`], from an htpasswd file and `Basic` credentials)
 //! and what they may do ([`Access`] on a repository, from `[auth]` rules).
 //!
-//! May import: config-level vocabulary (serde, humantime) and [`crate::names`]. Never
+//! May import: [`crate::config::auth`] (the `[auth]` section's types and checks) and
+//! [`crate::names`]. Never
 //! names warp/hyper: the caller hands over the `Authorization` header value and turns the
 //! answers into 401/403 responses.
 //!
@@ -88,7 +89,6 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -96,94 +96,7 @@ use crate::names::RepoName;
 
 use self::rules::CompiledRule;
 pub use self::scope::Grants;
-
-/// Whether clients without credentials may pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Anonymous {
-    /// Anonymous clients may pull every repository (and list the catalog).
-    #[default]
-    Pull,
-    /// Anonymous clients may do only what a rule grants `"anonymous"`.
-    None,
-}
-
-/// What a request wants to do to a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// GET/HEAD of manifests, blobs, tags, referrers.
-    Pull,
-    /// Uploads and manifest PUT.
-    Push,
-    /// DELETE of manifests, tags, blobs.
-    Delete,
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Access::Pull => "pull",
-            Access::Push => "push",
-            Access::Delete => "delete",
-        })
-    }
-}
-
-/// One `[[auth.rules]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// A repository-name pattern: `library/nginx`, `team/*`, `team/**`, `**`.
-    pub repos: String,
-    /// User names, `"*"` (any authenticated user) or `"anonymous"`.
-    pub users: Vec<String>,
-    /// Any of `"pull"`, `"push"`, `"delete"`.
-    pub access: Vec<Access>,
-}
-
-/// `[auth]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// The htpasswd file (bcrypt entries, as `htpasswd -B` writes). Without it, auth is
-    /// off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub htpasswd: Option<PathBuf>,
-    /// `"pull"` or `"none"`.
-    pub anonymous: Anonymous,
-    /// The realm named in the `Basic` challenge.
-    pub realm: String,
-    /// Per-repository rules; when there are none, every user may do everything.
-    pub rules: Vec<Rule>,
-    /// How long a verified password is remembered ("0s": always run bcrypt).
-    #[serde(with = "humantime_serde")]
-    pub cache_ttl: Duration,
-    /// Challenge with `Bearer` and issue tokens at `/token` (Basic still works).
-    pub token: bool,
-    /// How long an issued token is valid.
-    #[serde(with = "humantime_serde")]
-    pub token_ttl: Duration,
-    /// The token endpoint's URL as clients reach it (e.g. behind a proxy); by default
-    /// it is built from the request's scheme and `Host`: `http://HOST/token`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_realm: Option<String>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            htpasswd: None,
-            anonymous: Anonymous::Pull,
-            realm: "wharfie".into(),
-            rules: Vec::new(),
-            cache_ttl: Duration::from_secs(60),
-            token: false,
-            token_ttl: Duration::from_secs(300),
-            token_realm: None,
-        }
-    }
-}
+pub use crate::config::auth::{Access, Anonymous, AuthConfig, Rule};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -253,12 +166,9 @@ pub enum AuthError {
     /// A line of the htpasswd file (1-based) is not a bcrypt entry.
     #[error("{path}:{line}: {reason}")]
     Htpasswd { path: PathBuf, line: usize, reason: String },
-    /// A rule (1-based, in file order) is invalid.
-    #[error("[auth] rule {number} (repos = {repos:?}): {reason}")]
-    Rule { number: usize, repos: String, reason: String },
-    /// An inconsistent `[auth]` section.
-    #[error("[auth]: {0}")]
-    Config(String),
+    /// A bad `[auth]` section: a rule, or an inconsistent combination.
+    #[error(transparent)]
+    Config(#[from] crate::config::auth::AuthConfigError),
     /// The `Authorization` header is present but unusable (→ 401 with the challenge).
     #[error("malformed Authorization header: {0}")]
     BadHeader(String),
@@ -372,57 +282,10 @@ struct CacheEntry {
     expires: Instant,
 }
 
-/// Check an `[auth]` section without reading the htpasswd file: the rules compile, and
-/// rules or `anonymous = "none"` come with an htpasswd file. Returns the compiled rules.
+/// Check the section (see [`AuthConfig::check`]) and compile its rules.
 fn check(cfg: &AuthConfig) -> Result<Vec<CompiledRule>, AuthError> {
-    let rules = rules::compile(&cfg.rules)?;
-    if cfg.htpasswd.is_none() {
-        if !cfg.rules.is_empty() {
-            return Err(AuthError::Config(
-                "rules need an htpasswd file (set htpasswd = \"/path\"); without one the registry \
-                 is open to everyone"
-                    .into(),
-            ));
-        }
-        if cfg.anonymous == Anonymous::None {
-            return Err(AuthError::Config(
-                "anonymous = \"none\" needs an htpasswd file (set htpasswd = \"/path\"); without one \
-                 the registry is open to everyone"
-                    .into(),
-            ));
-        }
-    }
-    if cfg.realm.chars().any(|c| c.is_control()) {
-        return Err(AuthError::Config("realm must not contain control characters".into()));
-    }
-    if cfg.token {
-        if cfg.htpasswd.is_none() {
-            return Err(AuthError::Config(
-                "token = true needs an htpasswd file (set htpasswd = \"/path\")".into(),
-            ));
-        }
-        if cfg.token_ttl.is_zero() {
-            return Err(AuthError::Config("token_ttl must be longer than 0s".into()));
-        }
-    }
-    if let Some(r) = &cfg.token_realm {
-        let ok = (r.starts_with("http://") || r.starts_with("https://"))
-            && !r.chars().any(|c| c.is_control() || c == '"' || c.is_whitespace());
-        if !ok {
-            return Err(AuthError::Config(format!(
-                "token_realm = {r:?} must be an http:// or https:// URL (no quotes or spaces)"
-            )));
-        }
-    }
-    Ok(rules)
-}
-
-impl AuthConfig {
-    /// Check this section as [`Authenticator::new`] would, without reading the htpasswd
-    /// file (for configuration loading; the file is read at startup).
-    pub fn check(&self) -> Result<(), AuthError> {
-        check(self).map(drop)
-    }
+    cfg.check()?;
+    Ok(rules::compile(&cfg.rules)?)
 }
 
 /// Answers "who is this" and "may they".

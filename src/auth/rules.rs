@@ -16,109 +16,10 @@
 
 use std::collections::HashSet;
 
-use super::{Access, AuthError, Principal, Rule};
+use super::{Access, Principal, Rule};
+use crate::config::auth::{check_rule, AuthConfigError};
 
-/// The `users` entry that matches every authenticated user.
-pub const ANY_USER: &str = "*";
-/// The `users` entry that matches the anonymous principal.
-pub const ANONYMOUS: &str = "anonymous";
-
-/// One component of a compiled pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    /// `**`: whole components.
-    Any,
-    /// A component, possibly with `*` wildcards.
-    Glob(String),
-}
-
-/// A compiled repository-name pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern {
-    segs: Vec<Seg>,
-}
-
-impl Pattern {
-    /// Compile `s`, or say what is wrong with it.
-    pub fn parse(s: &str) -> Result<Pattern, String> {
-        if s.is_empty() {
-            return Err("the pattern is empty".into());
-        }
-        let mut segs = Vec::new();
-        for comp in s.split('/') {
-            if comp.is_empty() {
-                return Err(format!("pattern {s:?} has an empty path component"));
-            }
-            if comp == "**" {
-                segs.push(Seg::Any);
-                continue;
-            }
-            if comp.contains("**") {
-                return Err(format!(
-                    "pattern {s:?}: `**` must be a whole path component (like `team/**`); \
-                     use `*` to match within a component"
-                ));
-            }
-            if let Some(bad) = comp.chars().find(|&c| {
-                !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '*'))
-            }) {
-                return Err(format!(
-                    "pattern {s:?}: character {bad:?} never occurs in a repository name \
-                     (lowercase letters, digits, `.`, `_`, `-`, `/`; `*` and `**` are wildcards)"
-                ));
-            }
-            segs.push(Seg::Glob(comp.to_string()));
-        }
-        Ok(Pattern { segs })
-    }
-
-    /// Does the repository name `name` match?
-    pub fn matches(&self, name: &str) -> bool {
-        let comps: Vec<&str> = name.split('/').collect();
-        let (p, n) = (self.segs.len(), comps.len());
-        // dp[i][j]: segs[i..] matches comps[j..]. O(p·n) whatever the number of `**`.
-        let mut next = vec![false; n + 1];
-        next[n] = true;
-        for i in (0..p).rev() {
-            let mut cur = vec![false; n + 1];
-            let trailing = i + 1 == p;
-            for j in (0..=n).rev() {
-                cur[j] = match &self.segs[i] {
-                    // A trailing `**` takes one or more components.
-                    Seg::Any if trailing => j < n,
-                    // Elsewhere zero (skip it) or one more (stay on it).
-                    Seg::Any => next[j] || (j < n && cur[j + 1]),
-                    Seg::Glob(g) => j < n && glob_component(g.as_bytes(), comps[j].as_bytes()) && next[j + 1],
-                };
-            }
-            next = cur;
-        }
-        next[0]
-    }
-}
-
-/// `*`-only wildcard match within one component (the classic backtracking scan: linear
-/// in practice, O(|pat|·|s|) at worst).
-fn glob_component(pat: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        if p < pat.len() && pat[p] == b'*' {
-            star = Some((p, i));
-            p += 1;
-        } else if p < pat.len() && pat[p] == s[i] {
-            p += 1;
-            i += 1;
-        } else if let Some((sp, si)) = star {
-            p = sp + 1;
-            i = si + 1;
-            star = Some((sp, si + 1));
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|&c| c == b'*')
-}
+pub use crate::config::auth::{Pattern, ANONYMOUS, ANY_USER};
 
 /// A set of [`Access`] kinds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -166,31 +67,19 @@ impl CompiledRule {
     }
 }
 
-/// Compile and check every rule; errors name the rule (1-based) and its pattern.
-pub(crate) fn compile(rules: &[Rule]) -> Result<Vec<CompiledRule>, AuthError> {
+/// Compile every rule; errors (from [`check_rule`]) name the rule (1-based) and its
+/// pattern.
+pub(crate) fn compile(rules: &[Rule]) -> Result<Vec<CompiledRule>, AuthConfigError> {
     rules
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let bad = |reason: String| AuthError::Rule { number: i + 1, repos: r.repos.clone(), reason };
-            let pattern = Pattern::parse(&r.repos).map_err(bad)?;
-            if r.users.is_empty() {
-                return Err(bad(format!(
-                    "users is empty; list user names, {ANY_USER:?} (any authenticated user) or {ANONYMOUS:?}"
-                )));
-            }
-            if r.access.is_empty() {
-                return Err(bad("access is empty; list some of \"pull\", \"push\", \"delete\"".into()));
-            }
+            let pattern = check_rule(i, r)?;
             let (mut any_user, mut anonymous, mut users) = (false, false, HashSet::new());
             for u in &r.users {
                 match u.as_str() {
                     ANY_USER => any_user = true,
                     ANONYMOUS => anonymous = true,
-                    "" => return Err(bad("an empty user name".into())),
-                    name if name.contains(':') || name.trim() != name => {
-                        return Err(bad(format!("user name {name:?} cannot occur in an htpasswd file")))
-                    }
                     name => {
                         users.insert(name.to_string());
                     }

@@ -462,7 +462,7 @@ where
             Ok(r) => r,
             Err(e) => {
                 eprintln!("wharfie: {e}");
-                if e.to_string().contains("already open") {
+                if matches!(e, crate::app::AppError::Meta(crate::meta::MetaError::Locked)) {
                     eprintln!(
                         "wharfie: a running server holds {}; stop it first",
                         settings.data_dir.display()
@@ -541,9 +541,22 @@ fn with_client(
             return ExitCode::FAILURE;
         }
     };
-    let reg = match rt.block_on(crate::app::open(&settings)) {
-        Ok(reg) => reg,
-        Err(e) if e.to_string().contains("already open") => {
+    // A private loopback server for this one command, holding the data directory the
+    // command could open anyway: plain HTTP, auth off (`--creds` are for remote servers).
+    let listener = match rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("wharfie: cannot listen on loopback: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = crate::app::Server::new(settings.clone())
+        .listeners(vec![listener])
+        .tls(false)
+        .authenticator(std::sync::Arc::new(crate::auth::Authenticator::disabled()));
+    let started = match rt.block_on(server.start()) {
+        Ok(s) => s,
+        Err(crate::app::AppError::Meta(crate::meta::MetaError::Locked)) => {
             // A server holds the data directory: talk to it.
             let mut addr = settings.listen;
             if addr.ip().is_unspecified() {
@@ -558,26 +571,12 @@ fn with_client(
             return ExitCode::FAILURE;
         }
     };
-    let listener = match rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("wharfie: cannot listen on loopback: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let base = match listener.local_addr() {
-        Ok(a) => format!("http://{a}"),
-        Err(e) => {
-            eprintln!("wharfie: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(base) = started.addrs().first().map(|a| format!("http://{a}")) else {
+        eprintln!("wharfie: the in-process server has no listener");
+        return ExitCode::FAILURE;
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let limits = crate::http::server::Limits::of(&settings);
-    // A private loopback server for this one command, holding the data directory the
-    // command could open anyway: auth stays off (`--creds` are for remote servers).
-    let auth = std::sync::Arc::new(crate::auth::Authenticator::disabled());
-    let server = rt.spawn(crate::http::server::serve(vec![listener], reg, auth, limits, async {
+    let server = rt.spawn(started.run(async {
         let _ = stop_rx.await;
     }));
     let code = run(&base);

@@ -11,7 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthConfig, AuthError};
+pub mod auth;
+
+use self::auth::{AuthConfig, AuthConfigError};
 
 /// The commented default configuration, as shipped in /etc/wharfie/wharfie.toml.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -223,7 +225,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub upstreams: Vec<RawUpstream>,
     pub gc: GcConfig,
-    pub cache: CacheConfig,
+    pub cache: CacheSettings,
     pub tls: Option<TlsConfig>,
     /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
     /// is read at startup ([`crate::auth::Authenticator::new`]) and by `config check`.
@@ -231,6 +233,30 @@ pub struct Settings {
     /// `WHARFIE_*` variables that name no configuration key: ignored (the environment is
     /// shared with other programs), and logged as a warning at startup.
     pub ignored_env: Vec<IgnoredEnv>,
+}
+
+/// `[cache]`, resolved: byte counts, the low-water mark computed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Most bytes of mirrored blobs kept (0 = no cap).
+    pub max_bytes: u64,
+    /// Eviction stops at this many bytes (`low_water_percent` of `max_bytes`).
+    pub low_water_bytes: u64,
+    /// How often the cap is checked and access times persisted.
+    pub check_interval: Duration,
+}
+
+impl CacheSettings {
+    fn resolve(c: &CacheConfig) -> Self {
+        let cap = c.max_bytes.as_u64();
+        CacheSettings {
+            max_bytes: cap,
+            // Multiply first: `cap / 100 * pct` rounds the low-water mark below what it says.
+            low_water_bytes: u64::try_from(u128::from(cap) * u128::from(c.low_water_percent) / 100)
+                .unwrap_or(cap),
+            check_interval: c.check_interval,
+        }
+    }
 }
 
 /// A `WHARFIE_*` environment variable that is not a configuration key.
@@ -266,7 +292,7 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     /// A bad `[auth]` section; the message names the key or rule.
     #[error("{0}")]
-    Auth(#[source] AuthError),
+    Auth(#[source] AuthConfigError),
     /// `auth.htpasswd` cannot be resolved against the working directory.
     #[error("[auth] htpasswd = {path:?}: {source}")]
     AuthPath { path: PathBuf, source: std::io::Error },
@@ -570,7 +596,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         log_format: raw.log_format,
         upstreams: raw.upstreams.clone(),
         gc: raw.gc.clone(),
-        cache: raw.cache.clone(),
+        cache: CacheSettings::resolve(&raw.cache),
         tls: raw.tls.clone(),
         auth,
         ignored_env: Vec::new(),
@@ -599,7 +625,7 @@ mod tests {
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn auth_section_resolves_and_errors_name_the_key() {
-        use crate::auth::{Access, Anonymous, Rule};
+        use self::auth::{Access, Anonymous, Rule};
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "w.toml",

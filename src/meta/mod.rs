@@ -49,6 +49,10 @@ pub enum MetaError {
     MissingReference(Digest),
     #[error("the metadata writer has stopped")]
     Closed,
+    /// Another process (a running server) holds the database open: redb's
+    /// `DatabaseAlreadyOpen`. Callers that can talk to that server instead do so.
+    #[error("the metadata database is held by another process (a running server?)")]
+    Locked,
 }
 
 impl MetaError {
@@ -117,7 +121,11 @@ impl Meta {
         // metadata until RSS passed 400 MiB; an appliance's metadata working set is far
         // smaller, and the OS page cache still holds the rest of the file.
         let created = !path.exists();
-        let db = Database::builder().set_cache_size(META_CACHE_BYTES).create(path)?;
+        let db = match Database::builder().set_cache_size(META_CACHE_BYTES).create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(MetaError::Locked),
+            Err(e) => return Err(e.into()),
+        };
         if created {
             // redb syncs the file's data, not its directory entry: without this a power
             // cut after the first commits could leave a data directory with no meta.redb.
@@ -765,4 +773,20 @@ fn add(t: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<(), Meta
         t.insert(key, n)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second open of a database someone holds is the typed `Locked`, which the CLI
+    /// uses to talk to the running server instead of failing.
+    #[test]
+    fn a_held_database_is_locked_not_a_storage_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.redb");
+        let held = Meta::open(&path).expect("first open");
+        assert!(matches!(Meta::open(&path), Err(MetaError::Locked)), "second open must say Locked");
+        drop(held);
+    }
 }

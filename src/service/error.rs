@@ -78,7 +78,9 @@ impl From<MetaError> for Error {
             MetaError::MissingReference(d) => Error::ManifestBlobUnknown(d),
             MetaError::NotFound => Error::Internal("unexpected not-found from metadata".into()),
             MetaError::Closed => Error::Unavailable(e.to_string()),
-            MetaError::Storage(_) | MetaError::Corrupt(_) => Error::Internal(e.to_string()),
+            MetaError::Storage(_) | MetaError::Corrupt(_) | MetaError::Locked => {
+                Error::Internal(e.to_string())
+            }
         }
     }
 }
