@@ -327,6 +327,7 @@ fn debug_does_not_print_hashes() {
 #[test]
 fn config_section_parses_with_figment() {
     use figment::providers::{Format, Serialized, Toml};
+    use serde::{Deserialize, Serialize};
     #[derive(Deserialize, Serialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Wrapper {
