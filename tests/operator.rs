@@ -163,7 +163,9 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
     let low = f("low.toml", "[cache]\nlow_water_percent = 150\n");
     let syntax = f("syntax.toml", "[cache\n");
     let size_reason = "invalid value string \"lots\", expected a size such as \"512MiB\" or \"10GB\"";
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, String)> = vec![
+    // (arguments, environment, the exact line the user reads)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case<'_>> = vec![
         (vec!["--config", &bad_size], vec![], format!("[cache] max_bytes in {bad_size}: {size_reason}")),
         (vec![], vec![("WHARFIE_CACHE__MAX_BYTES", "lots")], format!("WHARFIE_CACHE__MAX_BYTES in the environment: {size_reason}")),
         (vec!["--config", &typo], vec![], format!("[cache] max_byte in {typo}: unknown key; did you mean max_bytes?")),
