@@ -290,10 +290,7 @@ impl Worker {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/?digest={}", b.0));
         let r =
             self.http.post(url).header("content-type", "application/octet-stream").body(b.1.to_vec()).send();
-        let ok = match r {
-            Ok(r) if r.status().as_u16() == 201 => true,
-            _ => false,
-        };
+        let ok = matches!(r, Ok(r) if r.status().as_u16() == 201);
         if ok {
             self.power.ack(Ack::Blob { repo: repo.into(), digest: b.0.clone(), bytes: b.1.clone() });
         }
