@@ -847,6 +847,43 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn notify_endpoints_resolve_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "notify_queue_max = 50\n[[notify]]\nurl = \"http://user:pw@hooks.local:8080/in\"\n\
+                 headers = { Authorization = \"Bearer x\" }\nactions = [\"push\"]\nrepositories = [\"team/**\"]\n",
+            )?;
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.notify_queue_max, 50);
+            let n = &s.notify[0];
+            assert_eq!(n.name, "hooks.local:8080", "the default name is host:port, never credentials");
+            assert_eq!(n.timeout, Duration::from_secs(5));
+            assert_eq!(n.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
+            assert!(n.repositories[0].matches("team/app") && !n.repositories[0].matches("other"));
+            let ep = |extra: &str| format!("[[notify]]\nurl = \"http://h:1/\"\n{extra}");
+            let cases = [
+                (ep("actions = [\"pull\"]\n"), r#"[[notify]] #1 actions in bad.toml: "pull" is not one of "push", "delete""#.to_owned()),
+                ("[[notify]]\nurl = \"ftp://h/\"\n".to_owned(), "[[notify]] #1 url in bad.toml: must be an http:// or https:// URL with a host".to_owned()),
+                (ep("timeout = \"0s\"\n"), "[[notify]] #1 timeout in bad.toml: must be more than 0s".to_owned()),
+                (ep("backoff_min = \"2m\"\n"), "[[notify]] #1 backoff_min in bad.toml: must be more than 0s and at most backoff_max".to_owned()),
+                (ep("headers = { \"Bad Header\" = \"x\" }\n"), r#"[[notify]] #1 headers in bad.toml: "Bad Header" is not a valid header name"#.to_owned()),
+                (ep("repositories = [\"Team/*\"]\n"), "[[notify]] #1 repositories in bad.toml: \"Team/*\": pattern \"Team/*\": character 'T' never occurs in a repository name (lowercase letters, digits, `.`, `_`, `-`, `/`; `*` and `**` are wildcards)".to_owned()),
+                (format!("{}{}", ep(""), ep("")), r#"[[notify]] #2 name in bad.toml: "h:1" names two endpoints; give each its own name"#.to_owned()),
+                (ep("uri = \"x\"\n"), "[[notify]] #1 uri in bad.toml: unknown key; did you mean url?".to_owned()),
+            ];
+            for (text, want) in cases {
+                jail.create_file("bad.toml", &text)?;
+                let err =
+                    load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err(&text).to_string();
+                assert_eq!(err, want, "{text:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn every_key_a_full_config_writes_is_known_to_the_environment_filter() {
         // The filter learns keys from the defaults, which leave unset options out: with
         // every option set, no key may be one the filter would drop.

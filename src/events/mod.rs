@@ -206,7 +206,9 @@ pub async fn start(
     metrics: &Metrics,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, MetaError> {
     meta.enable_events(if endpoints.is_empty() { 0 } else { queue_max });
-    meta.event_endpoints(endpoints.iter().map(|e| e.name.clone()).collect()).await?;
+    if !endpoints.is_empty() || meta.has_event_state()? {
+        meta.event_endpoints(endpoints.iter().map(|e| e.name.clone()).collect()).await?;
+    }
     let mut tasks = Vec::new();
     let mut all = Vec::new();
     for ep in endpoints {

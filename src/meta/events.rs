@@ -180,6 +180,13 @@ impl Meta {
         .await
     }
 
+    /// Whether any queue state exists (rows or cursors): when no endpoint is
+    /// configured and none does, startup has nothing to forget and writes nothing.
+    pub fn has_event_state(&self) -> Result<bool, MetaError> {
+        let rtx = self.db.begin_read()?;
+        Ok(rtx.open_table(EVENT_STATE)?.first()?.is_some() || rtx.open_table(EVENTS)?.first()?.is_some())
+    }
+
     /// Up to `limit` events after `endpoint`'s cursor, oldest first.
     pub fn events_after(&self, endpoint: &str, limit: usize) -> Result<Vec<(u64, EventRecord)>, MetaError> {
         let rtx = self.db.begin_read()?;
