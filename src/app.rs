@@ -312,7 +312,16 @@ impl Started {
                 let _ = out.flush();
             }
         }
-        let tasks = spawn_background(&self.reg, s);
+        let mut tasks = spawn_background(&self.reg, s);
+        let source = crate::events::Source {
+            addr: self.addrs.first().map_or_else(|| s.listen.to_string(), ToString::to_string),
+            scheme,
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let meta = self.reg.meta();
+        tasks.extend(
+            crate::events::start(meta, &s.notify, s.notify_queue_max, source, &self.reg.metrics).await?,
+        );
         let limits = crate::http::server::Limits::of(s);
         let reload = self.hup.map(|hup| tokio::spawn(reload_on_sighup(self.auth.clone(), hup)));
         // systemd (Type=notify): ready once the listener is bound and the stores are open;

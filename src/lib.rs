@@ -19,6 +19,7 @@
 //! | [`upstream`] | the client for upstream registries (auth, retries, blob streams) |
 //! | [`flight`] | in-process singleflight with a detached leader |
 //! | [`auth`] | htpasswd users and per-repository access rules |
+//! | [`events`] | push notifications: the durable queue's delivery to `[[notify]]` webhooks |
 //! | [`notify`] | systemd readiness (`sd_notify`) |
 //! | [`digest`], [`names`] | the shared vocabulary |
 //!
@@ -32,6 +33,7 @@ pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod events;
 pub mod flight;
 pub mod http;
 pub mod meta;

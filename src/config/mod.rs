@@ -65,6 +65,68 @@ pub struct RawConfig {
     /// Users (an htpasswd file) and per-repository rules; off without `htpasswd`.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Endpoints told of every manifest push and delete, as `[[notify]]` tables.
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
+    /// Most notification events queued (for the slowest endpoint); beyond it the oldest
+    /// is dropped and counted.
+    pub notify_queue_max: u64,
+}
+
+/// One `[[notify]]` table: a webhook receiving Distribution's notification envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Names the endpoint in logs, metrics and its queue cursor (default: the URL's
+    /// host and port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Extra request headers (e.g. `Authorization`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// One delivery attempt fails after this long.
+    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries wait `backoff_min`, doubling up to `backoff_max`.
+    #[serde(default = "default_notify_backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(default = "default_notify_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Only these actions (`push`, `delete`); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// Only repositories matching one of these patterns (`*` within a component, `**`
+    /// across, as in `[[auth.rules]]`); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+}
+
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_notify_backoff_min() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_notify_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A `[[notify]]` entry, checked: the name resolved, header names and values valid,
+/// patterns compiled.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub name: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub actions: Vec<String>,
+    pub repositories: Vec<auth::Pattern>,
 }
 
 /// `[tls]`
@@ -199,6 +261,8 @@ impl Default for RawConfig {
             cache: CacheConfig::default(),
             tls: None,
             auth: AuthConfig::default(),
+            notify: Vec::new(),
+            notify_queue_max: 100_000,
         }
     }
 }
@@ -230,6 +294,9 @@ pub struct Settings {
     /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
     /// is read at startup ([`crate::auth::Authenticator::new`]) and by `config check`.
     pub auth: AuthConfig,
+    /// `[[notify]]` endpoints.
+    pub notify: Vec<NotifySettings>,
+    pub notify_queue_max: u64,
     /// `WHARFIE_*` variables that name no configuration key: ignored (the environment is
     /// shared with other programs), and logged as a warning at startup.
     pub ignored_env: Vec<IgnoredEnv>,
@@ -308,7 +375,7 @@ const ENV_NOT_KEYS: &[&str] = &["config"];
 const OPTIONAL_KEYS: &[&str] = &["tls", "tls.cert", "tls.key", "auth.htpasswd", "auth.token_realm"];
 
 /// Tables whose value is an array of tables (`[[upstreams]]`).
-const ARRAY_TABLES: &[&str] = &["upstreams", "auth.rules"];
+const ARRAY_TABLES: &[&str] = &["upstreams", "auth.rules", "notify"];
 
 /// Every key the environment may set, dotted and lowercase (`cache.max_bytes`): the
 /// tables and keys of the defaults, and the optional ones. Arrays are set whole
@@ -576,6 +643,10 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
             ),
         ));
     }
+    let notify = resolve_notify(raw).map_err(|(key, reason)| bad(key, reason))?;
+    if raw.notify_queue_max == 0 {
+        return Err(bad("notify_queue_max".into(), "must be at least 1".into()));
+    }
     raw.auth.check().map_err(ConfigError::Auth)?;
     let mut auth = raw.auth.clone();
     if let Some(p) = &auth.htpasswd {
@@ -599,8 +670,74 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         cache: CacheSettings::resolve(&raw.cache),
         tls: raw.tls.clone(),
         auth,
+        notify,
+        notify_queue_max: raw.notify_queue_max,
         ignored_env: Vec::new(),
     })
+}
+
+/// Check `[[notify]]`; an error is (dotted key, reason).
+fn resolve_notify(raw: &RawConfig) -> Result<Vec<NotifySettings>, (String, String)> {
+    let mut out: Vec<NotifySettings> = Vec::new();
+    for (i, n) in raw.notify.iter().enumerate() {
+        let key = |k: &str| format!("notify.{i}.{k}");
+        let rest = n.url.strip_prefix("http://").or_else(|| n.url.strip_prefix("https://"));
+        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+        let host = host.map(|h| h.rsplit('@').next().unwrap_or_default()).filter(|h| !h.is_empty());
+        let Some(host) = host else {
+            return Err((key("url"), "must be an http:// or https:// URL with a host".into()));
+        };
+        let name = n.name.clone().unwrap_or_else(|| host.to_owned());
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-[]".contains(&b));
+        if !name_ok {
+            return Err((
+                key("name"),
+                format!("{name:?} must be 1-64 letters, digits and . _ : - (it names metrics)"),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err((key("name"), format!("{name:?} names two endpoints; give each its own name")));
+        }
+        let mut headers = Vec::new();
+        for (h, v) in &n.headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err((key("headers"), format!("{h:?} is not a valid header name")));
+            }
+            if http::HeaderValue::from_str(v).is_err() {
+                return Err((key("headers"), format!("the value of {h:?} is not a valid header value")));
+            }
+            headers.push((h.clone(), v.clone()));
+        }
+        if n.timeout.is_zero() {
+            return Err((key("timeout"), "must be more than 0s".into()));
+        }
+        if n.backoff_min.is_zero() || n.backoff_min > n.backoff_max {
+            return Err((key("backoff_min"), "must be more than 0s and at most backoff_max".into()));
+        }
+        for a in &n.actions {
+            if a != "push" && a != "delete" {
+                return Err((key("actions"), format!("{a:?} is not one of \"push\", \"delete\"")));
+            }
+        }
+        let repositories = n
+            .repositories
+            .iter()
+            .map(|p| auth::Pattern::parse(p).map_err(|e| (key("repositories"), format!("{p:?}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        out.push(NotifySettings {
+            name,
+            url: n.url.clone(),
+            headers,
+            timeout: n.timeout,
+            backoff_min: n.backoff_min,
+            backoff_max: n.backoff_max,
+            actions: n.actions.clone(),
+            repositories,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -705,6 +842,43 @@ mod tests {
             jail.create_file("bad.toml", "upload_ttl = \"soon\"\n")?;
             let err = load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err("bad");
             assert!(err.to_string().contains("bad.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn notify_endpoints_resolve_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "w.toml",
+                "notify_queue_max = 50\n[[notify]]\nurl = \"http://user:pw@hooks.local:8080/in\"\n\
+                 headers = { Authorization = \"Bearer x\" }\nactions = [\"push\"]\nrepositories = [\"team/**\"]\n",
+            )?;
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.notify_queue_max, 50);
+            let n = &s.notify[0];
+            assert_eq!(n.name, "hooks.local:8080", "the default name is host:port, never credentials");
+            assert_eq!(n.timeout, Duration::from_secs(5));
+            assert_eq!(n.headers, vec![("Authorization".to_owned(), "Bearer x".to_owned())]);
+            assert!(n.repositories[0].matches("team/app") && !n.repositories[0].matches("other"));
+            let ep = |extra: &str| format!("[[notify]]\nurl = \"http://h:1/\"\n{extra}");
+            let cases = [
+                (ep("actions = [\"pull\"]\n"), r#"[[notify]] #1 actions in bad.toml: "pull" is not one of "push", "delete""#.to_owned()),
+                ("[[notify]]\nurl = \"ftp://h/\"\n".to_owned(), "[[notify]] #1 url in bad.toml: must be an http:// or https:// URL with a host".to_owned()),
+                (ep("timeout = \"0s\"\n"), "[[notify]] #1 timeout in bad.toml: must be more than 0s".to_owned()),
+                (ep("backoff_min = \"2m\"\n"), "[[notify]] #1 backoff_min in bad.toml: must be more than 0s and at most backoff_max".to_owned()),
+                (ep("headers = { \"Bad Header\" = \"x\" }\n"), r#"[[notify]] #1 headers in bad.toml: "Bad Header" is not a valid header name"#.to_owned()),
+                (ep("repositories = [\"Team/*\"]\n"), "[[notify]] #1 repositories in bad.toml: \"Team/*\": pattern \"Team/*\": character 'T' never occurs in a repository name (lowercase letters, digits, `.`, `_`, `-`, `/`; `*` and `**` are wildcards)".to_owned()),
+                (format!("{}{}", ep(""), ep("")), r#"[[notify]] #2 name in bad.toml: "h:1" names two endpoints; give each its own name"#.to_owned()),
+                (ep("uri = \"x\"\n"), "[[notify]] #1 uri in bad.toml: unknown key; did you mean url?".to_owned()),
+            ];
+            for (text, want) in cases {
+                jail.create_file("bad.toml", &text)?;
+                let err =
+                    load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err(&text).to_string();
+                assert_eq!(err, want, "{text:?}");
+            }
             Ok(())
         });
     }

@@ -8,6 +8,7 @@
 //! by the one writer thread (`writer.rs`) with group commit.
 
 mod backend;
+mod events;
 mod gc;
 mod inventory;
 mod lease;
@@ -24,6 +25,7 @@ use redb::{
 
 use crate::digest::Digest;
 pub use backend::{SyncGate, VolatileBackend};
+pub use events::EventStats;
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
 pub use lease::{LeaseGuard, LeaseKey};
@@ -33,6 +35,7 @@ pub use lease::{LeaseGuard, LeaseKey};
 pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
 pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
+pub use model::{EventRecord, EventRequest};
 use schema::*;
 
 /// Errors of the metadata layer.
@@ -96,6 +99,8 @@ pub struct PutManifest {
     /// Require every reference to be linked (pushes). A mirror fill stores a manifest
     /// before its blobs, which are fetched on demand.
     pub check_refs: bool,
+    /// The notification recorded with the push (when the queue is on).
+    pub event: Option<EventRecord>,
 }
 
 /// A manifest row and, when asked for, its exact bytes.
@@ -106,6 +111,7 @@ pub type StoredManifest = (ManifestRecord, Option<Vec<u8>>);
 pub struct Meta {
     db: Arc<Database>,
     writer: Arc<writer::Handle>,
+    events: Arc<events::Queue>,
 }
 
 /// At most this many manifest rows are read by one [`Meta::references`] walk.
@@ -161,10 +167,12 @@ impl Meta {
             txn.open_table(MANIFEST_LINKS)?;
             txn.open_table(BLOB_LINKS)?;
             txn.open_table(ACCESS)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(EVENT_STATE)?;
         }
         txn.commit()?;
         let writer = Arc::new(writer::spawn(db.clone()).map_err(MetaError::storage)?);
-        Ok(Meta { db, writer })
+        Ok(Meta { db, writer, events: Arc::default() })
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
@@ -550,6 +558,7 @@ impl Meta {
     /// Store a manifest, link it, move the tag and record the referrer — all or
     /// nothing, after checking every reference is linked in the repository.
     pub async fn put_manifest(&self, m: PutManifest) -> Result<(), MetaError> {
+        let queue = self.events.clone();
         self.write(move |txn| {
             let repo = m.repo.as_str();
             if m.check_refs {
@@ -589,24 +598,31 @@ impl Meta {
             if let (Some(desc), Some(subject)) = (&m.referrer, &m.record.subject) {
                 txn.open_table(REFERRERS)?.insert((repo, subject.as_str(), d), encode(desc).as_slice())?;
             }
-            Ok(())
+            events::enqueue(txn, &queue, m.event)
         })
         .await
+        .map(|seq| self.events_published(seq))
     }
 
     /// Unlink a manifest from `repo`, with every tag that points at it and its
     /// referrer row. The manifest row itself stays for GC.
-    pub async fn delete_manifest(&self, repo: String, digest: Digest) -> Result<(), MetaError> {
-        self.write(
-            move |txn| {
-                if unlink_manifest(txn, &repo, &digest)? {
-                    Ok(())
-                } else {
-                    Err(MetaError::NotFound)
-                }
-            },
-        )
+    /// `event` (its target completed from the manifest row) is recorded with it.
+    pub async fn delete_manifest(
+        &self,
+        repo: String,
+        digest: Digest,
+        event: Option<EventRecord>,
+    ) -> Result<(), MetaError> {
+        let queue = self.events.clone();
+        self.write(move |txn| {
+            if !unlink_manifest(txn, &repo, &digest)? {
+                return Err(MetaError::NotFound);
+            }
+            let event = events::complete_delete(txn, event, &digest)?;
+            events::enqueue(txn, &queue, event)
+        })
         .await
+        .map(|seq| self.events_published(seq))
     }
 
     /// Record that the mirror confirmed `tag` upstream at `checked`.
@@ -662,16 +678,26 @@ impl Meta {
     }
 
     /// Remove one tag; the manifest stays.
-    pub async fn delete_tag(&self, repo: String, tag: String) -> Result<(), MetaError> {
+    /// `event` (its target completed from the tag row) is recorded with it.
+    pub async fn delete_tag(
+        &self,
+        repo: String,
+        tag: String,
+        event: Option<EventRecord>,
+    ) -> Result<(), MetaError> {
+        let queue = self.events.clone();
         self.write(move |txn| {
-            let removed = txn.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?.is_some();
-            if removed {
-                Ok(())
-            } else {
-                Err(MetaError::NotFound)
-            }
+            let removed =
+                txn.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?.map(|v| v.value().to_vec());
+            let Some(removed) = removed else {
+                return Err(MetaError::NotFound);
+            };
+            let rec: TagRecord = decode(&removed)?;
+            let event = event.map(|e| EventRecord { tag: Some(tag.clone()), digest: Some(rec.digest), ..e });
+            events::enqueue(txn, &queue, event)
         })
         .await
+        .map(|seq| self.events_published(seq))
     }
 
     /// Unlink a blob from `repo`; the file and row stay for GC.

@@ -34,3 +34,11 @@ pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("man
 pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
 /// blob digest → last access (unix milliseconds), persisted in batches for eviction.
 pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+/// seq → `EventRecord`: the notification queue, in commit order. Rows are written in
+/// the transaction that commits the change they announce, and removed from the front
+/// only (delivered to every endpoint, or dropped when the queue is full), so the keys
+/// are contiguous.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// `seq` → the last sequence number given out; `cursor/<endpoint>` → the last one that
+/// endpoint has taken; `dropped/<endpoint>` → events it lost to a full queue.
+pub const EVENT_STATE: TableDefinition<&str, u64> = TableDefinition::new("event_state");

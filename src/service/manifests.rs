@@ -248,6 +248,7 @@ impl Registry {
             Reference::Tag(t) => Some(t.as_str().to_owned()),
             Reference::Digest(_) => None,
         };
+        let event = crate::events::push(repo.as_str(), &digest, &record.media_type, size, tag.as_deref());
         self.meta
             .put_manifest(PutManifest {
                 repo: repo.as_str().to_owned(),
@@ -260,6 +261,7 @@ impl Registry {
                 tag_checked: None,
                 referrer,
                 check_refs: true,
+                event: Some(event),
             })
             .await?;
         Ok(PutManifestOut { digest, subject: p.subject })
@@ -267,9 +269,14 @@ impl Registry {
 
     /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
+        let event = crate::events::delete(repo.as_str());
         let r = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo.as_str().to_owned(), d.clone()).await,
-            Reference::Tag(t) => self.meta.delete_tag(repo.as_str().to_owned(), t.as_str().to_owned()).await,
+            Reference::Digest(d) => {
+                self.meta.delete_manifest(repo.as_str().to_owned(), d.clone(), Some(event)).await
+            }
+            Reference::Tag(t) => {
+                self.meta.delete_tag(repo.as_str().to_owned(), t.as_str().to_owned(), Some(event)).await
+            }
         };
         match r {
             Err(MetaError::NotFound) => Err(Error::ManifestUnknown),

@@ -32,7 +32,12 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// Families other parts render themselves (the notification endpoints').
+    renderers: Mutex<Vec<Renderer>>,
 }
+
+/// Appends metric families to the `/metrics` text.
+pub type Renderer = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// What the blob rows hold, per origin (the store-size gauges).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +60,10 @@ impl Metrics {
     /// The upstream's health changed (or, at startup, is up).
     pub fn upstream_health(&self, upstream: &str, up: bool) {
         self.upstream_up.lock().unwrap_or_else(PoisonError::into_inner).insert(upstream.to_owned(), up);
+    }
+
+    pub fn add_renderer(&self, r: Renderer) {
+        self.renderers.lock().unwrap_or_else(PoisonError::into_inner).push(r);
     }
 
     pub fn observe_latency(&self, micros: u64) {
@@ -201,6 +210,9 @@ impl Metrics {
         for ((r, m, s), n) in self.http_requests.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let _ =
                 writeln!(o, "wharfie_http_requests_total{{route=\"{r}\",method=\"{m}\",status=\"{s}\"}} {n}");
+        }
+        for r in self.renderers.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            r(&mut o);
         }
         o
     }

@@ -418,6 +418,7 @@ impl Registry {
                 tag_checked: tag.map(|_| now()),
                 referrer,
                 check_refs: false,
+                event: None,
             })
             .await
             .map_err(Error::from)?;

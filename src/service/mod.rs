@@ -109,6 +109,11 @@ impl Registry {
         }
     }
 
+    /// The metadata store (the notification tasks read their queue from it).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     /// Ready to serve: the metadata store answers reads.
     pub fn ready(&self) -> Result<(), Error> {
         self.meta.uploads().map(|_| ()).map_err(Error::from)

@@ -165,10 +165,13 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
             }
             Method::PUT => {
                 let repo = writable(&name, Access::Push)?;
-                full(manifests::put(reg, req, &repo, &reference).await)
+                let ctx = crate::events::RequestContext::of(caller.who.user(), m.as_str(), &req.headers);
+                full(crate::events::scope(ctx, manifests::put(reg, req, &repo, &reference)).await)
             }
             Method::DELETE => {
-                full(manifests::delete(reg, &writable(&name, Access::Delete)?, &reference).await)
+                let repo = writable(&name, Access::Delete)?;
+                let ctx = crate::events::RequestContext::of(caller.who.user(), m.as_str(), &req.headers);
+                full(crate::events::scope(ctx, manifests::delete(reg, &repo, &reference)).await)
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
