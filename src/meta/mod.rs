@@ -11,6 +11,7 @@ mod backend;
 mod gc;
 mod inventory;
 mod lease;
+mod overview;
 pub mod model;
 mod schema;
 mod writer;
@@ -27,6 +28,7 @@ pub use backend::{SyncGate, VolatileBackend};
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
 pub use lease::{LeaseGuard, LeaseKey};
+pub use overview::{RepoSummary, TagRow, SUMMARY_CAP};
 
 /// A predicate on repository names (which repositories a caller may read), for the
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
