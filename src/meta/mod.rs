@@ -11,8 +11,8 @@ mod backend;
 mod gc;
 mod inventory;
 mod lease;
-mod overview;
 pub mod model;
+mod overview;
 mod schema;
 mod writer;
 

@@ -95,7 +95,12 @@ impl Meta {
     }
 
     /// Tags of `repo` after `last`, at most `n`; the flag says whether more remain.
-    pub fn tag_rows(&self, repo: &str, last: Option<&str>, n: usize) -> Result<(Vec<TagRow>, bool), MetaError> {
+    pub fn tag_rows(
+        &self,
+        repo: &str,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<TagRow>, bool), MetaError> {
         let rtx = self.db.begin_read()?;
         let tags = rtx.open_table(TAGS)?;
         let manifests = rtx.open_table(MANIFESTS)?;

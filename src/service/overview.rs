@@ -31,7 +31,12 @@ impl Registry {
     }
 
     /// A page of `repo`'s tags with what they point at.
-    pub fn tag_rows(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<(Vec<TagRow>, bool), Error> {
+    pub fn tag_rows(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<TagRow>, bool), Error> {
         Ok(self.meta.tag_rows(repo.as_str(), last, n)?)
     }
 }

@@ -20,7 +20,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::meta::{RepoSummary, TagRow};
 use crate::names::RepoName;
-use crate::service::{Error, RepoFilter, Registry};
+use crate::service::{Error, Registry, RepoFilter};
 use history::{Counters, Sample, Snapshot};
 
 /// Repositories named on the front page (hosted and mirrored together).
@@ -53,7 +53,10 @@ impl Viewer {
 /// What a request for a page comes to.
 #[derive(Debug)]
 pub enum Page {
-    Html { status: u16, body: String },
+    Html {
+        status: u16,
+        body: String,
+    },
     /// Ask for credentials (401 with a `Basic` challenge).
     Login,
     /// See other (303) at this path.
@@ -69,7 +72,12 @@ fn query<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 /// Render the page at `path` (`/`, `/ui/…`) for `viewer`.
-pub fn render(reg: &Arc<Registry>, viewer: &Viewer, path: &str, q: &[(String, String)]) -> Result<Page, Error> {
+pub fn render(
+    reg: &Arc<Registry>,
+    viewer: &Viewer,
+    path: &str,
+    q: &[(String, String)],
+) -> Result<Page, Error> {
     let last = query(q, "last").filter(|s| !s.is_empty());
     match path {
         "/" | "/ui" | "/ui/" => home(reg, viewer, None),
@@ -159,7 +167,8 @@ struct RepoLine {
 
 /// The front page, or (`from` given) the repositories after `from`.
 fn home(reg: &Arc<Registry>, viewer: &Viewer, from: Option<&str>) -> Result<Page, Error> {
-    let (names, more) = reg.catalog(from.filter(|s| !s.is_empty()), Some(PAGE_REPOS), viewer.filter.as_ref())?;
+    let (names, more) =
+        reg.catalog(from.filter(|s| !s.is_empty()), Some(PAGE_REPOS), viewer.filter.as_ref())?;
     // Anonymous, and nothing to see: ask for credentials rather than show an empty page.
     if viewer.anonymous() && names.is_empty() && from.is_none() {
         return Ok(Page::Login);
@@ -173,11 +182,7 @@ fn home(reg: &Arc<Registry>, viewer: &Viewer, from: Option<&str>) -> Result<Page
             None => hosted.push(line),
         }
     }
-    let next = if more {
-        hosted.iter().chain(mirrored.iter()).map(|l| l.name.clone()).max()
-    } else {
-        None
-    };
+    let next = if more { hosted.iter().chain(mirrored.iter()).map(|l| l.name.clone()).max() } else { None };
     let counters = Counters::of(&reg.metrics);
     let snap = history::history_of(&reg.metrics).snapshot();
     let title = if from.is_some() { "Repositories" } else { "wharfie" };
@@ -359,8 +364,16 @@ fn kind(row: &TagRow) -> Markup {
             br; code .muted { (short) }
         };
     }
-    match &m.artifact_type {
-        Some(t) => html! { span .kind data-kind="artifact" { "artifact" } " " code { (t) } br; code .muted { (short) } },
+    // The record's artifact type falls back to the config's media type (as the
+    // referrers API lists it): an image config there means an image.
+    let image_config = |t: &str| {
+        t == "application/vnd.oci.image.config.v1+json"
+            || t == "application/vnd.docker.container.image.v1+json"
+    };
+    match m.artifact_type.as_deref().filter(|t| !image_config(t)) {
+        Some(t) => {
+            html! { span .kind data-kind="artifact" { "artifact" } " " code { (t) } br; code .muted { (short) } }
+        }
         None => html! { span .kind data-kind="image" { "image" } br; code .muted { (short) } },
     }
 }
@@ -387,7 +400,12 @@ fn platforms(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn repo_page(reg: &Arc<Registry>, viewer: &Viewer, name: &RepoName, last: Option<&str>) -> Result<Page, Error> {
+fn repo_page(
+    reg: &Arc<Registry>,
+    viewer: &Viewer,
+    name: &RepoName,
+    last: Option<&str>,
+) -> Result<Page, Error> {
     let (rows, more) = reg.tag_rows(name, last, PAGE_TAGS)?;
     let summary = reg.repo_summary(name)?;
     if rows.is_empty() && last.is_none() && summary.manifests == 0 {

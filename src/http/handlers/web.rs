@@ -14,7 +14,8 @@ use crate::service::Registry;
 use crate::web::{self, Page, Viewer};
 
 const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
-const CSP: HeaderValue = HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'");
+const CSP: HeaderValue =
+    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'");
 
 fn html(status: StatusCode, body: String) -> Response<Bytes> {
     let mut r = Response::new(Bytes::from(body));
