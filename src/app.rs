@@ -370,7 +370,11 @@ fn authenticator(settings: &Settings) -> Result<Arc<Authenticator>, AppError> {
 
 /// The server's periodic work: upload expiry, GC, the cache cap.
 fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(expire_uploads(reg.clone(), s.upload_ttl))];
+    let mut tasks = vec![
+        tokio::spawn(expire_uploads(reg.clone(), s.upload_ttl)),
+        // The web page's chart: counters into a ring of the last hour.
+        tokio::spawn(crate::web::history::sample(reg.clone())),
+    ];
     if !s.gc.interval.is_zero() {
         let (reg, gc) = (reg.clone(), s.gc.clone());
         tasks.push(tokio::spawn(async move {

@@ -11,6 +11,7 @@
 //! | [`cli`] | the clap commands (`serve`, `config check`) |
 //! | [`config`] | figment layering → `Settings` |
 //! | [`app`] | wiring: open stores, recover, background tasks, serve |
+//! | [`web`] | the operator's web page at `/` (server-rendered HTML, the last hour's chart) |
 //! | [`http`] | route parser, handlers, the error → status/OCI code table, accept loop |
 //! | [`service`] | registry semantics: uploads, manifests, tags, catalog, referrers |
 //! | [`meta`] | redb tables, typed reads, the writer thread with group commit |
@@ -41,3 +42,4 @@ pub mod names;
 pub mod notify;
 pub mod service;
 pub mod upstream;
+pub mod web;

@@ -112,9 +112,11 @@ async fn handle(
     // whatever it asks for); /healthz, /readyz and /metrics never look at credentials.
     let v2 = path == "/v2" || path.starts_with("/v2/");
     let token = path == "/token" && auth.tokens();
-    let caller = if auth.enabled() && (v2 || token) {
+    // The web page is for browsers: Basic, whatever the API's challenge.
+    let web = matches!(route::parse(&path), Ok(route::Endpoint::Web));
+    let caller = if auth.enabled() && (v2 || token || web) {
         // The token endpoint itself asks for Basic credentials; the API points at it.
-        let challenge = if token {
+        let challenge = if token || web {
             auth.challenge()
         } else {
             let scope = route::parse(&path).ok().and_then(|ep| handlers::scope_needed(&ep, &method));

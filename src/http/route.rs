@@ -45,6 +45,8 @@ pub enum Endpoint {
     /// `/v2/_wharfie/inventory`: every blob and manifest digest held (wharfie only; what
     /// `wharfie inventory` and incremental imports read)
     Inventory,
+    /// `/` and `/ui/…`: the operator's web page (`crate::web` parses the rest)
+    Web,
 }
 
 impl Endpoint {
@@ -64,6 +66,7 @@ impl Endpoint {
             Endpoint::Ready => "readyz",
             Endpoint::Token => "token",
             Endpoint::Inventory => "inventory",
+            Endpoint::Web => "web",
         }
     }
 }
@@ -110,6 +113,8 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         "/metrics" => return Ok(Endpoint::Metrics),
         "/readyz" => return Ok(Endpoint::Ready),
         "/token" => return Ok(Endpoint::Token),
+        "/" | "/ui" => return Ok(Endpoint::Web),
+        p if p.starts_with("/ui/") => return Ok(Endpoint::Web),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -198,6 +203,8 @@ mod tests {
             Some(Endpoint::Upload { name: name("blobs"), id: "abc-1".into() })
         );
         assert_eq!(parse("/v2/x/tags/list").ok(), Some(Endpoint::Tags { name: name("x") }));
+        assert_eq!(parse("/").ok(), Some(Endpoint::Web));
+        assert_eq!(parse("/ui/repo/a/b").ok(), Some(Endpoint::Web));
         assert_eq!(
             parse("/v2/manifests/manifests/tags/list").ok(),
             Some(Endpoint::Tags { name: name("manifests/manifests") })

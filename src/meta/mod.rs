@@ -13,6 +13,7 @@ mod gc;
 mod inventory;
 mod lease;
 pub mod model;
+mod overview;
 mod schema;
 mod writer;
 
@@ -29,6 +30,7 @@ pub use events::EventStats;
 pub use gc::{BlobCandidate, MarkMode};
 pub use inventory::{Held, Inventory};
 pub use lease::{LeaseGuard, LeaseKey};
+pub use overview::{RepoSummary, TagRow, SUMMARY_CAP};
 
 /// A predicate on repository names (which repositories a caller may read), for the
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.

@@ -15,6 +15,7 @@ mod inventory;
 mod manifests;
 pub mod metrics;
 mod mirror;
+mod overview;
 mod tags;
 mod uploads;
 

@@ -6,6 +6,7 @@ mod blobs;
 mod manifests;
 mod tags;
 mod uploads;
+mod web;
 
 /// The header parsers, public for the property tests and fuzz targets.
 pub use blobs::{parse_range, RangeSpec};
@@ -148,6 +149,10 @@ pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<
                 caller.catalog()?;
                 Ok(base::inventory(reg, caller.pull_filter().as_ref(), req.q("locate").is_some())?.into())
             }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Web => match m {
+            Method::GET | Method::HEAD => Ok(web::page(reg, caller, &req)?.into()),
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Tags { name } => match m {
