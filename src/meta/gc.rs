@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use super::lease::leased;
 use super::model::{self, decode, encode};
 use super::schema::*;
-use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
+use super::{add, put_blob_row, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
 use crate::digest::Digest;
 
 /// Which blobs `gc_mark_blobs` may mark.
@@ -268,7 +268,8 @@ impl Meta {
 fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool, MetaError> {
     let key = d.as_str();
     let rec: Option<BlobRecord> = txn.open_table(BLOBS)?.get(key)?.map(|v| decode(v.value())).transpose()?;
-    let Some(mut rec) = rec else { return Ok(false) };
+    let Some(old) = rec else { return Ok(false) };
+    let mut rec = old.clone();
     if rec.deleting {
         return Ok(false);
     }
@@ -287,7 +288,7 @@ fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool,
         return Ok(false);
     }
     rec.deleting = true;
-    txn.open_table(BLOBS)?.insert(key, encode(&rec).as_slice())?;
+    put_blob_row(txn, key, Some(&old), &rec)?;
     let repos: Vec<String> = {
         let links = txn.open_table(BLOB_LINKS)?;
         let mut v = Vec::new();

@@ -19,7 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
+    WriteTransaction,
 };
 
 use crate::digest::Digest;
@@ -32,7 +33,9 @@ pub use lease::{LeaseGuard, LeaseKey};
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
 pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
-pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
+pub use model::{
+    BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,
+};
 use schema::*;
 
 /// Errors of the metadata layer.
@@ -146,7 +149,10 @@ impl Meta {
     fn from_db(db: Database) -> Result<Self, MetaError> {
         let db = Arc::new(db);
         let txn = db.begin_write()?;
+        // A `meta.redb` written before the counters existed: compute them once.
+        let migrate = !txn.list_tables()?.any(|t| t.name() == STATS.name());
         {
+            txn.open_table(STATS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(REPO_BLOBS)?;
             txn.open_table(MANIFESTS)?;
@@ -161,6 +167,11 @@ impl Meta {
             txn.open_table(MANIFEST_LINKS)?;
             txn.open_table(BLOB_LINKS)?;
             txn.open_table(ACCESS)?;
+        }
+        if migrate {
+            let st = scan_stats(&txn.open_table(BLOBS)?)?;
+            write_stats(&mut txn.open_table(STATS)?, &st)?;
+            tracing::info!(blobs = st.pushed_blobs + st.mirrored_blobs, "meta: computed the blob counters");
         }
         txn.commit()?;
         let writer = Arc::new(writer::spawn(db.clone()).map_err(MetaError::storage)?);
@@ -185,6 +196,18 @@ impl Meta {
     }
 
     // ---- reads -------------------------------------------------------------------
+
+    /// Live blobs and bytes per origin, from the counters (four point reads, whatever
+    /// the number of blobs).
+    pub fn store_stats(&self) -> Result<StoreStats, MetaError> {
+        read_stats(&self.read(STATS)?)
+    }
+
+    /// The same figures from a scan of every blob row: what the counters must equal
+    /// (tests, and the migration of an older `meta.redb`).
+    pub fn store_stats_by_scan(&self) -> Result<StoreStats, MetaError> {
+        scan_stats(&self.read(BLOBS)?)
+    }
 
     /// The blob row, whatever repositories link it.
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
@@ -396,10 +419,9 @@ impl Meta {
         lease: Option<LeaseKey>,
     ) -> Result<(), MetaError> {
         self.write(move |txn| {
-            let mut blobs = txn.open_table(BLOBS)?;
             let existing: Option<BlobRecord> =
-                blobs.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-            let rec = match existing {
+                txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
+            let rec = match existing.clone() {
                 // Same content: keep the row (upgraded to pushed by a push), but restart
                 // its grace period — a manifest referencing it is about to follow, and
                 // GC must not take an old unreferenced blob from under that push.
@@ -412,7 +434,7 @@ impl Meta {
                 }
                 _ => record,
             };
-            blobs.insert(digest.as_str(), encode(&rec).as_slice())?;
+            put_blob_row(txn, digest.as_str(), existing.as_ref(), &rec)?;
             link_blob(txn, &repo, &digest)?;
             if let Some(id) = upload {
                 txn.open_table(UPLOADS)?.remove(id.as_str())?;
@@ -485,12 +507,13 @@ impl Meta {
                         found
                     }
                 };
-            if let (true, Some(mut rec)) = (present, rec) {
+            if let (true, Some(old)) = (present, rec) {
+                let mut rec = old.clone();
                 if origin == Origin::Pushed {
                     rec.origin = Origin::Pushed;
                 }
                 rec.created = rec.created.max(model::now());
-                txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
+                put_blob_row(txn, digest.as_str(), Some(&old), &rec)?;
                 link_blob(txn, &repo, &digest)?;
             }
             Ok(present)
@@ -505,11 +528,12 @@ impl Meta {
         self.write(move |txn| {
             let rec: Option<BlobRecord> =
                 txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-            let Some(mut rec) = rec.filter(|r| !r.deleting) else {
+            let Some(old) = rec.filter(|r| !r.deleting) else {
                 return Ok(false);
             };
+            let mut rec = old.clone();
             rec.created = rec.created.max(model::now());
-            txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
+            put_blob_row(txn, digest.as_str(), Some(&old), &rec)?;
             link_blob(txn, &repo, &digest)?;
             Ok(true)
         })
@@ -756,6 +780,63 @@ pub(crate) fn unlink_manifest(
     Ok(true)
 }
 
+/// Write a blob row, replacing `old` (what the row held, if any), and keep `STATS`
+/// exact: `old` is uncounted and `new` counted, each only when live (not `deleting`).
+/// Every write of a blob row goes through here.
+pub(crate) fn put_blob_row(
+    txn: &WriteTransaction,
+    key: &str,
+    old: Option<&BlobRecord>,
+    new: &BlobRecord,
+) -> Result<(), MetaError> {
+    txn.open_table(BLOBS)?.insert(key, encode(new).as_slice())?;
+    let live = |r: &&BlobRecord| !r.deleting;
+    let (was, is) = (old.filter(live), Some(new).filter(live));
+    if was.map(|r| (r.origin, r.size)) == is.map(|r| (r.origin, r.size)) {
+        return Ok(());
+    }
+    let mut t = txn.open_table(STATS)?;
+    let mut st = read_stats(&t)?;
+    if let Some(r) = was {
+        st.count(r, true);
+    }
+    if let Some(r) = is {
+        st.count(r, false);
+    }
+    write_stats(&mut t, &st)
+}
+
+const STAT_KEYS: [&str; 4] = ["pushed_blobs", "pushed_bytes", "mirrored_blobs", "mirrored_bytes"];
+
+fn read_stats(t: &impl ReadableTable<&'static str, u64>) -> Result<StoreStats, MetaError> {
+    let mut v = [0u64; 4];
+    for (k, slot) in STAT_KEYS.iter().zip(v.iter_mut()) {
+        *slot = t.get(*k)?.map_or(0, |x| x.value());
+    }
+    Ok(StoreStats { pushed_blobs: v[0], pushed_bytes: v[1], mirrored_blobs: v[2], mirrored_bytes: v[3] })
+}
+
+fn write_stats(t: &mut redb::Table<&str, u64>, st: &StoreStats) -> Result<(), MetaError> {
+    let v = [st.pushed_blobs, st.pushed_bytes, st.mirrored_blobs, st.mirrored_bytes];
+    for (k, n) in STAT_KEYS.iter().zip(v) {
+        t.insert(*k, n)?;
+    }
+    Ok(())
+}
+
+/// Count every live blob row (one pass over `BLOBS`).
+fn scan_stats(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<StoreStats, MetaError> {
+    let mut st = StoreStats::default();
+    for item in t.iter()? {
+        let (_, v) = item?;
+        let rec: BlobRecord = decode(v.value())?;
+        if !rec.deleting {
+            st.count(&rec, false);
+        }
+    }
+    Ok(st)
+}
+
 /// Link a blob into a repository, both directions.
 fn link_blob(txn: &WriteTransaction, repo: &str, digest: &Digest) -> Result<(), MetaError> {
     txn.open_table(REPO_BLOBS)?.insert((repo, digest.as_str()), ())?;
@@ -788,5 +869,87 @@ mod tests {
         let held = Meta::open(&path).expect("first open");
         assert!(matches!(Meta::open(&path), Err(MetaError::Locked)), "second open must say Locked");
         drop(held);
+    }
+
+    fn rec(size: u64, origin: Origin, created: u64) -> BlobRecord {
+        BlobRecord { size, blake3: String::new(), created, origin, deleting: false }
+    }
+
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    /// The counters equal a scan of the rows after each kind of change: push, fill, a
+    /// push of a mirrored blob (origin upgrade), a mount into a hosted repository, GC's
+    /// mark and row removal, eviction — and the migration of a file without them.
+    #[tokio::test]
+    async fn counters_match_a_scan_across_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let meta = Meta::open(&path).unwrap();
+        let check = |meta: &Meta, want: StoreStats| {
+            let (c, s) = (meta.store_stats().unwrap(), meta.store_stats_by_scan().unwrap());
+            assert_eq!(c, s, "counters and scan differ");
+            assert_eq!(c, want);
+        };
+        check(&meta, StoreStats::default());
+        let st = |pb, pn, mb, mn| StoreStats {
+            pushed_blobs: pb,
+            pushed_bytes: pn,
+            mirrored_blobs: mb,
+            mirrored_bytes: mn,
+        };
+        // Push two blobs, one of them twice (same content: counted once).
+        meta.commit_blob("app".into(), d("p1"), rec(10, Origin::Pushed, 1), None, None).await.unwrap();
+        meta.commit_blob("app".into(), d("p2"), rec(20, Origin::Pushed, 1), None, None).await.unwrap();
+        meta.commit_blob("other".into(), d("p2"), rec(20, Origin::Pushed, 1), None, None).await.unwrap();
+        check(&meta, st(2, 30, 0, 0));
+        // Fill three mirrored blobs.
+        for (k, n) in [("m1", 100), ("m2", 200), ("m3", 300)] {
+            meta.commit_blob("hub/lib/x".into(), d(k), rec(n, Origin::Mirrored, 1), None, None)
+                .await
+                .unwrap();
+        }
+        check(&meta, st(2, 30, 3, 600));
+        // A push of mirrored content makes it pushed.
+        meta.commit_blob("app".into(), d("m1"), rec(100, Origin::Pushed, 1), None, None).await.unwrap();
+        check(&meta, st(3, 130, 2, 500));
+        // A mount into a hosted repository, too; a mirrored mount changes nothing.
+        let linked = meta
+            .mount_blob("app".into(), d("m2"), Some("hub/lib/x".into()), None, Origin::Pushed)
+            .await
+            .unwrap();
+        assert!(linked);
+        let linked =
+            meta.mount_blob("hub/lib/y".into(), d("m3"), None, None, Origin::Mirrored).await.unwrap();
+        assert!(linked);
+        check(&meta, st(4, 330, 1, 300));
+        // GC: marking takes the row out of the counters, removing it changes nothing more.
+        let marked = meta.gc_mark_blobs(vec![d("p1")], MarkMode::Garbage { cutoff: 2 }).await.unwrap();
+        assert_eq!(marked, vec![d("p1")]);
+        check(&meta, st(3, 320, 1, 300));
+        meta.gc_remove_blob_rows(marked).await.unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        // Eviction takes mirrored blobs only.
+        let all: RepoFilter = Arc::new(|r: &str| r.starts_with("hub/"));
+        let (marked, _) = meta.evict_blobs(vec![d("m3"), d("p2")], all).await.unwrap();
+        assert_eq!(marked, vec![d("m3")]);
+        check(&meta, st(3, 320, 0, 0));
+        // A fill of a blob GC is still deleting replaces the row: counted again.
+        meta.commit_blob("hub/lib/x".into(), d("m3"), rec(300, Origin::Mirrored, 5), None, None)
+            .await
+            .unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        drop(meta);
+
+        // An older file without the table: the counters are computed once at open.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(STATS).unwrap());
+            txn.commit().unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        check(&meta, st(3, 320, 1, 300));
     }
 }

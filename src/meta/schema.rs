@@ -32,5 +32,10 @@ pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
 pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
 /// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
 pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
+/// "pushed_blobs", "pushed_bytes", "mirrored_blobs", "mirrored_bytes" → the count and
+/// bytes of live blob rows (not `deleting`) by origin. Changed by every transaction that
+/// writes a blob row (`put_blob_row`), so it is exactly as fresh as `BLOBS`; computed once
+/// from a scan when an older `meta.redb` lacks it.
+pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// blob digest → last access (unix milliseconds), persisted in batches for eviction.
 pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
