@@ -39,3 +39,14 @@ pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("
 pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// blob digest → last access (unix milliseconds), persisted in batches for eviction.
 pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+/// (last access in unix milliseconds, digest) → () for every live mirrored blob row: the
+/// eviction order. The time is the blob's `ACCESS` entry, else its `created` × 1000.
+/// Changed in the transactions that write a blob row (`put_blob_row`) or an access time
+/// (`record_access`), so eviction reads the oldest entries instead of sorting every row.
+pub const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("lru");
+/// (referenced digest, manifest digest) → () for every manifest row and each entry of its
+/// `refs`: the reverse of `ManifestRecord::refs`, so eviction finds the manifests a blob
+/// (or a child manifest) breaks without reading every manifest.
+pub const REFERENCED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("referenced_by");
+/// (manifest digest, repo) → () — the reverse of `REPO_MANIFESTS`.
+pub const MANIFEST_REPOS: TableDefinition<(&str, &str), ()> = TableDefinition::new("manifest_repos");
