@@ -33,6 +33,15 @@ const CAP: u64 = 1024 * 1024; // four blobs
 /// Eviction frees down to 75 %: three blobs.
 const LOW: u8 = 75;
 
+/// The counters and indexes meta keeps in its write transactions (blob counts and bytes,
+/// the eviction order, blob → manifests, manifest → repositories) equal a scan of the
+/// rows, read by opening the stopped server's `meta.redb` again.
+fn assert_indexes_exact(dir: &Path) {
+    let meta = wharfie::meta::Meta::open(&dir.join("meta.redb")).expect("open meta.redb");
+    let drift = meta.index_drift().expect("index_drift");
+    assert!(drift.is_empty(), "counters or indexes differ from a scan of the rows: {drift:?}");
+}
+
 fn config(dir: &Path, up: &FakeUpstream) -> String {
     config_with(dir, up, false)
 }
@@ -86,7 +95,7 @@ fn eviction_keeps_mirrored_bytes_under_the_cap_in_lru_order() {
     let blobs: Vec<Vec<u8>> = (0..N).map(|i| bytes_of(S, 500 + i as u64)).collect();
     let digests: Vec<String> = blobs.iter().map(|b| up.add_blob(b.clone())).collect();
     let cfg = config(tmp.path(), &up);
-    let w = Wharfie::start_in(&dir, &["--config", &cfg]);
+    let mut w = Wharfie::start_in(&dir, &["--config", &cfg]);
     let api = Api::new(&w);
     let pull = |i: usize| {
         let r = api.get(&format!("/v2/up/lib/big/blobs/{}", digests[i]));
@@ -174,6 +183,9 @@ fn eviction_keeps_mirrored_bytes_under_the_cap_in_lru_order() {
     assert_eq!(up.count("GET", Kind::Blob), before + 1, "b2 fetched again: {}", up.summary());
     let (committed, _) = disk_bytes(&dir, &mirrored);
     assert!(committed <= CAP, "{committed} > {CAP} after the refetch");
+    drop(api);
+    assert_eq!(w.stop(), Some(0), "graceful stop");
+    assert_indexes_exact(&dir);
 }
 
 /// A real client (skopeo) pulls a six-layer image of 1.5 × the cap through the mirror,
@@ -317,6 +329,7 @@ fn eviction_takes_the_manifests_of_evicted_blobs_with_it() {
     hosted_ok(&api);
     drop(api);
     assert_eq!(w.stop(), Some(0), "graceful stop");
+    assert_indexes_exact(&dir);
 
     // Online again: A comes back whole from the upstream, and is pullable.
     let w = Wharfie::start_in(&dir, &["--config", &cfg]);

@@ -10,6 +10,7 @@ mod oci;
 mod ops_support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,15 @@ use ops_support::*;
 const DAY: u64 = 24 * 3600;
 
 /// Push `config` and `layers` into `repo`, then an OCI manifest (tagged, or by digest).
+/// The counters and indexes meta keeps in its write transactions (blob counts and bytes,
+/// the eviction order, blob → manifests, manifest → repositories) equal a scan of the
+/// rows, read by opening the stopped server's `meta.redb` again.
+fn assert_indexes_exact(dir: &Path) {
+    let meta = wharfie::meta::Meta::open(&dir.join("meta.redb")).expect("open meta.redb");
+    let drift = meta.index_drift().expect("index_drift");
+    assert!(drift.is_empty(), "counters or indexes differ from a scan of the rows: {drift:?}");
+}
+
 fn push_with(
     api: &Api,
     repo: &str,
@@ -396,6 +406,7 @@ fn gc_under_concurrent_pushes_loses_nothing_referenced() {
         "every row has its file and every file its row"
     );
     assert!(rows.values().all(|r| r.get("deleting").is_none()), "rows left marked deleting");
+    assert_indexes_exact(&dir);
     eprintln!("gc under load: {n} blob files on disk, all hash to their names");
 }
 

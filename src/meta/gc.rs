@@ -13,9 +13,9 @@
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::lease::leased;
-use super::model::{self, decode, encode};
+use super::model::{self, decode};
 use super::schema::*;
-use super::{add, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
+use super::{add, lru_time, put_blob_row, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
 use crate::digest::Digest;
 
 /// Which blobs `gc_mark_blobs` may mark.
@@ -43,14 +43,23 @@ fn count(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, Me
 }
 
 impl Meta {
-    /// Manifest rows that no repository links and no manifest references.
-    pub fn gc_manifest_candidates(&self, limit: usize) -> Result<Vec<Digest>, MetaError> {
+    /// Manifest rows that no repository links and no manifest references, in digest
+    /// order after `after` (a pass's cursor, so a pass reads each row once).
+    pub fn gc_manifest_candidates(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, MetaError> {
         let rtx = self.db.begin_read()?;
         let (links, refs) = (rtx.open_table(MANIFEST_LINKS)?, rtx.open_table(REFS)?);
         let mut out = Vec::new();
-        for item in rtx.open_table(MANIFESTS)?.iter()? {
+        let start = after.map_or("", Digest::as_str);
+        for item in rtx.open_table(MANIFESTS)?.range(start..)? {
             let (k, _) = item?;
             let d = k.value();
+            if d == start {
+                continue;
+            }
             if count(&links, d)? == 0 && count(&refs, d)? == 0 {
                 if let Ok(dg) = d.parse() {
                     out.push(dg);
@@ -161,16 +170,26 @@ impl Meta {
         Ok((gone, blobs))
     }
 
-    /// Blobs nothing references, created before `cutoff`, not leased.
-    pub fn gc_blob_candidates(&self, cutoff: u64, limit: usize) -> Result<Vec<BlobCandidate>, MetaError> {
+    /// Blobs nothing references, created before `cutoff`, not leased, in digest order
+    /// after `after` (a pass's cursor, so a pass reads each row once).
+    pub fn gc_blob_candidates(
+        &self,
+        cutoff: u64,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobCandidate>, MetaError> {
         let rtx = self.db.begin_read()?;
         let (refs, leases) = (rtx.open_table(REFS)?, rtx.open_table(LEASES)?);
         let now = model::now();
         let mut out = Vec::new();
-        for item in rtx.open_table(BLOBS)?.iter()? {
+        let start = after.map_or("", Digest::as_str);
+        for item in rtx.open_table(BLOBS)?.range(start..)? {
             let (k, v) = item?;
-            let rec: BlobRecord = decode(v.value())?;
             let d = k.value();
+            if d == start {
+                continue;
+            }
+            let rec: BlobRecord = decode(v.value())?;
             if rec.deleting || rec.created >= cutoff || count(&refs, d)? > 0 || leased(&leases, d, now)? {
                 continue;
             }
@@ -268,7 +287,8 @@ impl Meta {
 fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool, MetaError> {
     let key = d.as_str();
     let rec: Option<BlobRecord> = txn.open_table(BLOBS)?.get(key)?.map(|v| decode(v.value())).transpose()?;
-    let Some(mut rec) = rec else { return Ok(false) };
+    let Some(old) = rec else { return Ok(false) };
+    let mut rec = old.clone();
     if rec.deleting {
         return Ok(false);
     }
@@ -287,7 +307,7 @@ fn mark_blob(txn: &WriteTransaction, d: &Digest, mode: MarkMode) -> Result<bool,
         return Ok(false);
     }
     rec.deleting = true;
-    txn.open_table(BLOBS)?.insert(key, encode(&rec).as_slice())?;
+    put_blob_row(txn, key, Some(&old), &rec)?;
     let repos: Vec<String> = {
         let links = txn.open_table(BLOB_LINKS)?;
         let mut v = Vec::new();
@@ -320,8 +340,10 @@ fn delete_manifest_row(txn: &WriteTransaction, d: &Digest) -> Result<bool, MetaE
     if let Some(rec) = rec {
         let rec: ManifestRecord = decode(&rec)?;
         let mut refs = txn.open_table(REFS)?;
+        let mut by = txn.open_table(REFERENCED_BY)?;
         for r in &rec.refs {
             add(&mut refs, r.as_str(), -1)?;
+            by.remove((r.as_str(), d.as_str()))?;
         }
     }
     Ok(true)
@@ -332,61 +354,67 @@ fn delete_manifest_row(txn: &WriteTransaction, d: &Digest) -> Result<bool, MetaE
 /// index) a manifest so unlinked — with its tags there and its referrer row
 /// (`unlink_manifest`) — then delete the rows nothing links or references any more
 /// (`delete_manifest_row`), so every counter stays exact. Hosted repositories are never
-/// touched: what `mirrored` rejects keeps its links even to the same digest.
+/// touched: what `mirrored` rejects keeps its links even to the same digest, and a
+/// manifest no mirrored repository links neither breaks nor breaks its parents.
 ///
-/// There is no blob → manifests index, so this scans the manifests linked in mirrored
-/// repositories; eviction is rare and runs in the background. Returns how many
-/// (repository, manifest) links went.
+/// Walks `REFERENCED_BY` up from the evicted blobs and `MANIFEST_REPOS` for each manifest
+/// reached: the cost is that of the manifests that break, whatever the store holds.
+/// Returns how many (repository, manifest) links went.
 fn evict_broken_manifests(
     txn: &WriteTransaction,
     gone: &[Digest],
     mirrored: &(dyn Fn(&str) -> bool + Send + Sync),
 ) -> Result<usize, MetaError> {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::HashSet;
     if gone.is_empty() {
         return Ok(0);
     }
-    // Manifest digest → the mirrored repositories linking it.
-    let mut linked: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for item in txn.open_table(REPO_MANIFESTS)?.iter()? {
-        let (k, _) = item?;
-        let (r, d) = k.value();
-        if mirrored(r) {
-            linked.entry(d.to_owned()).or_default().push(r.to_owned());
-        }
-    }
-    let mut refs: BTreeMap<String, Vec<Digest>> = BTreeMap::new();
+    // (manifest, the mirrored repositories linking it) for each manifest that breaks.
+    let mut doomed: Vec<(Digest, Vec<String>)> = Vec::new();
     {
-        let rows = txn.open_table(MANIFESTS)?;
-        for d in linked.keys() {
-            if let Some(v) = rows.get(d.as_str())? {
-                refs.insert(d.clone(), decode::<ManifestRecord>(v.value())?.refs);
+        let (by, repos) = (txn.open_table(REFERENCED_BY)?, txn.open_table(MANIFEST_REPOS)?);
+        let mut seen: HashSet<String> = gone.iter().map(|d| d.as_str().to_owned()).collect();
+        let mut todo: Vec<String> = seen.iter().cloned().collect();
+        // Each manifest enters `todo` at most once (`seen`), so this ends.
+        while let Some(x) = todo.pop() {
+            let mut parents = Vec::new();
+            for item in by.range((x.as_str(), "")..)? {
+                let (k, _) = item?;
+                let (r, m) = k.value();
+                if r != x {
+                    break;
+                }
+                parents.push(m.to_owned());
             }
-        }
-    }
-    // Which manifests break: a fixed point, since an index breaks when a child does.
-    // Each pass adds at least one manifest or ends, so it runs at most |refs| + 1 times.
-    let mut broken: HashSet<String> = gone.iter().map(|d| d.as_str().to_owned()).collect();
-    let mut doomed: Vec<Digest> = Vec::new();
-    for _ in 0..=refs.len() {
-        let next: Vec<String> = refs
-            .iter()
-            .filter(|(d, r)| !broken.contains(*d) && r.iter().any(|x| broken.contains(x.as_str())))
-            .map(|(d, _)| d.clone())
-            .collect();
-        if next.is_empty() {
-            break;
-        }
-        for d in next {
-            if let Ok(dg) = d.parse::<Digest>() {
-                doomed.push(dg);
+            for m in parents {
+                if seen.contains(&m) {
+                    continue;
+                }
+                let mut linked = Vec::new();
+                for item in repos.range((m.as_str(), "")..)? {
+                    let (k, _) = item?;
+                    let (d, r) = k.value();
+                    if d != m {
+                        break;
+                    }
+                    if mirrored(r) {
+                        linked.push(r.to_owned());
+                    }
+                }
+                if linked.is_empty() {
+                    continue;
+                }
+                seen.insert(m.clone());
+                if let Ok(dg) = m.parse::<Digest>() {
+                    doomed.push((dg, linked));
+                }
+                todo.push(m);
             }
-            broken.insert(d);
         }
     }
     let mut n = 0;
-    for d in &doomed {
-        for r in linked.get(d.as_str()).into_iter().flatten() {
+    for (d, linked) in &doomed {
+        for r in linked {
             if super::unlink_manifest(txn, r, d)? {
                 n += 1;
             }
@@ -394,7 +422,7 @@ fn evict_broken_manifests(
     }
     // Delete the rows now free, parents (indexes) releasing children: at most
     // |doomed| passes, each deleting at least one row or ending.
-    let mut left = doomed;
+    let mut left: Vec<Digest> = doomed.into_iter().map(|(d, _)| d).collect();
     for _ in 0..=left.len() {
         let before = left.len();
         let mut keep = Vec::new();
@@ -420,12 +448,56 @@ impl Meta {
     pub async fn record_access(&self, times: Vec<(Digest, u64)>) -> Result<(), MetaError> {
         self.write(move |txn| {
             let mut t = txn.open_table(ACCESS)?;
+            let (blobs, mut lru) = (txn.open_table(BLOBS)?, txn.open_table(LRU)?);
             for (d, at) in times {
-                t.insert(d.as_str(), at)?;
+                let key = d.as_str();
+                let before = t.insert(key, at)?.map(|v| v.value());
+                // A live mirrored blob moves in the eviction order, in this transaction.
+                let rec: Option<BlobRecord> = blobs.get(key)?.map(|v| decode(v.value())).transpose()?;
+                if let Some(rec) = rec.filter(|r| !r.deleting && r.origin == Origin::Mirrored) {
+                    lru.remove((lru_time(before, &rec), key))?;
+                    lru.insert((at, key), ())?;
+                }
             }
             Ok(())
         })
         .await
+    }
+
+    /// Up to `limit` live mirrored blobs, least recently used first, after `after` (the
+    /// `(time, digest)` of the last one a previous call returned): eviction's order, read
+    /// from `LRU` and the rows it names — the cost of the blobs returned, not of the store.
+    pub fn lru_oldest(
+        &self,
+        after: Option<&(u64, Digest)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, BlobCandidate)>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let (lru, blobs) = (rtx.open_table(LRU)?, rtx.open_table(BLOBS)?);
+        let range = match after {
+            Some((at, d)) => lru.range((*at, d.as_str())..)?,
+            None => lru.range((0u64, "")..)?,
+        };
+        let mut out = Vec::new();
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            let (at, d) = k.value();
+            if after.is_some_and(|(a, ad)| *a == at && ad.as_str() == d) {
+                continue;
+            }
+            let Some(v) = blobs.get(d)? else { continue };
+            let rec: BlobRecord = decode(v.value())?;
+            if let Ok(digest) = d.parse() {
+                out.push((
+                    at,
+                    BlobCandidate { digest, size: rec.size, origin: rec.origin, created: rec.created },
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Persisted last-access times.

@@ -21,7 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
+    WriteTransaction,
 };
 
 use crate::digest::Digest;
@@ -38,6 +39,9 @@ pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
 pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
 pub use model::{EventRecord, EventRequest};
+pub use model::{
+    BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,
+};
 use schema::*;
 
 /// Errors of the metadata layer.
@@ -154,7 +158,18 @@ impl Meta {
     fn from_db(db: Database) -> Result<Self, MetaError> {
         let db = Arc::new(db);
         let txn = db.begin_write()?;
+        // A `meta.redb` written before the counters existed: compute them once.
+        let absent =
+            |name: &str| -> Result<bool, MetaError> { Ok(!txn.list_tables()?.any(|t| t.name() == name)) };
+        let migrate = absent(STATS.name())?;
+        // And before the eviction indexes existed: build each once.
+        let (no_lru, no_refby, no_mrepos) =
+            (absent(LRU.name())?, absent(REFERENCED_BY.name())?, absent(MANIFEST_REPOS.name())?);
         {
+            txn.open_table(STATS)?;
+            txn.open_table(LRU)?;
+            txn.open_table(REFERENCED_BY)?;
+            txn.open_table(MANIFEST_REPOS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(REPO_BLOBS)?;
             txn.open_table(MANIFESTS)?;
@@ -171,6 +186,33 @@ impl Meta {
             txn.open_table(ACCESS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(EVENT_STATE)?;
+        }
+        if migrate {
+            let st = scan_stats(&txn.open_table(BLOBS)?)?;
+            write_stats(&mut txn.open_table(STATS)?, &st)?;
+            tracing::info!(blobs = st.pushed_blobs + st.mirrored_blobs, "meta: computed the blob counters");
+        }
+        if no_lru {
+            let want = scan_lru(&txn.open_table(BLOBS)?, &txn.open_table(ACCESS)?)?;
+            let mut t = txn.open_table(LRU)?;
+            for (at, d) in &want {
+                t.insert((*at, d.as_str()), ())?;
+            }
+            tracing::info!(blobs = want.len(), "meta: built the eviction order index");
+        }
+        if no_refby {
+            let want = scan_referenced_by(&txn.open_table(MANIFESTS)?)?;
+            let mut t = txn.open_table(REFERENCED_BY)?;
+            for (r, m) in &want {
+                t.insert((r.as_str(), m.as_str()), ())?;
+            }
+        }
+        if no_mrepos {
+            let want = scan_manifest_repos(&txn.open_table(REPO_MANIFESTS)?)?;
+            let mut t = txn.open_table(MANIFEST_REPOS)?;
+            for (m, r) in &want {
+                t.insert((m.as_str(), r.as_str()), ())?;
+            }
         }
         txn.commit()?;
         let writer = Arc::new(writer::spawn(db.clone()).map_err(MetaError::storage)?);
@@ -195,6 +237,61 @@ impl Meta {
     }
 
     // ---- reads -------------------------------------------------------------------
+
+    /// Live blobs and bytes per origin, from the counters (four point reads, whatever
+    /// the number of blobs).
+    pub fn store_stats(&self) -> Result<StoreStats, MetaError> {
+        read_stats(&self.read(STATS)?)
+    }
+
+    /// The same figures from a scan of every blob row: what the counters must equal
+    /// (tests, and the migration of an older `meta.redb`).
+    pub fn store_stats_by_scan(&self) -> Result<StoreStats, MetaError> {
+        scan_stats(&self.read(BLOBS)?)
+    }
+
+    /// Where the counters and indexes kept in the write transactions (`STATS`, `LRU`,
+    /// `REFERENCED_BY`, `MANIFEST_REPOS`) differ from what a scan of the rows they
+    /// summarise gives, in words; empty when they are exact. One snapshot, every row
+    /// read: for tests and an operator's check, never a request path.
+    pub fn index_drift(&self) -> Result<Vec<String>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        let blobs = rtx.open_table(BLOBS)?;
+        let (kept, scanned) = (read_stats(&rtx.open_table(STATS)?)?, scan_stats(&blobs)?);
+        if kept != scanned {
+            out.push(format!("stats: kept {kept:?}, scan {scanned:?}"));
+        }
+        let mut lru = std::collections::BTreeSet::new();
+        for item in rtx.open_table(LRU)?.iter()? {
+            let (k, _) = item?;
+            let (at, d) = k.value();
+            lru.insert((at, d.to_owned()));
+        }
+        let want = scan_lru(&blobs, &rtx.open_table(ACCESS)?)?;
+        if lru != want {
+            let extra: Vec<_> = lru.difference(&want).take(5).collect();
+            let missing: Vec<_> = want.difference(&lru).take(5).collect();
+            out.push(format!("lru: extra {extra:?}, missing {missing:?}"));
+        }
+        let (by, want) =
+            (pairs(&rtx.open_table(REFERENCED_BY)?)?, scan_referenced_by(&rtx.open_table(MANIFESTS)?)?);
+        if by != want {
+            let extra: Vec<_> = by.difference(&want).take(5).collect();
+            let missing: Vec<_> = want.difference(&by).take(5).collect();
+            out.push(format!("referenced_by: extra {extra:?}, missing {missing:?}"));
+        }
+        let (mr, want) = (
+            pairs(&rtx.open_table(MANIFEST_REPOS)?)?,
+            scan_manifest_repos(&rtx.open_table(REPO_MANIFESTS)?)?,
+        );
+        if mr != want {
+            let extra: Vec<_> = mr.difference(&want).take(5).collect();
+            let missing: Vec<_> = want.difference(&mr).take(5).collect();
+            out.push(format!("manifest_repos: extra {extra:?}, missing {missing:?}"));
+        }
+        Ok(out)
+    }
 
     /// The blob row, whatever repositories link it.
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
@@ -406,10 +503,9 @@ impl Meta {
         lease: Option<LeaseKey>,
     ) -> Result<(), MetaError> {
         self.write(move |txn| {
-            let mut blobs = txn.open_table(BLOBS)?;
             let existing: Option<BlobRecord> =
-                blobs.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-            let rec = match existing {
+                txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
+            let rec = match existing.clone() {
                 // Same content: keep the row (upgraded to pushed by a push), but restart
                 // its grace period — a manifest referencing it is about to follow, and
                 // GC must not take an old unreferenced blob from under that push.
@@ -422,7 +518,7 @@ impl Meta {
                 }
                 _ => record,
             };
-            blobs.insert(digest.as_str(), encode(&rec).as_slice())?;
+            put_blob_row(txn, digest.as_str(), existing.as_ref(), &rec)?;
             link_blob(txn, &repo, &digest)?;
             if let Some(id) = upload {
                 txn.open_table(UPLOADS)?.remove(id.as_str())?;
@@ -495,12 +591,13 @@ impl Meta {
                         found
                     }
                 };
-            if let (true, Some(mut rec)) = (present, rec) {
+            if let (true, Some(old)) = (present, rec) {
+                let mut rec = old.clone();
                 if origin == Origin::Pushed {
                     rec.origin = Origin::Pushed;
                 }
                 rec.created = rec.created.max(model::now());
-                txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
+                put_blob_row(txn, digest.as_str(), Some(&old), &rec)?;
                 link_blob(txn, &repo, &digest)?;
             }
             Ok(present)
@@ -515,11 +612,12 @@ impl Meta {
         self.write(move |txn| {
             let rec: Option<BlobRecord> =
                 txn.open_table(BLOBS)?.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-            let Some(mut rec) = rec.filter(|r| !r.deleting) else {
+            let Some(old) = rec.filter(|r| !r.deleting) else {
                 return Ok(false);
             };
+            let mut rec = old.clone();
             rec.created = rec.created.max(model::now());
-            txn.open_table(BLOBS)?.insert(digest.as_str(), encode(&rec).as_slice())?;
+            put_blob_row(txn, digest.as_str(), Some(&old), &rec)?;
             link_blob(txn, &repo, &digest)?;
             Ok(true)
         })
@@ -541,6 +639,7 @@ impl Meta {
             if txn.open_table(REPO_MANIFESTS)?.insert((r, d), ())?.is_none() {
                 add(&mut txn.open_table(REPOS)?, r, 1)?;
                 add(&mut txn.open_table(MANIFEST_LINKS)?, d, 1)?;
+                txn.open_table(MANIFEST_REPOS)?.insert((d, r), ())?;
             }
             if let Some(subject) = &rec.subject {
                 let desc = Descriptor {
@@ -583,14 +682,17 @@ impl Meta {
                 manifests.insert(d, encode(&m.record).as_slice())?;
                 txn.open_table(MANIFEST_BODIES)?.insert(d, m.body.as_slice())?;
                 let mut refs = txn.open_table(REFS)?;
+                let mut by = txn.open_table(REFERENCED_BY)?;
                 for r in &m.record.refs {
                     add(&mut refs, r.as_str(), 1)?;
+                    by.insert((r.as_str(), d), ())?;
                 }
             }
             let newly_linked = txn.open_table(REPO_MANIFESTS)?.insert((repo, d), ())?.is_none();
             if newly_linked {
                 add(&mut txn.open_table(REPOS)?, repo, 1)?;
                 add(&mut txn.open_table(MANIFEST_LINKS)?, d, 1)?;
+                txn.open_table(MANIFEST_REPOS)?.insert((d, repo), ())?;
             }
             if let Some(tag) = &m.tag {
                 let rec =
@@ -756,6 +858,7 @@ pub(crate) fn unlink_manifest(
     }
     add(&mut txn.open_table(REPOS)?, r, -1)?;
     add(&mut txn.open_table(MANIFEST_LINKS)?, d, -1)?;
+    txn.open_table(MANIFEST_REPOS)?.remove((d, r))?;
     let mut tags = txn.open_table(TAGS)?;
     let mut doomed = Vec::new();
     for item in tags.range((r, "")..)? {
@@ -782,6 +885,139 @@ pub(crate) fn unlink_manifest(
         txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
     }
     Ok(true)
+}
+
+/// Write a blob row, replacing `old` (what the row held, if any), and keep `STATS`
+/// exact: `old` is uncounted and `new` counted, each only when live (not `deleting`);
+/// and `LRU`: `old`'s entry goes and `new`'s comes, each only when live and mirrored.
+/// Every write of a blob row goes through here.
+pub(crate) fn put_blob_row(
+    txn: &WriteTransaction,
+    key: &str,
+    old: Option<&BlobRecord>,
+    new: &BlobRecord,
+) -> Result<(), MetaError> {
+    txn.open_table(BLOBS)?.insert(key, encode(new).as_slice())?;
+    let live = |r: &&BlobRecord| !r.deleting;
+    let (was, is) = (old.filter(live), Some(new).filter(live));
+    let mirrored = |r: &&BlobRecord| r.origin == Origin::Mirrored;
+    let (lru_was, lru_is) = (was.filter(mirrored), is.filter(mirrored));
+    if lru_was.is_some() || lru_is.is_some() {
+        let accessed = txn.open_table(ACCESS)?.get(key)?.map(|v| v.value());
+        let mut lru = txn.open_table(LRU)?;
+        if let Some(r) = lru_was {
+            lru.remove((lru_time(accessed, r), key))?;
+        }
+        if let Some(r) = lru_is {
+            lru.insert((lru_time(accessed, r), key), ())?;
+        }
+    }
+    if was.map(|r| (r.origin, r.size)) == is.map(|r| (r.origin, r.size)) {
+        return Ok(());
+    }
+    let mut t = txn.open_table(STATS)?;
+    let mut st = read_stats(&t)?;
+    if let Some(r) = was {
+        st.count(r, true);
+    }
+    if let Some(r) = is {
+        st.count(r, false);
+    }
+    write_stats(&mut t, &st)
+}
+
+const STAT_KEYS: [&str; 4] = ["pushed_blobs", "pushed_bytes", "mirrored_blobs", "mirrored_bytes"];
+
+fn read_stats(t: &impl ReadableTable<&'static str, u64>) -> Result<StoreStats, MetaError> {
+    let mut v = [0u64; 4];
+    for (k, slot) in STAT_KEYS.iter().zip(v.iter_mut()) {
+        *slot = t.get(*k)?.map_or(0, |x| x.value());
+    }
+    Ok(StoreStats { pushed_blobs: v[0], pushed_bytes: v[1], mirrored_blobs: v[2], mirrored_bytes: v[3] })
+}
+
+fn write_stats(t: &mut redb::Table<&str, u64>, st: &StoreStats) -> Result<(), MetaError> {
+    let v = [st.pushed_blobs, st.pushed_bytes, st.mirrored_blobs, st.mirrored_bytes];
+    for (k, n) in STAT_KEYS.iter().zip(v) {
+        t.insert(*k, n)?;
+    }
+    Ok(())
+}
+
+/// A mirrored blob's place in `LRU`: its recorded access, else its creation.
+pub(crate) fn lru_time(accessed: Option<u64>, rec: &BlobRecord) -> u64 {
+    accessed.unwrap_or_else(|| rec.created.saturating_mul(1000))
+}
+
+/// What `LRU` must hold, from a scan of `BLOBS` and `ACCESS`.
+fn scan_lru(
+    blobs: &impl ReadableTable<&'static str, &'static [u8]>,
+    access: &impl ReadableTable<&'static str, u64>,
+) -> Result<std::collections::BTreeSet<(u64, String)>, MetaError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in blobs.iter()? {
+        let (k, v) = item?;
+        let rec: BlobRecord = decode(v.value())?;
+        if !rec.deleting && rec.origin == Origin::Mirrored {
+            let at = access.get(k.value())?.map(|v| v.value());
+            out.insert((lru_time(at, &rec), k.value().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// What `REFERENCED_BY` must hold, from a scan of `MANIFESTS`.
+fn scan_referenced_by(
+    rows: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<std::collections::BTreeSet<(String, String)>, MetaError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in rows.iter()? {
+        let (k, v) = item?;
+        let rec: ManifestRecord = decode(v.value())?;
+        for r in rec.refs {
+            out.insert((r.as_str().to_owned(), k.value().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// What `MANIFEST_REPOS` must hold, from a scan of `REPO_MANIFESTS`.
+fn scan_manifest_repos(
+    links: &impl ReadableTable<(&'static str, &'static str), ()>,
+) -> Result<std::collections::BTreeSet<(String, String)>, MetaError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in links.iter()? {
+        let (k, _) = item?;
+        let (r, d) = k.value();
+        out.insert((d.to_owned(), r.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Every entry of a two-string-key table, as owned pairs.
+fn pairs(
+    t: &impl ReadableTable<(&'static str, &'static str), ()>,
+) -> Result<std::collections::BTreeSet<(String, String)>, MetaError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in t.iter()? {
+        let (k, _) = item?;
+        let (a, b) = k.value();
+        out.insert((a.to_owned(), b.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Count every live blob row (one pass over `BLOBS`).
+fn scan_stats(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<StoreStats, MetaError> {
+    let mut st = StoreStats::default();
+    for item in t.iter()? {
+        let (_, v) = item?;
+        let rec: BlobRecord = decode(v.value())?;
+        if !rec.deleting {
+            st.count(&rec, false);
+        }
+    }
+    Ok(st)
 }
 
 /// Link a blob into a repository, both directions.
@@ -816,5 +1052,153 @@ mod tests {
         let held = Meta::open(&path).expect("first open");
         assert!(matches!(Meta::open(&path), Err(MetaError::Locked)), "second open must say Locked");
         drop(held);
+    }
+
+    fn rec(size: u64, origin: Origin, created: u64) -> BlobRecord {
+        BlobRecord { size, blake3: String::new(), created, origin, deleting: false }
+    }
+
+    fn d(s: &str) -> Digest {
+        Digest::of(s.as_bytes())
+    }
+
+    /// The counters equal a scan of the rows after each kind of change: push, fill, a
+    /// push of a mirrored blob (origin upgrade), a mount into a hosted repository, GC's
+    /// mark and row removal, eviction — and the migration of a file without them.
+    #[tokio::test]
+    async fn counters_match_a_scan_across_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let meta = Meta::open(&path).unwrap();
+        let check = |meta: &Meta, want: StoreStats| {
+            let (c, s) = (meta.store_stats().unwrap(), meta.store_stats_by_scan().unwrap());
+            assert_eq!(c, s, "counters and scan differ");
+            assert_eq!(c, want);
+            let drift = meta.index_drift().unwrap();
+            assert!(drift.is_empty(), "indexes differ from a scan: {drift:?}");
+        };
+        check(&meta, StoreStats::default());
+        let st = |pb, pn, mb, mn| StoreStats {
+            pushed_blobs: pb,
+            pushed_bytes: pn,
+            mirrored_blobs: mb,
+            mirrored_bytes: mn,
+        };
+        // Push two blobs, one of them twice (same content: counted once).
+        meta.commit_blob("app".into(), d("p1"), rec(10, Origin::Pushed, 1), None, None).await.unwrap();
+        meta.commit_blob("app".into(), d("p2"), rec(20, Origin::Pushed, 1), None, None).await.unwrap();
+        meta.commit_blob("other".into(), d("p2"), rec(20, Origin::Pushed, 1), None, None).await.unwrap();
+        check(&meta, st(2, 30, 0, 0));
+        // Fill three mirrored blobs.
+        for (k, n) in [("m1", 100), ("m2", 200), ("m3", 300)] {
+            meta.commit_blob("hub/lib/x".into(), d(k), rec(n, Origin::Mirrored, 1), None, None)
+                .await
+                .unwrap();
+        }
+        check(&meta, st(2, 30, 3, 600));
+        // A push of mirrored content makes it pushed.
+        meta.commit_blob("app".into(), d("m1"), rec(100, Origin::Pushed, 1), None, None).await.unwrap();
+        check(&meta, st(3, 130, 2, 500));
+        // A mount into a hosted repository, too; a mirrored mount changes nothing.
+        let linked = meta
+            .mount_blob("app".into(), d("m2"), Some("hub/lib/x".into()), None, Origin::Pushed)
+            .await
+            .unwrap();
+        assert!(linked);
+        let linked =
+            meta.mount_blob("hub/lib/y".into(), d("m3"), None, None, Origin::Mirrored).await.unwrap();
+        assert!(linked);
+        check(&meta, st(4, 330, 1, 300));
+        // Reads move a mirrored blob in the eviction order; a pushed one has no place.
+        meta.record_access(vec![(d("m3"), 9_000), (d("p2"), 9_000)]).await.unwrap();
+        check(&meta, st(4, 330, 1, 300));
+        let order = meta.lru_oldest(None, 10).unwrap();
+        assert_eq!(
+            order.iter().map(|(at, b)| (*at, b.digest.clone())).collect::<Vec<_>>(),
+            vec![(9_000, d("m3"))]
+        );
+        // Manifests: a mirrored image on m3 under an index, both in hub/lib/y, and the
+        // index also linked in a hosted repository; a pushed image on p2.
+        let man = |repo: &str, body: &str, refs: Vec<Digest>, origin: Origin| PutManifest {
+            repo: repo.into(),
+            digest: d(body),
+            record: ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: body.len() as u64,
+                subject: None,
+                artifact_type: None,
+                annotations: None,
+                created: 1,
+                origin,
+                refs: refs.clone(),
+            },
+            body: body.as_bytes().to_vec(),
+            blobs: refs,
+            manifests: Vec::new(),
+            tag: Some("t".into()),
+            tag_checked: None,
+            referrer: None,
+            check_refs: false,
+        };
+        meta.put_manifest(man("hub/lib/y", "img", vec![d("m3")], Origin::Mirrored)).await.unwrap();
+        meta.put_manifest(man("hub/lib/y", "idx", vec![d("img")], Origin::Mirrored)).await.unwrap();
+        assert!(meta.link_manifest("app".into(), d("idx")).await.unwrap());
+        meta.put_manifest(man("app", "pimg", vec![d("p2")], Origin::Pushed)).await.unwrap();
+        check(&meta, st(4, 330, 1, 300));
+        // GC: marking takes the row out of the counters, removing it changes nothing more.
+        let marked = meta.gc_mark_blobs(vec![d("p1")], MarkMode::Garbage { cutoff: 2 }).await.unwrap();
+        assert_eq!(marked, vec![d("p1")]);
+        check(&meta, st(3, 320, 1, 300));
+        meta.gc_remove_blob_rows(marked).await.unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        // Eviction takes mirrored blobs only.
+        let all: RepoFilter = Arc::new(|r: &str| r.starts_with("hub/"));
+        let (marked, links) = meta.evict_blobs(vec![d("m3"), d("p2")], all).await.unwrap();
+        assert_eq!(marked, vec![d("m3")]);
+        // The image and the index went from hub/lib/y; the hosted link of the index and
+        // the pushed image stay.
+        assert_eq!(links, 2);
+        assert!(meta.repo_manifest("hub/lib/y", &d("img"), false).unwrap().is_none());
+        assert!(meta.repo_manifest("hub/lib/y", &d("idx"), false).unwrap().is_none());
+        assert!(meta.repo_manifest("app", &d("idx"), false).unwrap().is_some());
+        assert!(meta.repo_manifest("app", &d("pimg"), false).unwrap().is_some());
+        check(&meta, st(3, 320, 0, 0));
+        // GC of the manifests once the hosted link goes: the index releases the image.
+        meta.delete_manifest("app".into(), d("idx")).await.unwrap();
+        let gone = meta.gc_delete_manifests(vec![d("idx"), d("img")]).await.unwrap();
+        assert_eq!(gone, vec![d("idx"), d("img")]);
+        check(&meta, st(3, 320, 0, 0));
+        // A fill of a blob GC is still deleting replaces the row: counted again.
+        meta.commit_blob("hub/lib/x".into(), d("m3"), rec(300, Origin::Mirrored, 5), None, None)
+            .await
+            .unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        drop(meta);
+
+        // An older file without the table: the counters are computed once at open.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(STATS).unwrap());
+            txn.commit().unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        // Reopened as is: still exact. Then the same for a file without the indexes.
+        drop(meta);
+        let meta = Meta::open(&path).unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        drop(meta);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(LRU).unwrap());
+            assert!(txn.delete_table(REFERENCED_BY).unwrap());
+            assert!(txn.delete_table(MANIFEST_REPOS).unwrap());
+            txn.commit().unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        check(&meta, st(3, 320, 1, 300));
+        assert_eq!(meta.lru_oldest(None, 10).unwrap().len(), 1);
     }
 }

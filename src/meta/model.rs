@@ -36,6 +36,32 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// What the live blob rows hold, per origin (the store-size gauges, the cache cap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub pushed_blobs: u64,
+    pub pushed_bytes: u64,
+    pub mirrored_blobs: u64,
+    pub mirrored_bytes: u64,
+}
+
+impl StoreStats {
+    /// Count one more (or, with `remove`, one fewer) live row.
+    pub(crate) fn count(&mut self, rec: &BlobRecord, remove: bool) {
+        let (n, b) = match rec.origin {
+            Origin::Pushed => (&mut self.pushed_blobs, &mut self.pushed_bytes),
+            Origin::Mirrored => (&mut self.mirrored_blobs, &mut self.mirrored_bytes),
+        };
+        if remove {
+            *n = n.saturating_sub(1);
+            *b = b.saturating_sub(rec.size);
+        } else {
+            *n = n.saturating_add(1);
+            *b = b.saturating_add(rec.size);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestRecord {
     pub media_type: String,

@@ -32,6 +32,11 @@ pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
 pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
 /// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
 pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
+/// "pushed_blobs", "pushed_bytes", "mirrored_blobs", "mirrored_bytes" → the count and
+/// bytes of live blob rows (not `deleting`) by origin. Changed by every transaction that
+/// writes a blob row (`put_blob_row`), so it is exactly as fresh as `BLOBS`; computed once
+/// from a scan when an older `meta.redb` lacks it.
+pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// blob digest → last access (unix milliseconds), persisted in batches for eviction.
 pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
 /// seq → `EventRecord`: the notification queue, in commit order. Rows are written in
@@ -42,3 +47,14 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `seq` → the last sequence number given out; `cursor/<endpoint>` → the last one that
 /// endpoint has taken; `dropped/<endpoint>` → events it lost to a full queue.
 pub const EVENT_STATE: TableDefinition<&str, u64> = TableDefinition::new("event_state");
+/// (last access in unix milliseconds, digest) → () for every live mirrored blob row: the
+/// eviction order. The time is the blob's `ACCESS` entry, else its `created` × 1000.
+/// Changed in the transactions that write a blob row (`put_blob_row`) or an access time
+/// (`record_access`), so eviction reads the oldest entries instead of sorting every row.
+pub const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("lru");
+/// (referenced digest, manifest digest) → () for every manifest row and each entry of its
+/// `refs`: the reverse of `ManifestRecord::refs`, so eviction finds the manifests a blob
+/// (or a child manifest) breaks without reading every manifest.
+pub const REFERENCED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("referenced_by");
+/// (manifest digest, repo) → () — the reverse of `REPO_MANIFESTS`.
+pub const MANIFEST_REPOS: TableDefinition<(&str, &str), ()> = TableDefinition::new("manifest_repos");

@@ -107,25 +107,32 @@ impl Registry {
             }
             return Ok(report);
         }
-        // Manifests first: deleting one can release its children and blobs. Bounded:
-        // each pass deletes at least one row or stops.
+        // Manifests first: deleting one can release its children and blobs. A pass
+        // walks the rows once in digest order (a cursor, not a restart per batch); a
+        // child released behind the cursor waits for the next pass, and passes repeat
+        // while one deletes something (each deletes at least one row or is the last).
         loop {
-            let cands = self.meta.gc_manifest_candidates(BATCH)?;
-            if cands.is_empty() {
+            let mut deleted = 0;
+            let mut after: Option<Digest> = None;
+            loop {
+                let cands = self.meta.gc_manifest_candidates(after.as_ref(), BATCH)?;
+                let Some(last) = cands.last().cloned() else { break };
+                after = Some(last);
+                let done = self.meta.gc_delete_manifests(cands).await?;
+                deleted += done.len();
+                report.manifests += done.len();
+                self.metrics.gc_manifests.fetch_add(done.len() as u64, Relaxed);
+            }
+            if deleted == 0 {
                 break;
             }
-            let done = self.meta.gc_delete_manifests(cands).await?;
-            if done.is_empty() {
-                break;
-            }
-            report.manifests += done.len();
-            self.metrics.gc_manifests.fetch_add(done.len() as u64, Relaxed);
         }
+        // Blobs: one pass in digest order, each row read once.
+        let mut after: Option<Digest> = None;
         loop {
-            let cands = self.meta.gc_blob_candidates(cutoff, BATCH)?;
-            if cands.is_empty() {
-                break;
-            }
+            let cands = self.meta.gc_blob_candidates(cutoff, after.as_ref(), BATCH)?;
+            let Some(last) = cands.last() else { break };
+            after = Some(last.digest.clone());
             let sizes: std::collections::HashMap<Digest, u64> =
                 cands.iter().map(|c| (c.digest.clone(), c.size)).collect();
             let marked = self
@@ -133,7 +140,7 @@ impl Registry {
                 .gc_mark_blobs(cands.into_iter().map(|c| c.digest).collect(), MarkMode::Garbage { cutoff })
                 .await?;
             if marked.is_empty() {
-                break;
+                continue;
             }
             let bytes = marked.iter().filter_map(|d| sizes.get(d)).sum::<u64>();
             report.bytes += bytes;
@@ -185,32 +192,13 @@ impl Registry {
         a.insert(digest.clone(), (now_millis(), true));
     }
 
-    fn last_access(&self, digest: &Digest) -> Option<u64> {
-        let a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.get(digest).map(|(t, _)| *t)
-    }
-
-    /// Load persisted access times (unix milliseconds; startup).
-    pub fn load_access(&self) -> Result<(), Error> {
-        let times = self.meta.access_times()?;
-        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (d, t) in times {
-            a.entry(d).or_insert((t, false));
-        }
-        Ok(())
-    }
-
-    /// Persist access times changed since the last flush, in one transaction.
+    /// Persist access times noted since the last flush, in one transaction, which also
+    /// moves those blobs in meta's eviction order. The map holds only what was read
+    /// since the last flush (it is drained), not every blob.
     pub async fn flush_access(&self) -> Result<usize, Error> {
         let dirty: Vec<(Digest, u64)> = {
             let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            a.iter_mut()
-                .filter(|(_, (_, dirty))| *dirty)
-                .map(|(d, (t, dirty))| {
-                    *dirty = false;
-                    (d.clone(), *t)
-                })
-                .collect()
+            a.drain().filter(|(_, (_, dirty))| *dirty).map(|(d, (t, _))| (d, t)).collect()
         };
         let n = dirty.len();
         if n > 0 {
@@ -219,27 +207,20 @@ impl Registry {
         Ok(n)
     }
 
-    /// Blobs and bytes stored, per origin (one read snapshot of the blob rows).
+    /// Blobs and bytes stored, per origin: the counters meta keeps in the transactions
+    /// that add and remove blob rows (no scan, whatever the number of blobs).
     pub fn store_stats(&self) -> Result<super::metrics::StoreStats, Error> {
-        let mut st = super::metrics::StoreStats::default();
-        for b in self.meta.blob_rows()? {
-            match b.origin {
-                Origin::Pushed => {
-                    st.pushed_blobs += 1;
-                    st.pushed_bytes += b.size;
-                }
-                Origin::Mirrored => {
-                    st.mirrored_blobs += 1;
-                    st.mirrored_bytes += b.size;
-                }
-            }
-        }
-        Ok(st)
+        Ok(self.meta.store_stats()?)
     }
 
-    /// Bytes of mirrored blobs stored.
+    /// The same figures counted from every blob row (what the counters must equal).
+    pub fn store_stats_by_scan(&self) -> Result<super::metrics::StoreStats, Error> {
+        Ok(self.meta.store_stats_by_scan()?)
+    }
+
+    /// Bytes of mirrored blobs stored (from the counters).
     pub fn mirrored_bytes(&self) -> Result<u64, Error> {
-        Ok(self.meta.blob_rows()?.iter().filter(|b| b.origin == Origin::Mirrored).map(|b| b.size).sum())
+        Ok(self.meta.store_stats()?.mirrored_bytes)
     }
 
     /// Apply the configured cache cap (no-op without one). One eviction runs at a time.
@@ -264,23 +245,33 @@ impl Registry {
     /// and with them the mirrored manifests that reference them (which would otherwise
     /// be served, by an offline mirror, with layers gone); they are fetched again on
     /// demand. Pushed content is never evicted. Returns (blobs, bytes) evicted.
+    ///
+    /// Under the cap (every fill commit but the one that crosses it) this is four point
+    /// reads of the counters. Over it, the order comes from meta's `LRU` index a page at
+    /// a time and the broken manifests from its blob → manifests index: the cost is that
+    /// of what is evicted, not of the store.
     pub async fn evict(&self, high_water: u64, low_water: u64) -> Result<(usize, u64), Error> {
-        let mut rows: Vec<_> =
-            self.meta.blob_rows()?.into_iter().filter(|b| b.origin == Origin::Mirrored).collect();
-        let mut total: u64 = rows.iter().map(|b| b.size).sum();
-        if total <= high_water {
+        if self.mirrored_bytes()? <= high_water {
             return Ok((0, 0));
         }
-        // Least recently used first: in-memory access times, else creation time.
-        rows.sort_by_key(|b| self.last_access(&b.digest).unwrap_or(b.created.saturating_mul(1000)));
+        // Reads noted in memory go into the order first: the index is then as fresh as
+        // the reads this process has seen.
+        self.flush_access().await?;
         let (mut n, mut bytes, mut manifests) = (0usize, 0u64, 0usize);
-        for chunk in rows.chunks(BATCH) {
+        let mut after: Option<(u64, Digest)> = None;
+        // Each pass moves the cursor a page further along the order, or stops.
+        let passes = self.meta.store_stats()?.mirrored_blobs / BATCH as u64 + 2;
+        for _ in 0..passes {
+            let total = self.mirrored_bytes()?;
             if total <= low_water {
                 break;
             }
+            let page = self.meta.lru_oldest(after.as_ref(), BATCH)?;
+            let Some((at, last)) = page.last() else { break };
+            after = Some((*at, last.digest.clone()));
             let mut take = Vec::new();
             let mut planned = total;
-            for b in chunk {
+            for (_, b) in &page {
                 if planned <= low_water {
                     break;
                 }
@@ -290,8 +281,7 @@ impl Registry {
             let (marked, m) = self.meta.evict_blobs(take, self.mirrored_repos()).await?;
             manifests += m;
             for d in &marked {
-                if let Some(b) = chunk.iter().find(|b| &b.digest == d) {
-                    total = total.saturating_sub(b.size);
+                if let Some((_, b)) = page.iter().find(|(_, b)| &b.digest == d) {
                     bytes += b.size;
                 }
             }

@@ -39,14 +39,8 @@ pub struct Metrics {
 /// Appends metric families to the `/metrics` text.
 pub type Renderer = Box<dyn Fn(&mut String) + Send + Sync>;
 
-/// What the blob rows hold, per origin (the store-size gauges).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    pub pushed_blobs: u64,
-    pub pushed_bytes: u64,
-    pub mirrored_blobs: u64,
-    pub mirrored_bytes: u64,
-}
+/// What the blob rows hold, per origin (the store-size gauges), kept as counters in meta.
+pub use crate::meta::StoreStats;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];

@@ -150,7 +150,6 @@ impl Registry {
         let orphans =
             tokio::task::spawn_blocking(move || blobs.clean_orphans(|d| !matches!(meta.blob(d), Ok(None))))
                 .await??;
-        self.load_access()?;
         if removed > 0 || leases > 0 || orphans > 0 || dead > 0 {
             tracing::info!(
                 staging = removed,
