@@ -20,7 +20,7 @@
 //! | [`flight`] | in-process singleflight with a detached leader |
 //! | [`auth`] | htpasswd users and per-repository access rules |
 //! | [`notify`] | systemd readiness (`sd_notify`) |
-//! | [`digest`], [`names`] | the shared vocabulary |
+//! | [`digest`], [`names`], [`manifest`] | the shared vocabulary (manifest: media types, the one walker over references) |
 //!
 //! Data flows one way: http → service → (meta, blob). The stores never import each
 //! other or anything above them.
@@ -34,6 +34,7 @@ pub mod config;
 pub mod digest;
 pub mod flight;
 pub mod http;
+pub mod manifest;
 pub mod meta;
 pub mod names;
 pub mod notify;

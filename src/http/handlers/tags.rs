@@ -70,10 +70,10 @@ pub(super) fn referrers(
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": crate::manifest::OCI_INDEX,
         "manifests": manifests,
     });
-    let mut resp = json(StatusCode::OK, &index, "application/vnd.oci.image.index.v1+json");
+    let mut resp = json(StatusCode::OK, &index, crate::manifest::OCI_INDEX);
     if filter.is_some() {
         set(&mut resp, HeaderName::from_static("oci-filters-applied"), "artifactType");
     }
