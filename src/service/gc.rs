@@ -21,14 +21,6 @@ use crate::meta::{model::now, MarkMode, Origin};
 /// writer thread while needing a quarter of the commits 256 did.
 const BATCH: usize = 1024;
 
-/// Milliseconds since the Unix epoch: access times need better than one-second
-/// resolution, or every blob pulled within the same second ties in the LRU order.
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
     pub manifests: usize,
@@ -179,46 +171,6 @@ impl Registry {
         Ok(n)
     }
 
-    /// Note a read of a mirrored blob (in memory; `flush_access` persists).
-    pub fn touch(&self, digest: &Digest) {
-        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.insert(digest.clone(), (now_millis(), true));
-    }
-
-    fn last_access(&self, digest: &Digest) -> Option<u64> {
-        let a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.get(digest).map(|(t, _)| *t)
-    }
-
-    /// Load persisted access times (unix milliseconds; startup).
-    pub fn load_access(&self) -> Result<(), Error> {
-        let times = self.meta.access_times()?;
-        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (d, t) in times {
-            a.entry(d).or_insert((t, false));
-        }
-        Ok(())
-    }
-
-    /// Persist access times changed since the last flush, in one transaction.
-    pub async fn flush_access(&self) -> Result<usize, Error> {
-        let dirty: Vec<(Digest, u64)> = {
-            let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            a.iter_mut()
-                .filter(|(_, (_, dirty))| *dirty)
-                .map(|(d, (t, dirty))| {
-                    *dirty = false;
-                    (d.clone(), *t)
-                })
-                .collect()
-        };
-        let n = dirty.len();
-        if n > 0 {
-            self.meta.record_access(dirty).await?;
-        }
-        Ok(n)
-    }
-
     /// Blobs and bytes stored, per origin (one read snapshot of the blob rows).
     pub fn store_stats(&self) -> Result<super::metrics::StoreStats, Error> {
         let mut st = super::metrics::StoreStats::default();
@@ -247,17 +199,8 @@ impl Registry {
         if self.opts.cache_max_bytes == 0 {
             return Ok((0, 0));
         }
-        let _one = self.evicting.lock().await;
+        let _one = self.cache.evicting.lock().await;
         self.evict(self.opts.cache_max_bytes, self.opts.cache_low_bytes).await
-    }
-
-    /// Which repositories hold mirrored content: those under an upstream's name (the
-    /// only names `locate` sends to a mirror; `hosted` refuses pushes to them).
-    fn mirrored_repos(&self) -> crate::meta::RepoFilter {
-        let names: Vec<String> = self.mirrors.iter().map(|m| m.name().to_owned()).collect();
-        std::sync::Arc::new(move |repo: &str| {
-            repo.split_once('/').is_some_and(|(first, _)| names.iter().any(|n| n == first))
-        })
     }
 
     /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes,
@@ -272,7 +215,7 @@ impl Registry {
             return Ok((0, 0));
         }
         // Least recently used first: in-memory access times, else creation time.
-        rows.sort_by_key(|b| self.last_access(&b.digest).unwrap_or(b.created.saturating_mul(1000)));
+        rows.sort_by_key(|b| self.cache.last_access(&b.digest).unwrap_or(b.created.saturating_mul(1000)));
         let (mut n, mut bytes, mut manifests) = (0usize, 0u64, 0usize);
         for chunk in rows.chunks(BATCH) {
             if total <= low_water {
@@ -287,7 +230,7 @@ impl Registry {
                 planned = planned.saturating_sub(b.size);
                 take.push(b.digest.clone());
             }
-            let (marked, m) = self.meta.evict_blobs(take, self.mirrored_repos()).await?;
+            let (marked, m) = self.meta.evict_blobs(take, self.mirrors.mirrored_repos()).await?;
             manifests += m;
             for d in &marked {
                 if let Some(b) = chunk.iter().find(|b| &b.digest == d) {
@@ -296,12 +239,7 @@ impl Registry {
                 }
             }
             n += marked.len();
-            {
-                let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                for d in &marked {
-                    a.remove(d);
-                }
-            }
+            self.cache.forget(&marked);
             self.unlink_marked(marked).await?;
         }
         self.metrics.evicted_blobs.fetch_add(n as u64, Relaxed);

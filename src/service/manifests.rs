@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Body, Error, Registry};
+use super::{Body, Error};
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, Manifest, RefKind, DOCKER_V1, DOCKER_V1_SIGNED};
 use crate::meta::Descriptor as Referrer;
-use crate::meta::{model::now, ManifestRecord, MetaError, Origin, PutManifest};
+use crate::meta::{model::now, ManifestRecord, Meta, MetaError, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
 
 /// What the registry needs to know of a manifest.
@@ -147,13 +147,12 @@ pub struct PutManifestOut {
     pub subject: Option<Digest>,
 }
 
-/// Read a body of at most `limit` bytes.
+/// Read a body of at most `limit` bytes (the HTTP layer drains what a refusal leaves).
 async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
         if (buf.len() + chunk.len()) as u64 > limit {
-            super::drain(&mut body).await;
             return Err(Error::ManifestTooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
@@ -161,7 +160,18 @@ async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
     Ok(buf.freeze())
 }
 
-impl Registry {
+/// Manifests by tag or digest in hosted and mirrored repositories alike, tags, the
+/// catalog and referrers (`tags.rs`).
+pub(super) struct Manifests {
+    pub(super) meta: Meta,
+    max_bytes: u64,
+}
+
+impl Manifests {
+    pub(super) fn new(meta: Meta, max_bytes: u64) -> Self {
+        Manifests { meta, max_bytes }
+    }
+
     fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
@@ -172,7 +182,7 @@ impl Registry {
     }
 
     /// GET/HEAD a manifest by tag or digest.
-    pub fn manifest(
+    pub(super) fn get(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -185,19 +195,19 @@ impl Registry {
     }
 
     /// The declared maximum manifest size.
-    pub fn max_manifest_bytes(&self) -> u64 {
-        self.opts.max_manifest_bytes
+    pub(super) fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// PUT a manifest by tag or digest.
-    pub async fn put_manifest(
+    pub(super) async fn put(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: Body,
     ) -> Result<PutManifestOut, Error> {
-        let bytes = read_limited(body, self.opts.max_manifest_bytes).await?;
+        let bytes = read_limited(body, self.max_bytes).await?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(d) = reference {
             if *d != digest {
@@ -229,7 +239,7 @@ impl Registry {
     }
 
     /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
+    pub(super) async fn delete(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
         let r = match reference {
             Reference::Digest(d) => self.meta.delete_manifest(repo.as_str().to_owned(), d.clone()).await,
             Reference::Tag(t) => self.meta.delete_tag(repo.as_str().to_owned(), t.as_str().to_owned()).await,
