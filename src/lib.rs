@@ -22,7 +22,7 @@
 //! | [`auth`] | htpasswd users and per-repository access rules |
 //! | [`events`] | push notifications: the durable queue's delivery to `[[notify]]` webhooks |
 //! | [`notify`] | systemd readiness (`sd_notify`) |
-//! | [`digest`], [`names`] | the shared vocabulary |
+//! | [`digest`], [`names`], [`manifest`] | the shared vocabulary (manifest: media types, the one walker over references) |
 //!
 //! Data flows one way: http → service → (meta, blob). The stores never import each
 //! other or anything above them.
@@ -37,6 +37,7 @@ pub mod digest;
 pub mod events;
 pub mod flight;
 pub mod http;
+pub mod manifest;
 pub mod meta;
 pub mod names;
 pub mod notify;

@@ -13,11 +13,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use super::bundle::{Compression, Held, LeftOut, ANN_INVENTORY, ANN_LEFT_OUT, BUNDLE_FILE};
 use super::{io_err, AirgapError, CONTAINERD_NAME, REF_NAME};
 use crate::digest::Digest;
+use crate::manifest::{Manifest, OCI_INDEX};
 use crate::upstream::client::RegistryClient;
 use crate::upstream::UpstreamError;
 
@@ -129,20 +128,6 @@ impl Sink {
     }
 }
 
-fn dg(x: &Value) -> Option<Digest> {
-    x["digest"].as_str()?.parse().ok()
-}
-
-/// Does an index entry's platform match `os/arch[/variant]`?
-fn platform_matches(entry: &Value, want: &str) -> bool {
-    let p = &entry["platform"];
-    let mut parts = want.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    p["os"].as_str() == os
-        && p["architecture"].as_str() == arch
-        && variant.is_none_or(|v| p["variant"].as_str() == Some(v))
-}
-
 struct Walk<'a> {
     client: &'a RegistryClient,
     have: Option<&'a Held>,
@@ -177,13 +162,13 @@ impl Walk<'_> {
         if !self.seen.insert(digest.clone()) {
             return Ok(());
         }
-        let v: Value = serde_json::from_slice(&bytes)
+        let v = Manifest::from_slice(&bytes)
             .map_err(|e| AirgapError::Format(format!("manifest {digest}: {e}")))?;
-        for c in v["manifests"].as_array().into_iter().flatten() {
-            let Some(cd) = dg(c) else { continue };
+        for c in v.children() {
+            let Ok(cd) = c.digest() else { continue };
             if self.held_manifest(&cd) {
                 self.left_out.manifests.insert(cd.to_string());
-                self.sizes.insert(cd.to_string(), c["size"].as_u64().unwrap_or(0));
+                self.sizes.insert(cd.to_string(), c.size);
                 continue;
             }
             let (cb, _, got) = self.client.get_manifest(repo, cd.as_str())?;
@@ -192,16 +177,13 @@ impl Walk<'_> {
             }
             self.tree(repo, cb, &cd, group, depth + 1)?;
         }
-        let mut descs: Vec<&Value> = v["config"].as_object().map(|_| &v["config"]).into_iter().collect();
-        descs.extend(v["layers"].as_array().into_iter().flatten().filter(|l| l.get("urls").is_none()));
-        for d in descs {
-            let Some(bd) = dg(d) else { continue };
-            let size = d["size"].as_u64().unwrap_or(0);
+        for d in v.blobs() {
+            let Ok(bd) = d.digest() else { continue };
             if self.have.is_some_and(|h| h.blobs.contains_key(bd.as_str())) {
                 self.left_out.blobs.insert(bd.to_string());
-                self.sizes.insert(bd.to_string(), size);
+                self.sizes.insert(bd.to_string(), d.size);
             } else if self.blobs_seen.insert(bd.clone()) {
-                group.push((bd, size));
+                group.push((bd, d.size));
             }
         }
         self.manifests.push((digest.clone(), bytes));
@@ -259,14 +241,14 @@ pub fn export(
             e => AirgapError::Format(format!("{name}: {e}")),
         })?;
         if let Some(p) = &opts.platform {
-            let v: Value = serde_json::from_slice(&bytes)
+            let v = Manifest::from_slice(&bytes)
                 .map_err(|e| AirgapError::Format(format!("{name}: manifest is not JSON: {e}")))?;
-            if let Some(children) = v["manifests"].as_array() {
-                let c = children
-                    .iter()
-                    .find(|c| platform_matches(c, p))
+            if v.manifests.is_some() {
+                let c = v
+                    .children()
+                    .find(|c| c.platform_matches(p))
                     .ok_or_else(|| AirgapError::Format(format!("{name}: no {p} image in its index")))?;
-                let cd = dg(c).ok_or_else(|| AirgapError::Format(format!("{name}: bad index entry")))?;
+                let cd = c.digest().map_err(|_| AirgapError::Format(format!("{name}: bad index entry")))?;
                 (bytes, mt, digest) = client.get_manifest(repo, cd.as_str())?;
             }
         }
@@ -319,7 +301,7 @@ pub fn export(
     }
     let mut idx = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": OCI_INDEX,
         "manifests": index,
     });
     let incremental = opts.have.is_some();
@@ -384,9 +366,10 @@ mod tests {
         assert_eq!(parse_image("a/b"), ("a/b".into(), None));
         assert_eq!(parse_image("localhost:5000/a"), ("localhost:5000/a".into(), None));
         assert_eq!(parse_image("a@sha256:00"), ("a".into(), Some("sha256:00".into())));
-        let e = serde_json::json!({"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}});
-        assert!(platform_matches(&e, "linux/arm64"));
-        assert!(platform_matches(&e, "linux/arm64/v8"));
-        assert!(!platform_matches(&e, "linux/amd64"));
+        let e = br#"{"digest":"","platform":{"os":"linux","architecture":"arm64","variant":"v8"}}"#;
+        let e: crate::manifest::Descriptor = serde_json::from_slice(e).expect("descriptor");
+        assert!(e.platform_matches("linux/arm64"));
+        assert!(e.platform_matches("linux/arm64/v8"));
+        assert!(!e.platform_matches("linux/amd64"));
     }
 }

@@ -13,13 +13,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::{io_err, AirgapError, CONTAINERD_NAME, REF_NAME};
 use crate::digest::Digest;
+use crate::manifest::{Manifest, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_MANIFEST};
 use crate::names::{RepoName, Tag};
 use crate::upstream::client::RegistryClient;
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 /// Metadata files kept in memory are at most this big.
 const MAX_META: u64 = 16 << 20;
 
@@ -368,13 +365,12 @@ impl Run<'_> {
             }
             return;
         };
-        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        let Ok(v) = Manifest::from_slice(bytes) else {
             out.bad.push(format!("manifest {d} is not JSON"));
             return;
         };
-        let desc = |x: &Value| -> Option<Digest> { x["digest"].as_str()?.parse().ok() };
-        for c in v["manifests"].as_array().into_iter().flatten() {
-            if let Some(cd) = desc(c) {
+        for c in v.children() {
+            if let Ok(cd) = c.digest() {
                 self.needs(&cd, out, seen, depth + 1);
             }
         }
@@ -391,14 +387,14 @@ impl Run<'_> {
     /// or references: what an image already in place links.
     fn closure(&self, d: &Digest, out: &mut Vec<Digest>, depth: u32) {
         out.push(d.clone());
-        let Some(v) = self.manifests.get(d).and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+        let Some(v) = self.manifests.get(d).and_then(|b| Manifest::from_slice(b).ok()) else {
             return;
         };
         if depth > 8 {
             return;
         }
-        for c in v["manifests"].as_array().into_iter().flatten() {
-            if let Some(cd) = c["digest"].as_str().and_then(|s| s.parse().ok()) {
+        for c in v.children() {
+            if let Ok(cd) = c.digest() {
                 self.closure(&cd, out, depth + 1);
             }
         }
@@ -534,19 +530,19 @@ impl Run<'_> {
                 (b, Some(src))
             }
         };
-        let v: Value = serde_json::from_slice(&bytes)
+        let v = Manifest::from_slice(&bytes)
             .map_err(|e| AirgapError::Format(format!("manifest {d} is not JSON: {e}")))?;
-        let mt = v["mediaType"].as_str().or(media_type).map(str::to_owned).unwrap_or_else(|| {
-            if v.get("manifests").is_some() {
-                OCI_INDEX.into()
-            } else {
-                "application/vnd.oci.image.manifest.v1+json".into()
-            }
-        });
+        let mt = v
+            .media_type
+            .as_deref()
+            .or(media_type)
+            .or_else(|| v.guessed_media_type())
+            .unwrap_or(OCI_MANIFEST)
+            .to_owned();
         let src_ref = src.as_deref().or(from);
-        for c in v["manifests"].as_array().into_iter().flatten() {
-            if let Some(cd) = c["digest"].as_str().and_then(|s| s.parse::<Digest>().ok()) {
-                self.push(repo, &cd, c["mediaType"].as_str(), cd.as_str(), src_ref, linked, depth + 1)?;
+        for c in v.children() {
+            if let Ok(cd) = c.digest() {
+                self.push(repo, &cd, c.media_type.as_deref(), cd.as_str(), src_ref, linked, depth + 1)?;
             }
         }
         for b in blob_refs(&v) {
@@ -897,23 +893,13 @@ impl Run<'_> {
 }
 
 /// The blobs a manifest references (config and layers; foreign layers left out).
-fn blob_refs(v: &Value) -> Vec<Digest> {
-    let desc = |x: &Value| -> Option<Digest> { x["digest"].as_str()?.parse().ok() };
-    let mut out: Vec<Digest> = v["config"].as_object().and_then(|_| desc(&v["config"])).into_iter().collect();
-    out.extend(
-        v["layers"].as_array().into_iter().flatten().filter(|l| l.get("urls").is_none()).filter_map(desc),
-    );
-    out
+fn blob_refs(v: &Manifest) -> Vec<Digest> {
+    v.blobs().filter_map(|b| b.digest().ok()).collect()
 }
 
 /// An image manifest or index (not a config or any other JSON blob)?
 fn is_manifest(b: &[u8]) -> bool {
-    if !b.starts_with(b"{") {
-        return false;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(b) else { return false };
-    v["schemaVersion"].as_u64() == Some(2)
-        && (v["manifests"].is_array() || v["layers"].is_array() || v["config"].is_object())
+    Manifest::looks_like_manifest(b)
 }
 
 fn name_for(

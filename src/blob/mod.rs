@@ -36,6 +36,16 @@ pub enum BlobError {
     Io(#[from] io::Error),
 }
 
+/// Staged content whose digest matched and whose file is durable: ready to move into
+/// place (see [`BlobStore::validate`]).
+#[derive(Debug)]
+pub struct Verified {
+    id: String,
+    path: PathBuf,
+    digest: Digest,
+    committed: Committed,
+}
+
 /// What a successful commit recorded about the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -237,17 +247,19 @@ impl BlobStore {
         Ok(n)
     }
 
-    /// The commit protocol's file half: verify the digest, fsync, rename into place
-    /// (an existing file is the same content and is kept), fsync the directory. The
-    /// staging area is removed either way.
+    /// The commit protocol's file half: [`BlobStore::validate`] then
+    /// [`BlobStore::move_into_place`]. The staging area is removed either way.
     pub fn commit(&self, staging: Staging, expected: &Digest) -> Result<Committed, BlobError> {
         let id = staging.id().to_owned();
-        let r = self.commit_inner(staging, expected);
+        let r = self.validate(staging, expected).and_then(|v| self.move_into_place(v));
         self.remove_staging(&id);
         r
     }
 
-    fn commit_inner(&self, staging: Staging, expected: &Digest) -> Result<Committed, BlobError> {
+    /// Commit step 1: close the staging, compare its digest with `expected`, fsync it.
+    /// The staging area stays (the caller's cleanup removes it on failure).
+    pub fn validate(&self, staging: Staging, expected: &Digest) -> Result<Verified, BlobError> {
+        let id = staging.id().to_owned();
         let (file, path, actual, committed) = staging.finish();
         if &actual != expected {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
@@ -255,18 +267,29 @@ impl BlobStore {
         self.hook.check(FsOp::Fsync)?;
         self.hook.before_sync(SyncTarget::File(&path));
         file.sync_all()?;
-        drop(file);
-        let dest = self.layout.blob_path(expected);
+        Ok(Verified { id, path, digest: expected.clone(), committed })
+    }
+
+    /// Commit step 2: rename verified content into `blobs/` (an existing file is the
+    /// same content and is kept) and fsync the directory; the staging area goes.
+    pub fn move_into_place(&self, v: Verified) -> Result<Committed, BlobError> {
+        let r = self.move_inner(&v);
+        self.remove_staging(&v.id);
+        r.map(|()| v.committed)
+    }
+
+    fn move_inner(&self, v: &Verified) -> Result<(), BlobError> {
+        let dest = self.layout.blob_path(&v.digest);
         if dest.exists() {
-            return Ok(committed);
+            return Ok(());
         }
-        let dir = self.layout.blob_dir(expected);
+        let dir = self.layout.blob_dir(&v.digest);
         let created_dir = !dir.exists();
         if created_dir {
             std::fs::create_dir_all(&dir)?;
         }
         self.hook.check(FsOp::Rename)?;
-        std::fs::rename(&path, &dest)?;
+        std::fs::rename(&v.path, &dest)?;
         self.hook.check(FsOp::Fsync)?;
         self.hook.before_sync(SyncTarget::Dir(&dir));
         fsync_dir(&dir)?;
@@ -276,7 +299,41 @@ impl BlobStore {
                 fsync_dir(parent)?;
             }
         }
-        Ok(committed)
+        Ok(())
+    }
+
+    /// `validate` on the blocking pool.
+    pub async fn validate_blocking(&self, staging: Staging, expected: Digest) -> Result<Verified, BlobError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.validate(staging, &expected))
+            .await
+            .map_err(|e| BlobError::Io(io::Error::other(e)))?
+    }
+
+    /// `move_into_place` on the blocking pool.
+    pub async fn move_into_place_blocking(&self, v: Verified) -> Result<Committed, BlobError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.move_into_place(v))
+            .await
+            .map_err(|e| BlobError::Io(io::Error::other(e)))?
+    }
+
+    /// `exists` on the blocking pool (a `stat`).
+    pub async fn exists_blocking(&self, digest: &Digest) -> bool {
+        let (me, d) = (self.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || me.exists(&d)).await.unwrap_or(false)
+    }
+
+    /// `open_staging` on the blocking pool (it rehashes the file).
+    pub async fn open_staging_blocking(&self, id: String) -> io::Result<Option<Staging>> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.open_staging(&id)).await.map_err(io::Error::other)?
+    }
+
+    /// `staging_idle_secs` on the blocking pool.
+    pub async fn staging_idle_secs_blocking(&self, id: String) -> Option<u64> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.staging_idle_secs(&id)).await.ok().flatten()
     }
 
     /// Whether the blob file exists.

@@ -1,6 +1,7 @@
-//! `http/`: the wire. One warp catch-all hands every request to `handlers::dispatch`
-//! (the route parser is a pure function, `route.rs`); errors become OCI JSON bodies in
-//! one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
+//! `http/`: the wire. One warp catch-all hands every request to `handle`:
+//! authenticate → dispatch → finish, the route parsed once (by the pure parser in
+//! `route.rs`) and handed to `handlers::dispatch`; request bodies a handler leaves
+//! unread are drained here and only here. Errors become OCI JSON bodies in one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
 //! `guard.rs` authenticates every `/v2` request and names the access each endpoint
 //! needs.
 //!
@@ -72,96 +73,154 @@ impl futures_util::Stream for SharedBody {
 const DRAIN_BYTES: u64 = 64 << 20;
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Read off whatever the handler left of the body (nothing, when it consumed it).
-async fn drain_unread(body: &Arc<std::sync::Mutex<Unread>>, expects_continue: bool, declared: Option<u64>) {
-    {
-        let u = body.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if u.done || (expects_continue && !u.polled) || declared.is_some_and(|n| n > DRAIN_BYTES) {
-            return;
-        }
-    }
-    let mut rest = SharedBody(body.clone());
-    let mut left = DRAIN_BYTES;
-    let _ = tokio::time::timeout(DRAIN_FOR, async {
-        while let Some(Ok(chunk)) = rest.next().await {
-            left = left.saturating_sub(chunk.len() as u64);
-            if left == 0 {
-                break;
-            }
-        }
-    })
-    .await;
+/// The drain bookkeeping of one request: the body shared with the handler, and what
+/// the headers say about draining it. Draining request bodies is this layer's job
+/// alone: the service only stops reading a body it refuses.
+struct Drain {
+    body: Arc<std::sync::Mutex<Unread>>,
+    /// The client sent `Expect: 100-continue`: it sends its body only once the
+    /// server reads it, so if the handler never did, there is nothing to drain.
+    expects_continue: bool,
+    declared: Option<u64>,
 }
 
-/// Run one request: dispatch, render errors, stamp common headers, log one line.
-#[allow(clippy::too_many_arguments)] // one request, as warp hands it over
-async fn handle(
+impl Drain {
+    /// Share `body`: the handler gets one end, the drain keeps the other.
+    fn new(headers: &HeaderMap, body: crate::service::Body) -> (Drain, crate::service::Body) {
+        let expects_continue = headers
+            .get(http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = Arc::new(std::sync::Mutex::new(Unread { body, done: false, polled: false }));
+        let handler_end: crate::service::Body = Box::pin(SharedBody(body.clone()));
+        (Drain { body, expects_continue, declared }, handler_end)
+    }
+
+    /// Read off whatever the handler left of the body (nothing, when it consumed it).
+    async fn finish(self) {
+        {
+            let u = self.body.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if u.done
+                || (self.expects_continue && !u.polled)
+                || self.declared.is_some_and(|n| n > DRAIN_BYTES)
+            {
+                return;
+            }
+        }
+        let mut rest = SharedBody(self.body);
+        let mut left = DRAIN_BYTES;
+        let _ = tokio::time::timeout(DRAIN_FOR, async {
+            while let Some(Ok(chunk)) = rest.next().await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// What every request shares: the registry, the authenticator, the listener's scheme.
+struct Ctx {
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
+    /// `http` or `https`: with the request's `Host`, the Bearer challenge's token URL.
     scheme: &'static str,
+}
+
+/// One request's head as warp hands it over, its route parsed once.
+struct Head {
     host: Option<warp::host::Authority>,
     method: Method,
-    path: warp::path::FullPath,
+    path: String,
+    route: Result<route::Endpoint, error::ApiError>,
     query: String,
     headers: HeaderMap,
-    body: crate::service::Body,
-) -> warp::reply::Response {
+}
+
+/// Run one request: authenticate → dispatch → finish.
+async fn handle(ctx: Arc<Ctx>, head: Head, body: crate::service::Body) -> warp::reply::Response {
     let started = Instant::now();
-    let path = path.as_str().to_owned();
-    // Every /v2 request is authenticated before anything else (a wrong password is a 401
-    // whatever it asks for); /healthz, /readyz and /metrics never look at credentials.
+    let caller = authenticate(&ctx, &head).await;
+    let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
+    let family = head.route.as_ref().map_or("unknown", route::Endpoint::family);
+    let (method, path) = (head.method.clone(), head.path.clone());
+    let result = dispatch(&ctx, caller, head, body).await;
+    finish(&ctx, Done { started, method, path, family, user }, result)
+}
+
+/// Every `/v2` request is authenticated before anything else (a wrong password is a
+/// 401 whatever it asks for); `/healthz`, `/readyz` and `/metrics` never look at
+/// credentials.
+async fn authenticate(ctx: &Ctx, req: &Head) -> Result<Caller, error::ApiError> {
+    let auth = &ctx.auth;
+    let path = req.path.as_str();
     let v2 = path == "/v2" || path.starts_with("/v2/");
     let token = path == "/token" && auth.tokens();
     // The web page is for browsers: Basic, whatever the API's challenge.
-    let web = matches!(route::parse(&path), Ok(route::Endpoint::Web));
-    let caller = if auth.enabled() && (v2 || token || web) {
-        // The token endpoint itself asks for Basic credentials; the API points at it.
-        let challenge = if token || web {
-            auth.challenge()
-        } else {
-            let scope = route::parse(&path).ok().and_then(|ep| handlers::scope_needed(&ep, &method));
-            auth.challenge_at(host.as_ref().map(|h| format!("{scheme}://{h}")).as_deref(), scope.as_deref())
-        };
-        let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(|_| ()));
-        match header {
-            Some(Err(())) => Err(error::ApiError::Unauthorized {
-                message: "malformed Authorization header: not visible ASCII".into(),
-                challenge,
-            }),
-            Some(Ok(h)) => Caller::authenticate(auth, Some(h), challenge).await,
-            None => Caller::authenticate(auth, None, challenge).await,
-        }
+    let web = matches!(req.route, Ok(route::Endpoint::Web));
+    if !auth.enabled() || !(v2 || token || web) {
+        return Ok(Caller::open(auth.clone()));
+    }
+    // The token endpoint itself asks for Basic credentials; the API points at it.
+    let challenge = if token || web {
+        auth.challenge()
     } else {
-        Ok(Caller::open(auth))
+        let scope = req.route.as_ref().ok().and_then(|ep| handlers::scope_needed(ep, &req.method));
+        let realm = req.host.as_ref().map(|h| format!("{}://{h}", ctx.scheme));
+        auth.challenge_at(realm.as_deref(), scope.as_deref())
     };
-    let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
-    // A client that sent `Expect: 100-continue` sends its body only once the server
-    // reads it; if the handler never did, the refusal goes out with nothing to drain.
-    let expects_continue = headers
-        .get(http::header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = Arc::new(std::sync::Mutex::new(Unread { body, done: false, polled: false }));
-    let req = Req {
-        method: method.clone(),
-        path: path.clone(),
-        query: parse_query(&query),
-        headers,
-        body: Box::pin(SharedBody(body.clone())),
+    match req.headers.get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
+        Some(Err(_)) => Err(error::ApiError::Unauthorized {
+            message: "malformed Authorization header: not visible ASCII".into(),
+            challenge,
+        }),
+        Some(Ok(h)) => Caller::authenticate(auth.clone(), Some(h), challenge).await,
+        None => Caller::authenticate(auth.clone(), None, challenge).await,
+    }
+}
+
+/// Hand the request to its handler (when authenticated), then drain what it left of
+/// the body before the answer goes out.
+async fn dispatch(
+    ctx: &Ctx,
+    caller: Result<Caller, error::ApiError>,
+    head: Head,
+    body: crate::service::Body,
+) -> Result<handlers::Reply, error::ApiError> {
+    let (drain, body) = Drain::new(&head.headers, body);
+    let result = match (caller, head.route) {
+        (Ok(caller), Ok(ep)) => {
+            let query = parse_query(&head.query);
+            let req = Req { method: head.method, path: head.path, query, headers: head.headers, body };
+            handlers::dispatch(&ctx.reg, &caller, ep, req).await
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            drop(body);
+            Err(e)
+        }
     };
-    let result = match caller {
-        Ok(caller) => handlers::dispatch(&reg, &caller, req).await,
-        Err(e) => Err(e),
-    };
-    drain_unread(&body, expects_continue, declared).await;
-    let reply = match result {
-        Ok(r) => r,
-        Err(e) => handlers::Reply::Full(e.render()),
-    };
+    drain.finish().await;
+    result
+}
+
+/// What [`finish`] logs and counts of a request.
+struct Done {
+    started: Instant,
+    method: Method,
+    path: String,
+    family: &'static str,
+    user: String,
+}
+
+/// Render the answer, stamp the common headers, count it, log one line.
+fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError>) -> warp::reply::Response {
+    let reply = result.unwrap_or_else(|e| handlers::Reply::Full(e.render()));
     let mut resp = match reply {
         handlers::Reply::Full(r) => r.into_response(),
         handlers::Reply::Stream(head, body) => {
@@ -181,16 +240,16 @@ async fn handle(
         // A buffered reply has no Content-Length header yet (hyper adds it on the wire).
         .or_else(|| http_body::Body::size_hint(resp.body()).exact())
         .unwrap_or(0);
-    let route = route::parse(&path).map_or("unknown", |e| e.family());
-    reg.metrics.http_request(route, method.as_str(), resp.status().as_u16(), bytes);
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    reg.metrics.observe_latency(micros);
+    let status = resp.status().as_u16();
+    ctx.reg.metrics.http_request(done.family, done.method.as_str(), status, bytes);
+    let micros = u64::try_from(done.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    ctx.reg.metrics.observe_latency(micros);
     tracing::info!(
         target: "wharfie::request",
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        user,
+        method = %done.method,
+        path = done.path,
+        status,
+        user = done.user,
         bytes,
         micros,
     );
@@ -232,6 +291,7 @@ pub fn routes(
        + Send
        + Sync
        + 'static {
+    let ctx = Arc::new(Ctx { reg, auth, scheme });
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     // A malformed Host only loses the Bearer challenge's URL (Basic is offered instead).
     let host = warp::host::optional().or(warp::any().map(|| None)).unify();
@@ -240,18 +300,10 @@ pub fn routes(
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |host, method, path, query, headers, body| {
-            handle(
-                reg.clone(),
-                auth.clone(),
-                scheme,
-                host,
-                method,
-                path,
-                query,
-                headers,
-                into_body(body, body_timeout),
-            )
+        .then(move |host, method, path: warp::path::FullPath, query, headers, body| {
+            let path = path.as_str().to_owned();
+            let head = Head { host, method, route: route::parse(&path), path, query, headers };
+            handle(ctx.clone(), head, into_body(body, body_timeout))
         })
         .recover(|_rej: warp::Rejection| async move {
             Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())

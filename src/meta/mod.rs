@@ -37,7 +37,6 @@ pub use overview::{RepoSummary, TagRow, SUMMARY_CAP};
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
 pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
-pub use model::{BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, TagRecord, UploadRecord};
 pub use model::{EventRecord, EventRequest};
 pub use model::{
     BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,

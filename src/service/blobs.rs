@@ -1,20 +1,35 @@
-//! Blob reads and deletes. HEAD answers from the metadata row alone; GET maps the file.
+//! `Blobs`: blob reads and unlinks. HEAD answers from the metadata row alone; GET maps
+//! the file. Also what the entitlement rule asks of the store: is a blob stored here
+//! at all, and linking a stored one into another repository.
+//!
+//! Owns no state of its own beyond the stores' handles.
 
 use bytes::Bytes;
 
-use super::{Error, Registry};
+use super::Error;
+use crate::blob::BlobStore;
 use crate::digest::Digest;
+use crate::meta::Meta;
 use crate::names::RepoName;
 
-impl Registry {
+pub(super) struct Blobs {
+    meta: Meta,
+    blobs: BlobStore,
+}
+
+impl Blobs {
+    pub(super) fn new(meta: Meta, blobs: BlobStore) -> Self {
+        Blobs { meta, blobs }
+    }
+
     /// The size of a blob linked in `repo`.
-    pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Error> {
+    pub(super) fn size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Error> {
         self.meta.repo_blob(repo.as_str(), digest)?.map(|r| r.size).ok_or(Error::BlobUnknown)
     }
 
     /// The whole blob, memory-mapped (slices of it are free).
-    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<Bytes, Error> {
-        let size = self.blob_size(repo, digest)?;
+    pub(super) fn bytes(&self, repo: &RepoName, digest: &Digest) -> Result<Bytes, Error> {
+        let size = self.size(repo, digest)?;
         let bytes = match self.blobs.open_blob(digest) {
             Ok(b) => b,
             // A row whose file is gone (GC between unlink and row removal): unknown.
@@ -31,10 +46,25 @@ impl Registry {
     }
 
     /// Unlink a blob from `repo`.
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), Error> {
+    pub(super) async fn delete(&self, repo: &RepoName, digest: &Digest) -> Result<(), Error> {
         match self.meta.delete_blob(repo.as_str().to_owned(), digest.clone()).await {
             Err(crate::meta::MetaError::NotFound) => Err(Error::BlobUnknown),
             r => Ok(r?),
         }
+    }
+
+    /// Is the blob stored here (a live row and its file), for whatever repository?
+    pub(super) fn stored(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.meta.blob(digest)?.is_some() && self.blobs.exists(digest))
+    }
+
+    /// Link a stored blob into mirrored `repo` once the entitlement rule (and, for
+    /// `AskUpstream`, the upstream) allowed it: same digest, same bytes, no download.
+    /// False when it is not stored (evicted, or GC took it meanwhile).
+    pub(super) async fn link_entitled(&self, repo: &RepoName, digest: &Digest) -> Result<bool, Error> {
+        if !self.stored(digest)? {
+            return Ok(false);
+        }
+        Ok(self.meta.link_stored_blob(repo.as_str().to_owned(), digest.clone()).await?)
     }
 }

@@ -79,21 +79,6 @@ impl Registry {
         Ok(Entitlement::AskUpstream)
     }
 
-    /// Is the blob stored here (a live row and its file), for whatever repository?
-    pub(super) fn blob_stored(&self, digest: &Digest) -> Result<bool, Error> {
-        Ok(self.meta.blob(digest)?.is_some() && self.blobs.exists(digest))
-    }
-
-    /// Link a stored blob into mirrored `repo` once [`Registry::entitled`] (and, for
-    /// `AskUpstream`, the upstream) allowed it: same digest, same bytes, no download.
-    /// False when it is not stored (evicted, or GC took it meanwhile).
-    pub(super) async fn link_entitled_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, Error> {
-        if !self.blob_stored(digest)? {
-            return Ok(false);
-        }
-        Ok(self.meta.link_stored_blob(repo.as_str().to_owned(), digest.clone()).await?)
-    }
-
     /// Case (c) for a blob: one HEAD of `remote`'s blob upstream. `Ok(false)` when the
     /// upstream does not have it there.
     pub(super) async fn upstream_has_blob(

@@ -21,14 +21,6 @@ use crate::meta::{model::now, MarkMode, Origin};
 /// writer thread while needing a quarter of the commits 256 did.
 const BATCH: usize = 1024;
 
-/// Milliseconds since the Unix epoch: access times need better than one-second
-/// resolution, or every blob pulled within the same second ties in the LRU order.
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
     pub manifests: usize,
@@ -186,27 +178,6 @@ impl Registry {
         Ok(n)
     }
 
-    /// Note a read of a mirrored blob (in memory; `flush_access` persists).
-    pub fn touch(&self, digest: &Digest) {
-        let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.insert(digest.clone(), (now_millis(), true));
-    }
-
-    /// Persist access times noted since the last flush, in one transaction, which also
-    /// moves those blobs in meta's eviction order. The map holds only what was read
-    /// since the last flush (it is drained), not every blob.
-    pub async fn flush_access(&self) -> Result<usize, Error> {
-        let dirty: Vec<(Digest, u64)> = {
-            let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            a.drain().filter(|(_, (_, dirty))| *dirty).map(|(d, (t, _))| (d, t)).collect()
-        };
-        let n = dirty.len();
-        if n > 0 {
-            self.meta.record_access(dirty).await?;
-        }
-        Ok(n)
-    }
-
     /// Blobs and bytes stored, per origin: the counters meta keeps in the transactions
     /// that add and remove blob rows (no scan, whatever the number of blobs).
     pub fn store_stats(&self) -> Result<super::metrics::StoreStats, Error> {
@@ -228,17 +199,8 @@ impl Registry {
         if self.opts.cache_max_bytes == 0 {
             return Ok((0, 0));
         }
-        let _one = self.evicting.lock().await;
+        let _one = self.cache.evicting.lock().await;
         self.evict(self.opts.cache_max_bytes, self.opts.cache_low_bytes).await
-    }
-
-    /// Which repositories hold mirrored content: those under an upstream's name (the
-    /// only names `locate` sends to a mirror; `hosted` refuses pushes to them).
-    fn mirrored_repos(&self) -> crate::meta::RepoFilter {
-        let names: Vec<String> = self.mirrors.iter().map(|m| m.name().to_owned()).collect();
-        std::sync::Arc::new(move |repo: &str| {
-            repo.split_once('/').is_some_and(|(first, _)| names.iter().any(|n| n == first))
-        })
     }
 
     /// Evict least-recently-used mirrored blobs until they fit in `low_water` bytes,
@@ -256,7 +218,7 @@ impl Registry {
         }
         // Reads noted in memory go into the order first: the index is then as fresh as
         // the reads this process has seen.
-        self.flush_access().await?;
+        self.cache.flush().await?;
         let (mut n, mut bytes, mut manifests) = (0usize, 0u64, 0usize);
         let mut after: Option<(u64, Digest)> = None;
         // Each pass moves the cursor a page further along the order, or stops.
@@ -278,7 +240,7 @@ impl Registry {
                 planned = planned.saturating_sub(b.size);
                 take.push(b.digest.clone());
             }
-            let (marked, m) = self.meta.evict_blobs(take, self.mirrored_repos()).await?;
+            let (marked, m) = self.meta.evict_blobs(take, self.mirrors.mirrored_repos()).await?;
             manifests += m;
             for d in &marked {
                 if let Some((_, b)) = page.iter().find(|(_, b)| &b.digest == d) {
@@ -286,12 +248,7 @@ impl Registry {
                 }
             }
             n += marked.len();
-            {
-                let mut a = self.access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                for d in &marked {
-                    a.remove(d);
-                }
-            }
+            self.cache.forget(&marked);
             self.unlink_marked(marked).await?;
         }
         self.metrics.evicted_blobs.fetch_add(n as u64, Relaxed);

@@ -1,50 +1,19 @@
-//! Manifests: parse just enough of the pushed JSON to know its type and references,
-//! store the exact bytes by digest, and let tags be links to digests.
-//!
-//! The parser is deliberately lenient (a small serde shape rather than the full
-//! oci-spec types): clients push fields and platforms the strict types reject, and we
-//! store and serve the exact bytes anyway. What it checks is what the registry relies
+//! Manifests: parse just enough of the pushed JSON to know its type and references
+//! (through the one walker, `crate::manifest`), store the exact bytes by digest, and
+//! let tags be links to digests. What the parser checks is what the registry relies
 //! on: schema version, media type, and well-formed reference digests.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Deserialize;
 
-use super::{Body, Error, Registry};
+use super::{Body, Error};
 use crate::digest::Digest;
-use crate::meta::{model::now, Descriptor, ManifestRecord, MetaError, Origin, PutManifest};
+use crate::manifest::{self, Descriptor, Manifest, RefKind, DOCKER_V1, DOCKER_V1_SIGNED};
+use crate::meta::Descriptor as Referrer;
+use crate::meta::{model::now, ManifestRecord, Meta, MetaError, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-const DOCKER_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawManifest {
-    schema_version: Option<u64>,
-    media_type: Option<String>,
-    config: Option<RawDescriptor>,
-    layers: Option<Vec<RawDescriptor>>,
-    manifests: Option<Vec<RawDescriptor>>,
-    subject: Option<RawDescriptor>,
-    artifact_type: Option<String>,
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawDescriptor {
-    media_type: Option<String>,
-    digest: String,
-    #[serde(default)]
-    urls: Vec<String>,
-}
 
 /// What the registry needs to know of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +30,8 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::ManifestInvalid(msg.into())
 }
 
-fn ref_digest(d: &RawDescriptor, what: &str) -> Result<Digest, Error> {
-    d.digest.parse().map_err(|e| invalid(format!("{what}: {e}")))
+fn ref_digest(d: &Descriptor, what: RefKind) -> Result<Digest, Error> {
+    d.digest().map_err(|e| invalid(format!("{}: {e}", what.word())))
 }
 
 /// A Content-Type header worth believing (generic JSON types say nothing).
@@ -80,8 +49,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
     if matches!(header, Some(DOCKER_V1 | DOCKER_V1_SIGNED)) {
         return Err(invalid("Docker schema1 manifests are not supported: push schema2 or OCI"));
     }
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+    let raw = Manifest::from_slice(body).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
     match raw.schema_version {
         Some(2) => {}
         Some(1) => return Err(invalid("Docker schema1 manifests are not supported: push schema2 or OCI")),
@@ -93,55 +61,50 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Error> {
             return Err(invalid(format!("Content-Type {h} does not match the manifest's mediaType {m}")));
         }
     }
-    let media_type = match header.or(raw.media_type.as_deref()) {
-        Some(t) => t.to_owned(),
-        None if raw.manifests.is_some() => OCI_INDEX.to_owned(),
-        None if raw.config.is_some() => OCI_MANIFEST.to_owned(),
-        None => return Err(invalid("cannot tell the manifest type: no mediaType, config or manifests")),
-    };
-    let subject = raw.subject.as_ref().map(|s| ref_digest(s, "subject")).transpose()?;
-    match media_type.as_str() {
-        OCI_MANIFEST | DOCKER_MANIFEST => {
-            let config = raw.config.as_ref().ok_or_else(|| invalid("image manifest without config"))?;
-            let layers = raw.layers.as_ref().ok_or_else(|| invalid("image manifest without layers"))?;
-            let mut blobs = vec![ref_digest(config, "config")?];
-            for l in layers {
-                let d = ref_digest(l, "layer")?;
-                // Non-distributable layers live elsewhere (`urls`): not required here.
-                if l.urls.is_empty() {
-                    blobs.push(d);
-                }
+    let media_type = header
+        .or_else(|| raw.media_type_or_guess())
+        .ok_or_else(|| invalid("cannot tell the manifest type: no mediaType, config or manifests"))?
+        .to_owned();
+    let subject = raw.subject.as_ref().map(|s| ref_digest(s, RefKind::Subject)).transpose()?;
+    let mut blobs = Vec::new();
+    let mut manifests = Vec::new();
+    if manifest::is_image(&media_type) {
+        let config = raw.config.as_ref().ok_or_else(|| invalid("image manifest without config"))?;
+        if raw.layers.is_none() {
+            return Err(invalid("image manifest without layers"));
+        }
+        for (kind, d) in raw.references().filter(|(k, _)| k.is_blob()) {
+            let digest = ref_digest(d, kind)?;
+            // Non-distributable layers live elsewhere (`urls`): not required here.
+            if !d.foreign() {
+                blobs.push(digest);
             }
-            let artifact_type = raw.artifact_type.clone().or_else(|| config.media_type.clone());
-            Ok(Parsed {
-                media_type,
-                blobs,
-                manifests: vec![],
-                subject,
-                artifact_type,
-                annotations: raw.annotations,
-            })
         }
-        OCI_INDEX | DOCKER_LIST => {
-            let children = raw.manifests.as_ref().ok_or_else(|| invalid("index without manifests"))?;
-            let manifests =
-                children.iter().map(|c| ref_digest(c, "manifests[]")).collect::<Result<_, _>>()?;
-            Ok(Parsed {
-                media_type,
-                blobs: vec![],
-                manifests,
-                subject,
-                artifact_type: raw.artifact_type,
-                annotations: raw.annotations,
-            })
+        let artifact_type = raw.artifact_type.clone().or_else(|| config.media_type.clone());
+        Ok(Parsed { media_type, blobs, manifests, subject, artifact_type, annotations: raw.annotations })
+    } else if manifest::is_index(&media_type) {
+        if raw.manifests.is_none() {
+            return Err(invalid("index without manifests"));
         }
-        other => Err(invalid(format!("unsupported manifest media type {other}"))),
+        for c in raw.children() {
+            manifests.push(ref_digest(c, RefKind::Child)?);
+        }
+        Ok(Parsed {
+            media_type,
+            blobs,
+            manifests,
+            subject,
+            artifact_type: raw.artifact_type,
+            annotations: raw.annotations,
+        })
+    } else {
+        Err(invalid(format!("unsupported manifest media type {media_type}")))
     }
 }
 
 impl Parsed {
     /// The row stored for this manifest, and its referrers entry when it has a subject.
-    pub fn record(&self, digest: &Digest, size: u64, origin: Origin) -> (ManifestRecord, Option<Descriptor>) {
+    pub fn record(&self, digest: &Digest, size: u64, origin: Origin) -> (ManifestRecord, Option<Referrer>) {
         let mut refs = self.blobs.clone();
         refs.extend(self.manifests.iter().cloned());
         refs.sort();
@@ -156,7 +119,7 @@ impl Parsed {
             origin,
             refs,
         };
-        let referrer = self.subject.as_ref().map(|_| Descriptor {
+        let referrer = self.subject.as_ref().map(|_| Referrer {
             media_type: self.media_type.clone(),
             digest: digest.clone(),
             size,
@@ -184,13 +147,12 @@ pub struct PutManifestOut {
     pub subject: Option<Digest>,
 }
 
-/// Read a body of at most `limit` bytes.
+/// Read a body of at most `limit` bytes (the HTTP layer drains what a refusal leaves).
 async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Error::BodyRead(e.to_string()))?;
         if (buf.len() + chunk.len()) as u64 > limit {
-            super::drain(&mut body).await;
             return Err(Error::ManifestTooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
@@ -198,7 +160,18 @@ async fn read_limited(mut body: Body, limit: u64) -> Result<Bytes, Error> {
     Ok(buf.freeze())
 }
 
-impl Registry {
+/// Manifests by tag or digest in hosted and mirrored repositories alike, tags, the
+/// catalog and referrers (`tags.rs`).
+pub(super) struct Manifests {
+    pub(super) meta: Meta,
+    max_bytes: u64,
+}
+
+impl Manifests {
+    pub(super) fn new(meta: Meta, max_bytes: u64) -> Self {
+        Manifests { meta, max_bytes }
+    }
+
     fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
@@ -209,7 +182,7 @@ impl Registry {
     }
 
     /// GET/HEAD a manifest by tag or digest.
-    pub fn manifest(
+    pub(super) fn get(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -222,19 +195,19 @@ impl Registry {
     }
 
     /// The declared maximum manifest size.
-    pub fn max_manifest_bytes(&self) -> u64 {
-        self.opts.max_manifest_bytes
+    pub(super) fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// PUT a manifest by tag or digest.
-    pub async fn put_manifest(
+    pub(super) async fn put(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: Body,
     ) -> Result<PutManifestOut, Error> {
-        let bytes = read_limited(body, self.opts.max_manifest_bytes).await?;
+        let bytes = read_limited(body, self.max_bytes).await?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(d) = reference {
             if *d != digest {
@@ -268,7 +241,7 @@ impl Registry {
     }
 
     /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
+    pub(super) async fn delete(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
         let event = crate::events::delete(repo.as_str());
         let r = match reference {
             Reference::Digest(d) => {
@@ -288,6 +261,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
 
     fn d(n: u8) -> String {
         Digest::of(&[n]).to_string()

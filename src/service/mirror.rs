@@ -191,10 +191,36 @@ const READ_CHUNK: u64 = 256 * 1024;
 /// Times a fill broken mid-body is resumed before giving up.
 const MAX_RESUMES: u32 = 5;
 
-impl Registry {
+/// Manifest fetches in flight, by upstream/repository/reference.
+type ManifestFlights = crate::flight::Flights<String, (), Result<Digest, FlightError>>;
+
+/// The configured upstreams, routing names to them, and the flights in progress
+/// against them (the one singleflight, `crate::flight`, for manifests and fills).
+pub(super) struct MirrorSet {
+    list: Vec<Arc<Mirror>>,
+    /// Blob fills in flight, by digest.
+    pub(super) fills: Arc<Fills>,
+    /// Manifest fetches in flight, by upstream/repository/reference.
+    pub(super) manifest_flights: Arc<ManifestFlights>,
+}
+
+impl MirrorSet {
+    pub(super) fn new(list: Vec<Arc<Mirror>>) -> Self {
+        MirrorSet {
+            list,
+            fills: Arc::new(crate::flight::Flights::default()),
+            manifest_flights: Arc::new(crate::flight::Flights::default()),
+        }
+    }
+
+    /// The configured upstreams, in configuration order.
+    pub(super) fn list(&self) -> &[Arc<Mirror>] {
+        &self.list
+    }
+
     /// Route a name: by `ns` (containerd), by an upstream-name prefix, or to the default
     /// upstream for bare names (hosted first); otherwise a hosted repository.
-    pub fn locate(&self, name: &RepoName, ns: Option<&str>) -> Result<Located, Error> {
+    pub(super) fn locate(&self, name: &RepoName, ns: Option<&str>) -> Result<Located, Error> {
         let hosted = |repo: &RepoName| Located { repo: repo.clone(), mirror: None, hosted_first: None };
         let via = |m: &Arc<Mirror>, rest: &str, hosted_first: Option<RepoName>| -> Result<Located, Error> {
             let remote = m.remote_name(rest);
@@ -202,23 +228,23 @@ impl Registry {
             Ok(Located { repo, mirror: Some((m.clone(), remote)), hosted_first })
         };
         if let Some(ns) = ns {
-            if let Some(m) = self.mirrors.iter().find(|m| m.name() == ns) {
+            if let Some(m) = self.list.iter().find(|m| m.name() == ns) {
                 return via(m, name.as_str(), None);
             }
         }
         if let Some((first, rest)) = name.as_str().split_once('/') {
-            if let Some(m) = self.mirrors.iter().find(|m| m.name() == first) {
+            if let Some(m) = self.list.iter().find(|m| m.name() == first) {
                 return via(m, rest, None);
             }
         }
-        if let Some(m) = self.mirrors.iter().find(|m| m.default) {
+        if let Some(m) = self.list.iter().find(|m| m.default) {
             return via(m, name.as_str(), Some(name.clone()));
         }
         Ok(hosted(name))
     }
 
     /// The hosted repository a write goes to; mirrored namespaces are read-only.
-    pub fn hosted(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoName, Error> {
+    pub(super) fn hosted(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoName, Error> {
         let loc = self.locate(name, ns)?;
         match (loc.mirror, loc.hosted_first) {
             (None, _) => Ok(loc.repo),
@@ -230,6 +256,17 @@ impl Registry {
         }
     }
 
+    /// Which repositories hold mirrored content: those under an upstream's name (the
+    /// only names `locate` sends to a mirror; `hosted` refuses pushes to them).
+    pub(super) fn mirrored_repos(&self) -> crate::meta::RepoFilter {
+        let names: Vec<String> = self.list.iter().map(|m| m.name().to_owned()).collect();
+        Arc::new(move |repo: &str| {
+            repo.split_once('/').is_some_and(|(first, _)| names.iter().any(|n| n == first))
+        })
+    }
+}
+
+impl Registry {
     /// GET/HEAD a manifest wherever the name leads.
     pub async fn read_manifest(
         self: &Arc<Self>,
@@ -238,20 +275,20 @@ impl Registry {
         with_body: bool,
     ) -> Result<ManifestOut, Error> {
         if let Some(h) = &loc.hosted_first {
-            match self.manifest(h, reference, with_body) {
+            match self.manifests.get(h, reference, with_body) {
                 Err(Error::ManifestUnknown) => {}
                 r => return r,
             }
         }
         let Some((m, remote)) = &loc.mirror else {
-            return self.manifest(&loc.repo, reference, with_body);
+            return self.manifests.get(&loc.repo, reference, with_body);
         };
         let local = &loc.repo;
         match reference {
             Reference::Digest(d) => {
                 match self.entitled(loc, d, Content::Manifest)? {
                     Entitlement::Linked(r) => {
-                        if let Ok(out) = self.manifest(&r, reference, with_body) {
+                        if let Ok(out) = self.manifests.get(&r, reference, with_body) {
                             self.metrics.cache_hits.fetch_add(1, Relaxed);
                             return Ok(out);
                         }
@@ -259,7 +296,7 @@ impl Registry {
                     Entitlement::Referenced => {
                         if self.meta.link_manifest(local.as_str().to_owned(), d.clone()).await? {
                             self.metrics.cache_hits.fetch_add(1, Relaxed);
-                            return self.manifest(local, reference, with_body);
+                            return self.manifests.get(local, reference, with_body);
                         }
                     }
                     Entitlement::Unknown => return Err(Error::ManifestUnknown),
@@ -275,6 +312,7 @@ impl Registry {
                 let (me, m2, r2, l2, d2) =
                     (self.clone(), m.clone(), remote.clone(), local.clone(), d.clone());
                 let (res, leader) = self
+                    .mirrors
                     .manifest_flights
                     .run(key, move || async move {
                         me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None, Attempts::Retry).await
@@ -284,7 +322,7 @@ impl Registry {
                 let digest = res
                     .map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?
                     .map_err(|e| e.into_error(Error::ManifestUnknown))?;
-                self.manifest(local, &Reference::Digest(digest), with_body)
+                self.manifests.get(local, &Reference::Digest(digest), with_body)
             }
             Reference::Tag(t) => {
                 let cached = self.meta.tag(local.as_str(), t.as_str())?;
@@ -293,7 +331,7 @@ impl Registry {
                     m.offline || now().saturating_sub(checked) < m.tag_ttl.as_secs()
                 });
                 if fresh {
-                    if let Ok(out) = self.manifest(local, reference, with_body) {
+                    if let Ok(out) = self.manifests.get(local, reference, with_body) {
                         self.metrics.cache_hits.fetch_add(1, Relaxed);
                         return Ok(out);
                     }
@@ -306,7 +344,7 @@ impl Registry {
                 if let Err(e) = m.check_up() {
                     // Down: the cached tag answers without asking the upstream.
                     if stale_ok {
-                        if let Ok(out) = self.manifest(local, reference, with_body) {
+                        if let Ok(out) = self.manifests.get(local, reference, with_body) {
                             tracing::debug!(upstream = m.name(), repo = %local, tag = %t, "upstream down; serving the cached tag");
                             self.metrics.stale_served.fetch_add(1, Relaxed);
                             return Ok(out);
@@ -319,6 +357,7 @@ impl Registry {
                 let (me, m2, r2, l2, t2) =
                     (self.clone(), m.clone(), remote.clone(), local.clone(), t.as_str().to_owned());
                 let (res, leader) = self
+                    .mirrors
                     .manifest_flights
                     .run(key, move || async move {
                         me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest, stale_ok).await
@@ -327,11 +366,11 @@ impl Registry {
                 self.count_follower(leader);
                 let res = res.map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?;
                 match res {
-                    Ok(digest) => self.manifest(local, &Reference::Digest(digest), with_body),
+                    Ok(digest) => self.manifests.get(local, &Reference::Digest(digest), with_body),
                     Err(e) if e.transient() && m.stale_if_error && cached.is_some() => {
                         tracing::warn!(upstream = m.name(), repo = %local, tag = %t, error = %e, "upstream failed; serving the cached tag");
                         self.metrics.stale_served.fetch_add(1, Relaxed);
-                        self.manifest(local, reference, with_body)
+                        self.manifests.get(local, reference, with_body)
                     }
                     Err(e) => Err(e.into_error(Error::ManifestUnknown)),
                 }
@@ -384,7 +423,7 @@ impl Registry {
         attempts: Attempts,
     ) -> Result<Digest, FlightError> {
         let f = m.up.get_manifest(remote, reference, attempts).await.map_err(|e| m.failed(e))?;
-        if f.bytes.len() as u64 > self.opts.max_manifest_bytes {
+        if f.bytes.len() as u64 > self.manifests.max_bytes() {
             return Err(FlightError::Invalid(format!(
                 "manifest of {} bytes is over the limit",
                 f.bytes.len()
@@ -435,8 +474,8 @@ impl Registry {
         head: bool,
     ) -> Result<BlobRead, Error> {
         let stored = |repo: &RepoName| -> Result<BlobRead, Error> {
-            let size = self.blob_size(repo, digest)?;
-            let bytes = if head { None } else { Some(self.blob(repo, digest)?) };
+            let size = self.stored.size(repo, digest)?;
+            let bytes = if head { None } else { Some(self.stored.bytes(repo, digest)?) };
             Ok(BlobRead::Stored { size, bytes })
         };
         let ent = self.entitled(loc, digest, Content::Blob)?;
@@ -452,7 +491,7 @@ impl Registry {
                 return stored(r);
             }
         }
-        self.touch(digest);
+        self.cache.touch(digest);
         let mut confirmed = match ent {
             Entitlement::Linked(_) => match stored(local) {
                 // Unlinked since (a DELETE, GC): ask again, as for any unlinked blob.
@@ -467,14 +506,14 @@ impl Registry {
             Entitlement::Unknown => return Err(Error::BlobUnknown),
         };
         // Stored for another repository: link it here once entitled, no download.
-        if self.blob_stored(digest)? {
+        if self.stored.stored(digest)? {
             if !confirmed {
                 if m.offline || !self.upstream_has_blob(m, remote, digest).await? {
                     return Err(Error::BlobUnknown);
                 }
                 confirmed = true;
             }
-            if self.link_entitled_blob(local, digest).await? {
+            if self.stored.link_entitled(local, digest).await? {
                 self.metrics.cache_hits.fetch_add(1, Relaxed);
                 return stored(local);
             }
@@ -491,7 +530,7 @@ impl Registry {
                 if !self.upstream_has_blob(m, remote, digest).await? {
                     return Err(Error::BlobUnknown);
                 }
-                if self.link_entitled_blob(local, digest).await? {
+                if self.stored.link_entitled(local, digest).await? {
                     return stored(local);
                 }
                 self.join_fill(m, remote, local, digest, true)
@@ -531,7 +570,7 @@ impl Registry {
     ) -> Option<FillWatch> {
         let (me, m2, r2, l2, d2) =
             (self.clone(), m.clone(), remote.to_owned(), local.clone(), digest.clone());
-        let joined = self.fills.join(
+        let joined = self.mirrors.fills.join(
             digest.clone(),
             |p| entitled || p.repo == *local,
             || FillProgress { repo: local.clone(), reader: None, total: None, visible: 0 },
@@ -686,7 +725,7 @@ impl Registry {
                 }
             }
         }
-        self.commit(local, digest, staging, None, Origin::Mirrored).await.map_err(FlightError::from)
+        self.uploads.commit(local, digest, staging, None, Origin::Mirrored).await.map_err(FlightError::from)
     }
 }
 

@@ -1,13 +1,30 @@
-//! `service/`: registry semantics — uploads, manifests, tags, catalog, referrers —
-//! over the metadata store and the blob store. Knows nothing of HTTP.
+//! `service/`: registry semantics — uploads, manifests, tags, catalog, referrers, the
+//! mirror and the cache — over the metadata store and the blob store. Knows nothing of
+//! HTTP.
 //!
-//! May import: meta, blob, digest, names (and later upstream, flight).
+//! May import: meta, blob, upstream, flight, manifest, digest, names.
+//!
+//! `Registry` is a thin facade over parts with one job each, every one in its own
+//! module with its own state:
+//!
+//! | part | module | owns |
+//! | --- | --- | --- |
+//! | [`uploads::Uploads`] | `uploads.rs` | upload sessions, staging, the commit (validate → move → link) |
+//! | [`manifests::Manifests`] | `manifests.rs`, `tags.rs` | manifests by tag or digest, tags, catalog, referrers |
+//! | [`blobs::Blobs`] | `blobs.rs` | blob reads and unlinks, what is stored |
+//! | [`mirror::MirrorSet`] | `mirror.rs` | routing names to upstreams, the manifest and fill flights |
+//! | [`cache::Cache`] | `cache.rs` | access times of mirrored blobs, the one-eviction-at-a-time lock |
+//!
+//! What spans parts stays on `Registry`: the entitlement rule (`entitlement.rs`), the
+//! mirror's read paths and fills (`mirror.rs`), GC, eviction and verify (`gc.rs`), and
+//! the hosted-first fallbacks for manifests, blobs, tags and referrers.
 //!
 //! Invariants: a blob or manifest is acknowledged only after its meta transaction has
 //! committed; a manifest is accepted only when every reference is linked in its
 //! repository, checked in the transaction that stores it.
 
 mod blobs;
+mod cache;
 mod entitlement;
 mod error;
 pub mod gc;
@@ -19,18 +36,19 @@ mod overview;
 mod tags;
 mod uploads;
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::blob::BlobStore;
-use crate::meta::Meta;
+use crate::digest::Digest;
 pub use crate::meta::RepoFilter;
+use crate::meta::{Descriptor, Meta};
+use crate::names::{Reference, RepoName};
 pub use error::Error;
 /// The manifest parser, public for the property tests and fuzz targets.
 pub use manifests::{parse as parse_manifest, Parsed};
@@ -38,21 +56,9 @@ pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;
 pub use mirror::{BlobRead, Located, Mirror};
 pub use tags::DEFAULT_PAGE;
-use uploads::Slot;
 
 /// A request body, as the HTTP layer hands it over.
 pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
-
-/// How long a refused body is still read and discarded.
-const DRAIN_FOR: Duration = Duration::from_secs(30);
-
-/// Read and discard the rest of a body we refuse part-way (a write failed, a manifest is
-/// too large), for at most `DRAIN_FOR`: a client still sending reads the error response
-/// instead of a connection reset (hyper closes a connection whose body is left unread).
-pub(crate) async fn drain(body: &mut Body) {
-    use futures_util::StreamExt;
-    let _ = tokio::time::timeout(DRAIN_FOR, async { while let Some(Ok(_)) = body.next().await {} }).await;
-}
 
 /// Limits and policy the service needs from the settings.
 #[derive(Debug, Clone)]
@@ -64,29 +70,19 @@ pub struct Options {
     pub cache_low_bytes: u64,
 }
 
-/// The registry: every operation the HTTP layer can ask for.
+/// The registry: every operation the HTTP layer can ask for, each handed to the part
+/// that owns it.
 pub struct Registry {
     meta: Meta,
     blobs: BlobStore,
     opts: Options,
-    /// Open upload sessions' in-memory state (file handle and hash states). The row in
-    /// meta is the truth; a missing entry is rebuilt from the staging file. A
-    /// `std::sync::Mutex` because it is held only to look up or insert, never across an
-    /// await.
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    mirrors: Vec<Arc<Mirror>>,
-    /// Blob fills in flight, by digest.
-    fills: Arc<mirror::Fills>,
-    /// Manifest fetches in flight, by upstream/repository/reference.
-    manifest_flights: Arc<ManifestFlights>,
+    uploads: uploads::Uploads,
+    manifests: manifests::Manifests,
+    stored: blobs::Blobs,
+    mirrors: mirror::MirrorSet,
+    cache: cache::Cache,
     pub metrics: Arc<Metrics>,
-    /// One eviction at a time (each fill commit enforces the cap before it completes).
-    evicting: tokio::sync::Mutex<()>,
-    /// Last access (unix milliseconds, dirty flag) of mirrored blobs, for eviction.
-    access: Mutex<HashMap<crate::digest::Digest, (u64, bool)>>,
 }
-
-type ManifestFlights = crate::flight::Flights<String, (), Result<crate::digest::Digest, mirror::FlightError>>;
 
 impl Registry {
     pub fn new(
@@ -97,16 +93,15 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Self {
         Registry {
+            uploads: uploads::Uploads::new(meta.clone(), blobs.clone(), opts.upload_ttl),
+            manifests: manifests::Manifests::new(meta.clone(), opts.max_manifest_bytes),
+            stored: blobs::Blobs::new(meta.clone(), blobs.clone()),
+            mirrors: mirror::MirrorSet::new(mirrors),
+            cache: cache::Cache::new(meta.clone()),
             meta,
             blobs,
             opts,
-            sessions: Mutex::new(HashMap::new()),
-            mirrors,
-            fills: Arc::new(crate::flight::Flights::default()),
-            manifest_flights: Arc::new(crate::flight::Flights::default()),
             metrics,
-            access: Mutex::new(HashMap::new()),
-            evicting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -125,8 +120,13 @@ impl Registry {
     pub async fn recover(&self) -> Result<(), Error> {
         let mut open = std::collections::HashSet::new();
         let mut dead = 0;
-        for (id, _) in self.meta.uploads()? {
-            if self.blobs.has_staging(&id) {
+        let (blobs, ids) = (self.blobs.clone(), self.meta.uploads()?);
+        let staged = tokio::task::spawn_blocking(move || {
+            ids.into_iter().map(|(id, _)| (blobs.has_staging(&id), id)).collect::<Vec<_>>()
+        })
+        .await?;
+        for (has_staging, id) in staged {
+            if has_staging {
                 open.insert(id);
             } else {
                 // No data file: the process died in the session's commit, after the
@@ -160,5 +160,199 @@ impl Registry {
             );
         }
         Ok(())
+    }
+}
+
+/// The facade: each call goes to the part that owns it.
+impl Registry {
+    // Routing (`MirrorSet`).
+
+    /// Route a name: by `ns` (containerd), by an upstream-name prefix, or to the default
+    /// upstream for bare names (hosted first); otherwise a hosted repository.
+    pub fn locate(&self, name: &RepoName, ns: Option<&str>) -> Result<Located, Error> {
+        self.mirrors.locate(name, ns)
+    }
+
+    /// The hosted repository a write goes to; mirrored namespaces are read-only.
+    pub fn hosted(&self, name: &RepoName, ns: Option<&str>) -> Result<RepoName, Error> {
+        self.mirrors.hosted(name, ns)
+    }
+
+    // Uploads.
+
+    /// POST: open a session. Returns its id.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<String, Error> {
+        self.uploads.start_upload(repo).await
+    }
+
+    /// POST `?digest=` with the whole blob as the body.
+    pub async fn upload_monolithic(&self, repo: &RepoName, digest: &Digest, body: Body) -> Result<(), Error> {
+        self.uploads.upload_monolithic(repo, digest, body).await
+    }
+
+    /// POST `?mount=&from=`: link an existing blob. `Ok(false)` means the caller should
+    /// open a session instead.
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        readable: Option<RepoFilter>,
+    ) -> Result<bool, Error> {
+        self.uploads.mount(repo, digest, from, readable).await
+    }
+
+    /// PATCH: append `body` to a session. Returns the new length.
+    pub async fn patch_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<u64, Error> {
+        self.uploads.patch_upload(repo, id, range, body).await
+    }
+
+    /// PUT `?digest=`: append the optional last chunk, verify and commit.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<(), Error> {
+        self.uploads.finish_upload(repo, id, digest, range, body).await
+    }
+
+    /// GET on a session: the bytes received so far.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<u64, Error> {
+        self.uploads.upload_status(repo, id).await
+    }
+
+    /// DELETE on a session: cancel it.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), Error> {
+        self.uploads.cancel_upload(repo, id).await
+    }
+
+    /// Remove sessions idle for longer than the upload TTL, with their staging.
+    pub async fn expire_uploads(&self) -> Result<usize, Error> {
+        self.uploads.expire_uploads().await
+    }
+
+    // Manifests, tags, catalog, referrers.
+
+    /// GET/HEAD a manifest of `repo` by tag or digest (hosted content; see
+    /// [`Registry::read_manifest`] for any name).
+    pub fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        with_body: bool,
+    ) -> Result<ManifestOut, Error> {
+        self.manifests.get(repo, reference, with_body)
+    }
+
+    /// The declared maximum manifest size.
+    pub fn max_manifest_bytes(&self) -> u64 {
+        self.manifests.max_bytes()
+    }
+
+    /// PUT a manifest by tag or digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Result<PutManifestOut, Error> {
+        self.manifests.put(repo, reference, content_type, body).await
+    }
+
+    /// DELETE by digest unlinks the manifest (and its tags); by tag removes the tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), Error> {
+        self.manifests.delete(repo, reference).await
+    }
+
+    /// Sorted tags of `repo` after `last`, at most `n`; the flag says whether more remain.
+    pub fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<(Vec<String>, bool), Error> {
+        self.manifests.tags(repo, last, n)
+    }
+
+    /// Tags wherever the name leads (hosted first for a bare name under a default
+    /// upstream); returns the repository listed with the page.
+    pub fn tags_at(
+        &self,
+        loc: &Located,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<(RepoName, Vec<String>, bool), Error> {
+        self.manifests.tags_at(loc, last, n)
+    }
+
+    /// A page of repository names, only those `keep` accepts when given.
+    pub fn catalog(
+        &self,
+        last: Option<&str>,
+        n: Option<usize>,
+        keep: Option<&RepoFilter>,
+    ) -> Result<(Vec<String>, bool), Error> {
+        self.manifests.catalog(last, n, keep)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally only those of
+    /// `artifact_type`.
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, Error> {
+        self.manifests.referrers(repo, subject, artifact_type)
+    }
+
+    /// Referrers wherever the name leads (the hosted repository's too for a bare name
+    /// under a default upstream).
+    pub fn referrers_at(
+        &self,
+        loc: &Located,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, Error> {
+        self.manifests.referrers_at(loc, subject, artifact_type)
+    }
+
+    // Blobs.
+
+    /// The size of a blob linked in `repo`.
+    pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Error> {
+        self.stored.size(repo, digest)
+    }
+
+    /// The whole blob linked in `repo`, memory-mapped (slices of it are free).
+    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<Bytes, Error> {
+        self.stored.bytes(repo, digest)
+    }
+
+    /// Unlink a blob from `repo`.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), Error> {
+        self.stored.delete(repo, digest).await
+    }
+
+    // Cache.
+
+    /// Note a read of a mirrored blob (in memory; `flush_access` persists).
+    pub fn touch(&self, digest: &Digest) {
+        self.cache.touch(digest);
+    }
+
+    /// Persist access times changed since the last flush, in one transaction.
+    pub async fn flush_access(&self) -> Result<usize, Error> {
+        self.cache.flush().await
     }
 }

@@ -10,7 +10,7 @@ use crate::names::RepoName;
 impl Registry {
     /// The configured upstreams, in configuration order.
     pub fn upstreams(&self) -> &[Arc<Mirror>] {
-        &self.mirrors
+        self.mirrors.list()
     }
 
     /// The cap on mirrored blob bytes (0 = none).
@@ -22,7 +22,7 @@ impl Registry {
     /// configured upstream), or `None` for a hosted one.
     pub fn mirrored_from(&self, repo: &str) -> Option<&Arc<Mirror>> {
         let (first, _) = repo.split_once('/')?;
-        self.mirrors.iter().find(|m| m.name() == first)
+        self.mirrors.list().iter().find(|m| m.name() == first)
     }
 
     /// Tag count and bytes of `repo`.

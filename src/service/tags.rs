@@ -1,6 +1,8 @@
-//! Tags list, catalog and referrers.
+//! Tags list, catalog and referrers (part of [`Manifests`]), and their hosted-first
+//! fallback for bare names under a default upstream.
 
-use super::{Error, Registry};
+use super::manifests::Manifests;
+use super::{Error, Located};
 use crate::digest::Digest;
 use crate::meta::{Descriptor, RepoFilter};
 use crate::names::RepoName;
@@ -9,9 +11,9 @@ use crate::names::RepoName;
 /// gets this many and a `Link` to the rest, as the spec allows).
 pub const DEFAULT_PAGE: usize = 10_000;
 
-impl Registry {
+impl Manifests {
     /// Sorted tags after `last`, at most `n`; the flag says whether more remain.
-    pub fn tags(
+    pub(super) fn tags(
         &self,
         repo: &RepoName,
         last: Option<&str>,
@@ -25,7 +27,7 @@ impl Registry {
     /// Sorted repository names after `last`, at most `n`.
     /// A page of repository names, only those `keep` accepts when given (pages are
     /// counted after filtering).
-    pub fn catalog(
+    pub(super) fn catalog(
         &self,
         last: Option<&str>,
         n: Option<usize>,
@@ -36,7 +38,7 @@ impl Registry {
 
     /// Manifests in `repo` whose subject is `subject`, optionally only those of
     /// `artifact_type`.
-    pub fn referrers(
+    pub(super) fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
@@ -45,6 +47,39 @@ impl Registry {
         let mut all = self.meta.referrers(repo.as_str(), subject)?;
         if let Some(t) = artifact_type {
             all.retain(|d| d.artifact_type.as_deref() == Some(t));
+        }
+        Ok(all)
+    }
+
+    /// Tags wherever the name leads: a bare name under a default upstream lists the
+    /// hosted repository when it exists, else the mirrored one. Returns the name
+    /// listed with the page.
+    pub(super) fn tags_at(
+        &self,
+        loc: &Located,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<(RepoName, Vec<String>, bool), Error> {
+        if let Some(h) = &loc.hosted_first {
+            if let Ok((tags, more)) = self.tags(h, last, n) {
+                return Ok((h.clone(), tags, more));
+            }
+        }
+        let (tags, more) = self.tags(&loc.repo, last, n)?;
+        Ok((loc.repo.clone(), tags, more))
+    }
+
+    /// Referrers wherever the name leads: those of the mirrored repository and, for a
+    /// bare name under a default upstream, of the hosted one too.
+    pub(super) fn referrers_at(
+        &self,
+        loc: &Located,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, Error> {
+        let mut all = self.referrers(&loc.repo, subject, artifact_type)?;
+        if let Some(h) = &loc.hosted_first {
+            all.extend(self.referrers(h, subject, artifact_type)?);
         }
         Ok(all)
     }

@@ -1,14 +1,21 @@
-//! Upload sessions: the state machine behind POST/PATCH/PUT/GET/DELETE on
-//! `/v2/<name>/blobs/uploads/`, and the write-through commit every blob goes through.
+//! `Uploads`: the state machine behind POST/PATCH/PUT/GET/DELETE on
+//! `/v2/<name>/blobs/uploads/`, and the write-through commit every blob goes through
+//! (pushes and mirror fills alike): **validate → move → link**, as distribution names
+//! them, under one cleanup guard.
+//!
+//! Owns: the open sessions' in-memory state. Every staging filesystem call runs on the
+//! blocking pool (through the blob layer's `*_blocking` calls or `pump`'s writer).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::{Body, Error, Registry};
-use crate::blob::Staging;
+use super::{Body, Error};
+use crate::blob::{BlobStore, Committed, Staging, Verified};
 use crate::digest::Digest;
-use crate::meta::{model::now, BlobRecord, LeaseKey, Origin, RepoFilter, UploadRecord};
+use crate::meta::{model::now, BlobRecord, LeaseKey, Meta, Origin, RepoFilter, UploadRecord};
 use crate::names::RepoName;
 
 /// One session's in-memory state, behind a per-session async lock so that two requests
@@ -21,8 +28,8 @@ pub(super) struct Slot {
 }
 
 /// Stream `body` into `staging` on a blocking thread (disk writes and hashing stay off
-/// the async workers). Returns the staging back, with the body's outcome.
-/// A client's body is drained after a failed write (see `super::drain`).
+/// the async workers). Returns the staging back, with the body's outcome. What is left
+/// of a refused body is drained by the HTTP layer, which owns the connection.
 async fn pump(staging: Staging, body: Body) -> Result<(Staging, Result<(), Error>), Error> {
     pump_inner(staging, body, None, true).await
 }
@@ -43,7 +50,7 @@ async fn pump_inner(
     mut staging: Staging,
     mut body: Body,
     progress: Option<Progress>,
-    drain: bool,
+    push: bool,
 ) -> Result<(Staging, Result<(), Error>), Error> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || {
@@ -66,9 +73,6 @@ async fn pump_inner(
             Ok(b) => {
                 if tx.send(b).await.is_err() {
                     // The writer failed; its error is reported below.
-                    if drain {
-                        super::drain(&mut body).await;
-                    }
                     break;
                 }
             }
@@ -84,7 +88,7 @@ async fn pump_inner(
         // A fill runs under a flight guard: a panic in its writer panics the fill, and
         // the guard turns it into an error for every reader and frees the digest. A
         // push's writer panic stays an error of the request (500).
-        Err(e) if e.is_panic() && !drain => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() && !push => std::panic::resume_unwind(e.into_panic()),
         Err(e) => return Err(e.into()),
     };
     let outcome = match (write_res, body_err) {
@@ -95,7 +99,79 @@ async fn pump_inner(
     Ok((staging, outcome))
 }
 
-impl Registry {
+/// The open sessions: id → the session's lock. A `std::sync::Mutex` because it is
+/// held only to look up or insert, never across an await.
+type Sessions = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>;
+
+/// Upload sessions and the blob commit.
+pub(super) struct Uploads {
+    meta: Meta,
+    blobs: BlobStore,
+    ttl: Duration,
+    /// Open sessions' in-memory state (file handle and hash states). The row in meta
+    /// is the truth; a missing entry is rebuilt from the staging file.
+    sessions: Sessions,
+}
+
+/// What a failed (or cancelled) commit leaves to undo, undone in one place: the
+/// staging area, the digest's lease, and the session row (a failed commit ends the
+/// session: the client starts over). `finish` undoes it in order; if the commit's
+/// future is dropped half way, `Drop` does the same on the blocking pool and the
+/// metadata writer.
+struct CommitCleanup {
+    meta: Meta,
+    blobs: BlobStore,
+    staging: Option<String>,
+    lease: Option<LeaseKey>,
+    upload: Option<String>,
+}
+
+impl CommitCleanup {
+    /// The commit succeeded: its transaction released the lease and ended the session,
+    /// and the move removed the staging area. Nothing to undo.
+    fn disarm(mut self) {
+        self.staging = None;
+        self.lease = None;
+        self.upload = None;
+    }
+
+    async fn run(mut self) {
+        if let Some(id) = self.staging.take() {
+            self.blobs.remove_staging_blocking(id).await;
+        }
+        if let Some(l) = self.lease.take() {
+            let _ = self.meta.release_lease(l).await;
+        }
+        if let Some(id) = self.upload.take() {
+            let _ = self.meta.delete_upload(id).await;
+        }
+    }
+}
+
+impl Drop for CommitCleanup {
+    fn drop(&mut self) {
+        if let Some(id) = self.staging.take() {
+            drop(self.blobs.staging_cleanup(&id));
+        }
+        if let Some(l) = self.lease.take() {
+            self.meta.release_lease_detached(l);
+        }
+        if let Some(id) = self.upload.take() {
+            let meta = self.meta.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = meta.delete_upload(id).await;
+                });
+            }
+        }
+    }
+}
+
+impl Uploads {
+    pub(super) fn new(meta: Meta, blobs: BlobStore, ttl: Duration) -> Self {
+        Uploads { meta, blobs, ttl, sessions: Mutex::new(HashMap::new()) }
+    }
+
     fn new_upload_id() -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -119,22 +195,19 @@ impl Registry {
     pub async fn upload_monolithic(&self, repo: &RepoName, digest: &Digest, body: Body) -> Result<(), Error> {
         let id = Self::new_upload_id();
         let staging = self.blobs.create_staging_blocking(id.clone()).await?;
-        let (staging, outcome) = match pump(staging, body).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.blobs.remove_staging_blocking(id.clone()).await;
-                return Err(e);
+        let outcome = pump(staging, body).await;
+        match outcome {
+            Ok((staging, Ok(()))) => self.commit(repo, digest, staging, None, Origin::Pushed).await,
+            Ok((_, Err(e))) | Err(e) => {
+                self.blobs.remove_staging_blocking(id).await;
+                Err(e)
             }
-        };
-        if let Err(e) = outcome {
-            self.blobs.remove_staging_blocking(id.clone()).await;
-            return Err(e);
         }
-        self.commit(repo, digest, staging, None, Origin::Pushed).await
     }
 
-    /// The commit protocol: verify + fsync + rename (blob store), then the meta
-    /// transaction. Only when this returns Ok may the caller answer 201.
+    /// The commit protocol (DESIGN.md): validate → move → link. Only when this returns
+    /// Ok may the caller answer 201 (or a fill report done). On any failure the one
+    /// cleanup guard removes the staging, releases the lease and ends the session.
     pub(super) async fn commit(
         &self,
         repo: &RepoName,
@@ -143,32 +216,67 @@ impl Registry {
         upload: Option<String>,
         origin: Origin,
     ) -> Result<(), Error> {
-        // Lease the digest before the rename, so GC cannot unlink the file between the
-        // rename and the commit that makes it referenced.
         let lease = LeaseKey::Upload { digest: digest.clone(), id: staging.id().to_owned() };
-        let leased = self.lease_blob(&lease).await;
-        let blobs = self.blobs.clone();
-        let d = digest.clone();
-        let committed = match leased {
+        let mut cleanup = CommitCleanup {
+            meta: self.meta.clone(),
+            blobs: self.blobs.clone(),
+            staging: Some(staging.id().to_owned()),
+            lease: None,
+            upload,
+        };
+        match self.commit_steps(repo, digest, staging, lease, origin, &mut cleanup).await {
             Ok(()) => {
-                tokio::task::spawn_blocking(move || blobs.commit(staging, &d)).await?.map_err(Error::from)
+                cleanup.disarm();
+                Ok(())
             }
             Err(e) => {
-                self.blobs.remove_staging_blocking(staging.id().to_owned()).await;
+                cleanup.run().await;
                 Err(e)
             }
-        };
-        let committed = match committed {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.meta.release_lease(lease).await;
-                if let Some(id) = upload {
-                    // A failed commit ends the session: the client starts over.
-                    let _ = self.meta.delete_upload(id).await;
-                }
-                return Err(e);
-            }
-        };
+        }
+    }
+
+    async fn commit_steps(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        staging: Staging,
+        lease: LeaseKey,
+        origin: Origin,
+        cleanup: &mut CommitCleanup,
+    ) -> Result<(), Error> {
+        let verified = self.validate(staging, digest).await?;
+        // Lease the digest before the move, so GC cannot unlink the file between the
+        // rename and the transaction that makes it referenced.
+        self.lease_blob(&lease).await?;
+        cleanup.lease = Some(lease.clone());
+        let committed = self.move_blob(verified).await?;
+        cleanup.staging = None;
+        self.link(repo, digest, committed, cleanup.upload.clone(), origin, lease).await?;
+        Ok(())
+    }
+
+    /// Step 1: the staged bytes hash to `digest`, and are durable.
+    async fn validate(&self, staging: Staging, digest: &Digest) -> Result<Verified, Error> {
+        Ok(self.blobs.validate_blocking(staging, digest.clone()).await?)
+    }
+
+    /// Step 2: rename into `blobs/` (idempotent for the same content), fsync the directory.
+    async fn move_blob(&self, verified: Verified) -> Result<Committed, Error> {
+        Ok(self.blobs.move_into_place_blocking(verified).await?)
+    }
+
+    /// Step 3: one meta transaction records the blob row and the repository link, ends
+    /// the session and releases the lease.
+    async fn link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        committed: Committed,
+        upload: Option<String>,
+        origin: Origin,
+        lease: LeaseKey,
+    ) -> Result<(), Error> {
         let rec = BlobRecord {
             size: committed.size,
             blake3: committed.blake3,
@@ -202,7 +310,7 @@ impl Registry {
         readable: Option<RepoFilter>,
     ) -> Result<bool, Error> {
         // A row must also have its file (GC may be between unlink and row removal).
-        if self.meta.blob(digest)?.is_none() || !self.blobs.exists(digest) {
+        if self.meta.blob(digest)?.is_none() || !self.blobs.exists_blocking(digest).await {
             return Ok(false);
         }
         Ok(self
@@ -217,9 +325,7 @@ impl Registry {
             .await?)
     }
 
-    fn lock_sessions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
         // A poisoned map only means a panic elsewhere mid-insert; the map itself is fine.
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -237,9 +343,7 @@ impl Registry {
             return Err(Error::BlobUploadUnknown);
         }
         if guard.staging.is_none() {
-            let blobs = self.blobs.clone();
-            let sid = id.to_owned();
-            match tokio::task::spawn_blocking(move || blobs.open_staging(&sid)).await?? {
+            match self.blobs.open_staging_blocking(id.to_owned()).await? {
                 Some(s) => guard.staging = Some(s),
                 None => {
                     // The row outlived its staging (removed by hand?): the session is gone.
@@ -340,11 +444,9 @@ impl Registry {
         }
         guard.closed = true;
         let r = self.commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed).await;
+        // Either way the session is over: the commit's transaction or its cleanup
+        // ended the row and removed the staging.
         self.lock_sessions().remove(id);
-        if r.is_err() {
-            // commit() removed the staging and the row; make sure neither lingers.
-            self.forget(id).await;
-        }
         r
     }
 
@@ -379,10 +481,14 @@ impl Registry {
 
     /// Remove sessions idle for longer than the upload TTL, with their staging.
     pub async fn expire_uploads(&self) -> Result<usize, Error> {
-        let ttl = self.opts.upload_ttl.as_secs();
+        let ttl = self.ttl.as_secs();
         let mut n = 0;
         for (id, rec) in self.meta.uploads()? {
-            let idle = self.blobs.staging_idle_secs(&id).unwrap_or_else(|| now().saturating_sub(rec.started));
+            let idle = self
+                .blobs
+                .staging_idle_secs_blocking(id.clone())
+                .await
+                .unwrap_or_else(|| now().saturating_sub(rec.started));
             if idle <= ttl {
                 continue;
             }

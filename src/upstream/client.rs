@@ -202,7 +202,7 @@ impl RegistryClient {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .unwrap_or(crate::manifest::OCI_MANIFEST)
             .to_owned();
         let bytes = r.bytes().map_err(transport)?.to_vec();
         Ok((bytes.clone(), mt, Digest::of(&bytes)))

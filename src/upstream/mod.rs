@@ -8,7 +8,7 @@
 //! Errors name the upstream by its configured name and the cause in a few words; they
 //! never carry its URL (they reach clients).
 //!
-//! May import: reqwest, digest, names. Only this module names reqwest.
+//! May import: reqwest, digest, names, manifest. Only this module names reqwest.
 
 mod auth;
 pub mod client;
@@ -25,10 +25,7 @@ use crate::digest::Digest;
 use auth::Auth;
 
 /// Every manifest type we store, for `Accept`.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
+const MANIFEST_ACCEPT: &str = crate::manifest::ACCEPT;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {

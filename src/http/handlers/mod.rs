@@ -1,5 +1,5 @@
 //! Handlers, one file per endpoint family, each *extract → call the service → render*.
-//! `dispatch` is the single entry: it parses the route and picks the handler.
+//! `dispatch` is the single entry: given the parsed route, it picks the handler.
 
 mod base;
 mod blobs;
@@ -19,7 +19,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::error::ApiError;
 use super::guard::Caller;
-use super::route::{self, Endpoint};
+use super::route::Endpoint;
 use crate::auth::Access;
 use crate::names::RepoName;
 use crate::service::{Body, Error, Located, Registry};
@@ -86,8 +86,12 @@ pub fn scope_needed(ep: &Endpoint, m: &Method) -> Option<String> {
 
 /// Route and run one request for `caller` (already authenticated): each endpoint checks
 /// the access it needs before it touches the service (see `guard`).
-pub async fn dispatch(reg: &Arc<Registry>, caller: &Caller, req: Req) -> Result<Reply, ApiError> {
-    let ep = route::parse(&req.path)?;
+pub async fn dispatch(
+    reg: &Arc<Registry>,
+    caller: &Caller,
+    ep: Endpoint,
+    req: Req,
+) -> Result<Reply, ApiError> {
     let m = req.method.clone();
     let ns = req.q("ns").map(str::to_owned);
     let ns = ns.as_deref();

@@ -32,11 +32,7 @@ fn link(resp: &mut Response<Bytes>, path: &str, n: Option<usize>, items: &[Strin
 
 pub(super) fn list(reg: &Registry, req: &Req, loc: &Located) -> Result<Response<Bytes>, ApiError> {
     let (n, last) = page(req)?;
-    let hosted = loc.hosted_first.as_ref().map(|h| reg.tags(h, last, n));
-    let (name, (tags, more)) = match hosted {
-        Some(Ok(found)) => (loc.hosted_first.as_ref().unwrap_or(&loc.repo), found),
-        _ => (&loc.repo, reg.tags(&loc.repo, last, n)?),
-    };
+    let (name, tags, more) = reg.tags_at(loc, last, n)?;
     let body = serde_json::json!({ "name": name.as_str(), "tags": tags });
     let mut resp = json(StatusCode::OK, &body, "application/json");
     link(&mut resp, &format!("/v2/{name}/tags/list"), n, &tags, more);
@@ -64,16 +60,13 @@ pub(super) fn referrers(
     subject: &Digest,
 ) -> Result<Response<Bytes>, ApiError> {
     let filter = req.q("artifactType").filter(|t| !t.is_empty());
-    let mut manifests = reg.referrers(&loc.repo, subject, filter)?;
-    if let Some(h) = &loc.hosted_first {
-        manifests.extend(reg.referrers(h, subject, filter)?);
-    }
+    let manifests = reg.referrers_at(loc, subject, filter)?;
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": crate::manifest::OCI_INDEX,
         "manifests": manifests,
     });
-    let mut resp = json(StatusCode::OK, &index, "application/vnd.oci.image.index.v1+json");
+    let mut resp = json(StatusCode::OK, &index, crate::manifest::OCI_INDEX);
     if filter.is_some() {
         set(&mut resp, HeaderName::from_static("oci-filters-applied"), "artifactType");
     }
