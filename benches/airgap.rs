@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-mod support;
-use support::{fail, start_wharfie, wharfie_bin, Res};
+use bench::{fail, start_wharfie, wharfie_bin, Res};
+use wharfie_testkit::bench;
+use wharfie_testkit::common::bytes_of;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -62,19 +63,6 @@ fn layout(dir: &Path, layers: &[Vec<u8>], tag: &str) -> Res<()> {
     Ok(())
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// Run `wharfie ARGS`, timed.
 fn wharfie(args: &[&str]) -> Res<f64> {
     let t = Instant::now();
@@ -90,7 +78,7 @@ fn run() -> Res<()> {
         std::env::var("BENCH_AIRGAP_LAYER_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    let mut layers: Vec<Vec<u8>> = (0..10).map(|i| random(layer_mib << 20, i + 1)).collect();
+    let mut layers: Vec<Vec<u8>> = (0..10).map(|i| bytes_of(layer_mib << 20, i + 1)).collect();
     layout(&t.join("v1"), &layers, "v1")?;
     for d in ["conn", "far", "far-skopeo"] {
         fs::create_dir_all(t.join(d))?;
@@ -118,7 +106,7 @@ fn run() -> Res<()> {
     }
     let skopeo = t0.elapsed().as_secs_f64();
 
-    layers[9] = random(layer_mib << 20, 1000);
+    layers[9] = bytes_of(layer_mib << 20, 1000);
     layout(&t.join("v2"), &layers, "v2")?;
     wharfie(&["import", "--server", &conn, "--quiet", "--repo", "bench/app:v2", &p(&t.join("v2"))])?;
     let have = t.join("have.json");

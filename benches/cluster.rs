@@ -15,13 +15,12 @@
 //! survivors have served the lost node's share (its layers, refilled from the upstream) to
 //! one client, then to all clients.
 
-#[path = "../tests/cluster_support/mod.rs"]
-mod cluster_support;
+use wharfie_testkit::cluster;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster_support::{parallel_pulls, seed_image, Topology, HAPROXY_CFG, MIB};
+use cluster::{parallel_pulls, seed_image, Topology, HAPROXY_CFG, MIB};
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)

@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-mod support;
-use support::{curl, fail, port, start_wharfie, status, wait_ready, wharfie_bin, Proc, Res};
+use bench::{
+    access_log_count, curl, fail, location, port, start_wharfie, status, wait_ready, wharfie_bin, Proc, Res,
+};
+use wharfie_testkit::bench;
 
 const REPO: &str = "bench/cold";
 const TAG: &str = "v1";
@@ -72,16 +74,7 @@ fn wharfie(dir: &Path, upstream: &str) -> Res<(Proc, String)> {
 
 /// Upstream requests seen so far whose request line contains `needle`: (GETs, HEADs).
 fn upstream_count(up: &Proc, needle: &str) -> (usize, usize) {
-    let log = up.log("stdout.log") + &up.log("stderr.log");
-    let mut n = (0, 0);
-    for l in log.lines().filter(|l| l.contains(needle)) {
-        if l.contains("\"GET ") {
-            n.0 += 1;
-        } else if l.contains("\"HEAD ") {
-            n.1 += 1;
-        }
-    }
-    n
+    access_log_count(&(up.log("stdout.log") + &up.log("stderr.log")), needle)
 }
 
 /// Counts once the upstream's log has stopped growing for 1 s (it logs a request when
@@ -178,13 +171,7 @@ fn random_file(path: &Path, size: u64, seed: u64) -> Res<String> {
 /// Monolithic push of the file at `path` into the upstream.
 fn push_blob(base: &str, path: &Path, digest: &str) -> Res<()> {
     let (code, head) = status(&["-X", "POST"], &format!("{base}/v2/{REPO}/blobs/uploads/"))?;
-    let loc = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-        .ok_or(format!("POST upload: {code}, no Location"))?
-        .trim()
-        .to_owned();
-    let loc = if loc.starts_with('/') { format!("{base}{loc}") } else { loc };
+    let loc = location(&head, base).ok_or(format!("POST upload: {code}, no Location"))?;
     let sep = if loc.contains('?') { '&' } else { '?' };
     let data = format!("@{}", path.display());
     let (code, _) = status(

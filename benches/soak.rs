@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-mod support;
-use support::{fail, start_wharfie, Res};
+use bench::{fail, start_wharfie, Res};
+use wharfie_testkit::bench;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG: &[u8] = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;

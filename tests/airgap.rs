@@ -6,15 +6,15 @@
 //! load` (vfs storage, private root) accept. Bad archives fail clearly and import
 //! nothing.
 
-mod common;
-mod mirror_support;
-mod ops_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::ops;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use mirror_support::real::{self, Layout, Skopeo};
-use ops_support::*;
+use mirror::real::{self, Layout, Skopeo};
+use ops::*;
 
 /// A two-layer image in an OCI layout, and the archives skopeo makes of it.
 struct Fixture {
@@ -110,7 +110,7 @@ fn import_and_export_talk_to_the_running_server_and_export_is_loadable() {
     let dir = tmp.path().join("data");
     let cfg = write_config(tmp.path(), free_port(), &dir, "");
     let c = path_str(&cfg);
-    let mut srv = Server::start(&cfg);
+    let mut srv = serve_config(&cfg, &dir);
     let out = cli(&["import", "--config", &c, "--repo", "airgap/live:v1", &path_str(&f.oci_tar)]);
     out.ok();
     let metrics = reqwest::blocking::get(format!("{}/metrics", srv.base)).unwrap().text().unwrap();
@@ -167,7 +167,7 @@ fn import_and_export_reach_a_running_tls_server() {
     let extra = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", tls.cert.display(), tls.key.display());
     let cfg = write_config(tmp.path(), free_port(), &dir, &extra);
     let (c, ca) = (path_str(&cfg), path_str(&tls.ca));
-    let srv = Server::start(&cfg);
+    let srv = serve_config(&cfg, &dir);
     assert!(srv.base.starts_with("https://"), "{}", srv.base);
     let tar = path_str(&f.oci_tar);
     let refused = cli(&["import", "--config", &c, "--repo", "airgap/tls:v1", &tar]);
@@ -265,18 +265,6 @@ struct Connected {
     _tmp: tempfile::TempDir,
 }
 
-fn push(sk: &Skopeo, src: &Layout, name: &str, addr: &str, dest: &str) {
-    sk.run(
-        "copy",
-        &[
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src.oci(name),
-            &format!("docker://{addr}/{dest}"),
-        ],
-    );
-}
-
 fn connected(extra: &[&str]) -> Connected {
     let sk = Skopeo::new();
     let src = Layout::create(&sk.dir("src2"));
@@ -292,8 +280,8 @@ fn connected(extra: &[&str]) -> Connected {
     src.set_refs(&[("a", &a.manifest), ("b", &b.manifest)]);
     let tmp = tempfile::tempdir().unwrap();
     let w = common::Wharfie::start_in(&tmp.path().join("connected"), extra);
-    push(&sk, &src, "a", &w.addr, "team/a:v1");
-    push(&sk, &src, "b", &w.addr, "team/b:v1");
+    sk.push(&src, "a", &w.addr, "team/a:v1");
+    sk.push(&src, "b", &w.addr, "team/b:v1");
     Connected { sk, src, a, b, w, _tmp: tmp }
 }
 
@@ -366,7 +354,7 @@ fn incremental_bundle_carries_the_change_and_refuses_where_the_rest_is_missing()
         "a",
     );
     c.src.set_refs(&[("a2", &a2.manifest)]);
-    push(&c.sk, &c.src, "a2", &c.w.addr, "team/a:v2");
+    c.sk.push(&c.src, "a2", &c.w.addr, "team/a:v2");
 
     // The far side's inventory (read through an in-process server on its data dir).
     let have = tmp.path().join("have.json");
@@ -548,15 +536,7 @@ fn images_from_a_list_with_tags_digests_whole_repositories_and_a_cold_mirror() {
     let up_src = Layout::create(&sk0.dir("up"));
     let hello = real::write_image(&up_src, "amd64", &[vec![("hello.txt", b"from upstream\n")]], "up");
     up_src.set_refs(&[("v1", &hello.manifest)]);
-    sk0.run(
-        "copy",
-        &[
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &up_src.oci("v1"),
-            &format!("docker://{}/library/hello:v1", upstream.addr),
-        ],
-    );
+    sk0.push(&up_src, "v1", &upstream.addr, "library/hello:v1");
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("up.toml");
     std::fs::write(
@@ -565,8 +545,8 @@ fn images_from_a_list_with_tags_digests_whole_repositories_and_a_cold_mirror() {
     )
     .unwrap();
     let c = connected(&["--config", &path_str(&cfg)]);
-    push(&c.sk, &c.src, "a", &c.w.addr, "team/multi:x");
-    push(&c.sk, &c.src, "b", &c.w.addr, "team/multi:y");
+    c.sk.push(&c.src, "a", &c.w.addr, "team/multi:x");
+    c.sk.push(&c.src, "b", &c.w.addr, "team/multi:y");
     let list = tmp.path().join("images.txt");
     std::fs::write(
         &list,

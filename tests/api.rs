@@ -2,8 +2,8 @@
 //! (status, headers, exact bytes) and its errors (status + OCI code). Each test starts
 //! its own server on a fresh data directory.
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use common::{bytes_of, sha256, Wharfie};
 use oci::*;
@@ -940,55 +940,85 @@ fn tags_list_sorted_and_paginated() {
     all.sort();
 
     let r = api.get("/v2/pag/ed/tags/list");
-    r.expect_status(200);
     assert_eq!(r.json(), json!({"name": "pag/ed", "tags": all}));
-    assert!(r.h("Link").is_none(), "Link on a complete list: {}", r.describe());
+    check_paging(&api, "/v2/pag/ed/tags/list", "tags", &all, 3);
+}
 
-    // Walk the pages through Link headers.
+/// What a page's `Link` header must be.
+#[derive(Debug)]
+enum Next {
+    /// No `Link`: the list ends here.
+    None,
+    /// `Link: <PATH?n=N&last=NAME>; rel="next"` (the name may be percent-encoded).
+    After(String),
+    /// Either; a `Link` must lead to an empty page.
+    EmptyOrNone,
+}
+
+/// The `n`/`last` paging of one listing (a repository's tags, or the catalog) over `all`,
+/// its whole sorted content, as one table of queries: the items each must return and
+/// its `Link`. Then the walk through the `Link` headers, `page` at a time.
+fn check_paging(api: &Api, path: &str, key: &str, all: &[String], page: usize) {
+    assert!(all.len() > page && all.len() >= 3 && all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    let after = |name: &str| -> Vec<String> { all.iter().filter(|t| t.as_str() > name).cloned().collect() };
+    let mid = &all[all.len() / 2];
+    // A `last` that is no item, just before all[2]: `last` need not name an existing one.
+    let absent = &all[2][..all[2].len() - 1];
+    assert!(!all.iter().any(|t| t == absent) && absent > all[1].as_str(), "{absent} fits before {}", all[2]);
+    let cases: Vec<(String, Vec<String>, Next)> = vec![
+        (String::new(), all.to_vec(), Next::None),
+        (format!("?last={mid}"), after(mid), Next::None),
+        ("?last=zzz".into(), vec![], Next::None),
+        ("?n=0".into(), vec![], Next::None),
+        ("?n=100".into(), all.to_vec(), Next::None),
+        (format!("?n={}", all.len()), all.to_vec(), Next::EmptyOrNone),
+        (format!("?n={page}"), all[..page].to_vec(), Next::After(all[page - 1].clone())),
+        (format!("?n=1&last={absent}"), vec![all[2].clone()], Next::After(all[2].clone())),
+    ];
+    for (query, want, next) in &cases {
+        let what = format!("GET {path}{query}");
+        let r = api.get(&format!("{path}{query}"));
+        r.expect_status(200);
+        assert_eq!(&strings(&r.json()[key]), want, "{what}: {}", r.describe());
+        let link = r.h("Link");
+        match next {
+            Next::None => assert!(link.is_none(), "{what}: Link on the last page: {}", r.describe()),
+            Next::After(last) => {
+                let n = query.trim_start_matches("?n=").split('&').next().unwrap_or_default();
+                let link = link.unwrap_or_else(|| panic!("{what}: no Link: {}", r.describe()));
+                let want_plain = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
+                let want_enc = format!("<{path}?n={n}&last={}>; rel=\"next\"", last.replace('/', "%2F"));
+                assert!(link == want_plain || link == want_enc, "{what}: Link {link}, want {want_plain}");
+            }
+            Next::EmptyOrNone => {
+                if let Some(link) = link {
+                    let r = api.get(&link_target(link));
+                    assert!(
+                        strings(&r.json()[key]).is_empty(),
+                        "{what}: the Link leads to more: {}",
+                        r.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    // Walk the pages through the Link headers.
     let mut got = Vec::new();
-    let mut next = Some("/v2/pag/ed/tags/list?n=3".to_owned());
+    let mut next = Some(format!("{path}?n={page}"));
     let mut pages = 0;
     while let Some(p) = next.take() {
         pages += 1;
-        assert!(pages <= 10, "pagination does not end");
+        assert!(pages <= all.len() + 1, "pagination does not end");
         let r = api.get(&p);
         r.expect_status(200);
-        let tags = strings(&r.json()["tags"]);
-        assert!(tags.len() <= 3, "{p}: {tags:?}");
-        got.extend(tags.iter().cloned());
-        if let Some(link) = r.h("Link") {
-            let last = tags.last().expect("a page with a Link is not empty");
-            assert_eq!(link, format!("</v2/pag/ed/tags/list?n=3&last={last}>; rel=\"next\""));
-            next = Some(link_target(link));
-        }
+        let items = strings(&r.json()[key]);
+        assert!(items.len() <= page, "{p}: {items:?}");
+        got.extend(items);
+        next = r.h("Link").map(link_target);
     }
-    assert_eq!(pages, 3);
+    assert_eq!(pages, all.len().div_ceil(page), "pages of {page}");
     assert_eq!(got, all);
-
-    // `last` alone: everything after it.
-    let r = api.get("/v2/pag/ed/tags/list?last=latest");
-    let after: Vec<String> = all.iter().filter(|t| t.as_str() > "latest").cloned().collect();
-    assert_eq!(strings(&r.json()["tags"]), after);
-    // `last` past the end: empty.
-    let r = api.get("/v2/pag/ed/tags/list?last=zzz");
-    r.expect_status(200);
-    assert!(strings(&r.json()["tags"]).is_empty());
-    // n=0: empty, no Link (spec).
-    let r = api.get("/v2/pag/ed/tags/list?n=0");
-    r.expect_status(200);
-    assert!(strings(&r.json()["tags"]).is_empty(), "{}", r.describe());
-    assert!(r.h("Link").is_none(), "{}", r.describe());
-    // n larger than the list: everything, no Link.
-    let r = api.get("/v2/pag/ed/tags/list?n=100");
-    assert_eq!(strings(&r.json()["tags"]), all);
-    assert!(r.h("Link").is_none());
-    // n equal to the list: everything, and no further page.
-    let r = api.get(&format!("/v2/pag/ed/tags/list?n={}", all.len()));
-    assert_eq!(strings(&r.json()["tags"]), all);
-    if let Some(link) = r.h("Link") {
-        let r = api.get(&link_target(link));
-        assert!(strings(&r.json()["tags"]).is_empty());
-    }
 }
 
 fn link_target(link: &str) -> String {
@@ -1020,35 +1050,7 @@ fn catalog_sorted_and_paginated() {
     let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     assert_eq!(api.catalog(), all);
 
-    let mut got = Vec::new();
-    let mut next = Some("/v2/_catalog?n=2".to_owned());
-    let mut pages = 0;
-    while let Some(p) = next.take() {
-        pages += 1;
-        assert!(pages <= 10, "pagination does not end");
-        let r = api.get(&p);
-        r.expect_status(200);
-        let repos = strings(&r.json()["repositories"]);
-        assert!(repos.len() <= 2);
-        got.extend(repos.iter().cloned());
-        if let Some(link) = r.h("Link") {
-            let last = repos.last().expect("non-empty page");
-            let enc: String = last.replace('/', "%2F");
-            let want_plain = format!("</v2/_catalog?n=2&last={last}>; rel=\"next\"");
-            let want_enc = format!("</v2/_catalog?n=2&last={enc}>; rel=\"next\"");
-            assert!(link == want_plain || link == want_enc, "Link {link}");
-            next = Some(link_target(link));
-        }
-    }
-    assert_eq!(pages, 3);
-    assert_eq!(got, all);
-
-    let r = api.get("/v2/_catalog?last=beta/one");
-    let after: Vec<String> = all.iter().filter(|t| t.as_str() > "beta/one").cloned().collect();
-    assert_eq!(strings(&r.json()["repositories"]), after);
-    let r = api.get("/v2/_catalog?n=0");
-    assert!(strings(&r.json()["repositories"]).is_empty());
-    assert!(r.h("Link").is_none());
+    check_paging(&api, "/v2/_catalog", "repositories", &all, 2);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1335,20 +1337,6 @@ fn large_blob_in_many_chunks_and_single_byte_ranges() {
     let r = api.get_range(&p, "bytes=4194304-5242879");
     r.expect_status(206);
     assert!(r.body == data[4_194_304..5_242_880], "middle range differs");
-}
-
-#[test]
-fn tags_list_last_need_not_be_an_existing_tag() {
-    let w = Wharfie::start();
-    let api = Api::new(&w);
-    let img = api.push_image("last/missing", Some("a"), 82, 1);
-    for t in ["b", "d", "e"] {
-        api.push_manifest("last/missing", t, OCI_MANIFEST, &img.manifest);
-    }
-    let r = api.get("/v2/last/missing/tags/list?n=1&last=c");
-    r.expect_status(200);
-    assert_eq!(strings(&r.json()["tags"]), vec!["d"]);
-    assert_eq!(r.h("Link"), Some("</v2/last/missing/tags/list?n=1&last=d>; rel=\"next\""));
 }
 
 #[test]

@@ -8,19 +8,18 @@
 //! and for leaving nothing behind (no blob file, no staging, no tag, no link), asked
 //! afterwards as a user who may see everything.
 
-mod clients;
-mod common;
-mod oci;
+use wharfie_testkit::clients;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use clients::{require, Clients};
-use common::{bytes_of, sha256, Wharfie};
+use common::{bytes_of, htpasswd, sha256, Wharfie};
 use oci::{image_manifest, raw, strings, Api, Desc, RawReq, Resp, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
 
 const CHALLENGE: &str = "Basic realm=\"wharfie\"";
@@ -31,16 +30,6 @@ const BOB: (&str, &str) = ("bob", "b0b:with colon");
 
 // ---------------------------------------------------------------------------------
 // Harness
-
-/// Write `users` into `path` with the real tool (`htpasswd -B`, its default cost).
-fn htpasswd(path: &Path, users: &[(&str, &str)]) {
-    let tool = require("htpasswd", "apache2-utils");
-    for (i, (u, p)) in users.iter().enumerate() {
-        let flags = if i == 0 { "-Bbc" } else { "-Bb" };
-        let out = Command::new(&tool).arg(flags).arg(path).args([u, p]).output().expect("run htpasswd");
-        assert!(out.status.success(), "htpasswd {flags} {u}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
 
 /// A server with `[auth]` = `auth_toml` (the htpasswd line is added), and its files.
 struct Server {

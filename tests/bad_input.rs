@@ -12,8 +12,8 @@
 //!
 //! All failures of a table are collected and reported together.
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -1,5 +1,5 @@
 //! The byte cap on mirrored content (issue 4, item 6), end to end: the real server as a
-//! mirror of the fake upstream (tests/mirror_support/upstream.rs) with `[cache]
+//! mirror of the fake upstream (tests/support/src/mirror/upstream.rs) with `[cache]
 //! max_bytes` far below what a client pulls through it.
 //!
 //! What "the store stays under the cap" means here, precisely:
@@ -11,10 +11,10 @@
 //!
 //! Only blob bytes are capped; manifests live in redb.
 
-mod common;
-mod mirror_support;
-mod oci;
-mod ops_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::oci;
+use wharfie_testkit::ops;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{bytes_of, sha256, Wharfie};
-use mirror_support::real;
-use mirror_support::upstream::{FakeUpstream, Kind};
+use mirror::real;
+use mirror::upstream::{FakeUpstream, Kind};
 use oci::*;
-use ops_support::*;
+use ops::*;
 
 const S: usize = 256 * 1024;
 const N: usize = 12;

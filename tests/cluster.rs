@@ -1,16 +1,16 @@
 //! Beyond one node, proved on the test's own hosts (network namespaces on a bridge, see
-//! tests/cluster_support): three wharfie nodes behind HAProxy with the shipped
+//! tests/support/src/cluster.rs): three wharfie nodes behind HAProxy with the shipped
 //! packaging/haproxy/wharfie-cluster.cfg, and tiered mirrors (site → regional → upstream).
 //! The upstream is Debian's docker-registry; every upstream request is counted from its
 //! access log. Runs as root (ip netns, veth, tc); one line per property is printed.
 
-mod cluster_support;
+use wharfie_testkit::cluster;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cluster_support::{make_blob, parallel_pulls, seed_image, Topology, HAPROXY_CFG, MIB};
+use cluster::{make_blob, parallel_pulls, seed_image, Topology, HAPROXY_CFG, MIB};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
@@ -247,7 +247,7 @@ fn sharded_cluster_behind_haproxy() {
 }
 
 /// Each client's pull: the manifest, the config and every layer, 200 and full size.
-fn check_pulls(res: &[Vec<cluster_support::Fetch>], layers: &[(String, u64)]) {
+fn check_pulls(res: &[Vec<cluster::Fetch>], layers: &[(String, u64)]) {
     for r in res {
         assert_eq!(r.len(), layers.len() + 2, "one result per URL: {r:?}");
         assert!(r.iter().all(|f| f.code == 200), "every request 200: {r:?}");
@@ -263,7 +263,7 @@ fn hosted_layers(t: &Topology, r: usize) -> Vec<(std::path::PathBuf, String)> {
         .map(|i| {
             let p = t.tmp.path().join(format!("hosted{r}-{i}"));
             let d = if p.exists() {
-                cluster_support::sha256_hex(&std::fs::read(&p).expect("read"))
+                wharfie_testkit::common::sha256(&std::fs::read(&p).expect("read"))
             } else {
                 make_blob(&p, MIB + i as u64 * 4096, 100 + r as u64 * 10 + i as u64)
             };
@@ -344,7 +344,7 @@ fn push_hosted(t: &Topology, lb: &str, repo: &str, r: usize) -> String {
     let cfg = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
     let cp = t.tmp.path().join(format!("hosted{r}-config"));
     std::fs::write(&cp, cfg).expect("config");
-    let cd = cluster_support::sha256_hex(cfg);
+    let cd = wharfie_testkit::common::sha256(cfg);
     let out = t
         .curl("cl", 60)
         .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data-binary"])
@@ -355,12 +355,12 @@ fn push_hosted(t: &Topology, lb: &str, repo: &str, r: usize) -> String {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "monolithic config upload");
     let manifest = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{\"mediaType\":\"{}\",\"digest\":\"{cd}\",\"size\":{}}},\"layers\":[{}]}}",
-        cluster_support::OCI_MANIFEST,
-        cluster_support::OCI_CONFIG,
+        cluster::OCI_MANIFEST,
+        cluster::OCI_CONFIG,
         cfg.len(),
         layers
             .iter()
-            .map(|(p, d)| format!("{{\"mediaType\":\"{}\",\"digest\":\"{d}\",\"size\":{}}}", cluster_support::OCI_LAYER, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
+            .map(|(p, d)| format!("{{\"mediaType\":\"{}\",\"digest\":\"{d}\",\"size\":{}}}", cluster::OCI_LAYER, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
             .collect::<Vec<_>>()
             .join(",")
     );
@@ -394,7 +394,7 @@ fn tiered_mirrors_site_regional_upstream() {
     let img = seed_image(&t, "up", "library/tier", "v1", 2, 64 * MIB, 3);
     // The regional tier: a docker.io mirror that sites must log in to (Basic).
     let htpasswd = t.tmp.path().join("htpasswd");
-    let out = std::process::Command::new(cluster_support::tool("htpasswd", "apache2-utils"))
+    let out = std::process::Command::new(cluster::tool("htpasswd", "apache2-utils"))
         .args(["-nbB", "site", "site-secret"])
         .output()
         .expect("htpasswd");

@@ -11,7 +11,8 @@
 //!
 //! Concurrency is lined up with barriers, and every loop is bounded by a count.
 
-mod common;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use common::{bytes_of, sha256, Wharfie};
+use oci::Resp;
 use serde_json::{json, Value};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -29,74 +31,27 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------------
 // Client.
 
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn h(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn content_length(&self) -> Option<usize> {
-        self.h("Content-Length").and_then(|v| v.parse().ok())
-    }
-
-    fn describe(&self) -> String {
-        let mut body = String::from_utf8_lossy(&self.body).into_owned();
-        if body.len() > 400 {
-            body.truncate(400);
-            body.push('…');
-        }
-        let hs: Vec<String> =
-            self.headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
-        format!("{} [{}] {body}", self.status, hs.join("; "))
-    }
-}
-
+/// `oci::Http` with this suite's pushes and checks, whose errors are values (a worker
+/// reports what it saw rather than panicking in its thread).
 #[derive(Clone)]
-struct Http {
-    c: reqwest::blocking::Client,
-    base: String,
+struct Http(oci::Http);
+
+impl std::ops::Deref for Http {
+    type Target = oci::Http;
+    fn deref(&self) -> &oci::Http {
+        &self.0
+    }
 }
 
 type Res<T> = Result<T, String>;
 
 impl Http {
     fn new(w: &Wharfie) -> Self {
-        let c = reqwest::blocking::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        Http { c, base: w.base.clone() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
-        }
-    }
-
-    fn path_of(&self, loc: &str) -> String {
-        loc.strip_prefix(&self.base).unwrap_or(loc).to_owned()
-    }
-
-    fn req(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        self.c.request(m, self.url(path))
+        Http(oci::Http::new(&w.base, Duration::from_secs(60)))
     }
 
     fn send(&self, rb: reqwest::blocking::RequestBuilder, what: &str) -> Res<Resp> {
-        let r = rb.send().map_err(|e| format!("{what}: transport error: {e}"))?;
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r.bytes().map_err(|e| format!("{what}: reading the body: {e}"))?.to_vec();
-        Ok(Resp { status, headers, body })
+        self.0.send(rb).map_err(|e| format!("{what}: transport error: {e}"))
     }
 
     fn expect(&self, rb: reqwest::blocking::RequestBuilder, status: u16, what: &str) -> Res<Resp> {

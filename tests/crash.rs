@@ -11,7 +11,7 @@
 //!   monolithic upload leaves none), and an interrupted chunked session resumes from the
 //!   offset the server reports and commits.
 //!
-//! - mirror fills (a fake upstream, `tests/mirror_support/upstream.rs`) run beside the
+//! - mirror fills (a fake upstream, `tests/support/src/mirror/upstream.rs`) run beside the
 //!   pushes: every fill a client received whole is served from the cache after the
 //!   restart with the upstream failing every request (so it was durable, not refetched);
 //! - no lease and no upload row survives: after the last graceful stop the metadata
@@ -23,8 +23,9 @@
 //! blob files hashed, new blobs fetched, every tag's graph walked), and every tenth
 //! restart and the last verify everything.
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::oci;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -35,7 +36,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bytes_of, sha256, Wharfie};
-use mirror_support::upstream::FakeUpstream;
+use mirror::upstream::FakeUpstream;
+use oci::{with_query, Http, Resp};
 use serde_json::Value;
 
 /// The mirrored upstream's name (its path prefix).
@@ -63,6 +65,8 @@ fn kill_after(cycle: usize) -> usize {
 const CYCLE_DEADLINE: Duration = Duration::from_secs(180);
 /// A safety cap on one worker's jobs per cycle.
 const MAX_JOBS_PER_WORKER: usize = 2_000;
+/// Per-request limit of the suite's HTTP client.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const REPOS: &[&str] = &["crash/alpha", "crash/beta", "crash/deep/gamma/x"];
 const MIB: usize = 1 << 20;
 
@@ -71,87 +75,7 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 // ---------------------------------------------------------------------------------
-// A small HTTP client whose transport errors are values (the server dies mid-request).
-
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn h(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn describe(&self) -> String {
-        let mut body = String::from_utf8_lossy(&self.body).into_owned();
-        if body.len() > 400 {
-            body.truncate(400);
-            body.push('…');
-        }
-        let hs: Vec<String> =
-            self.headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
-        format!("{} [{}] {body}", self.status, hs.join("; "))
-    }
-}
-
-#[derive(Clone)]
-struct Http {
-    c: reqwest::blocking::Client,
-    base: String,
-}
-
-impl Http {
-    fn new(w: &Wharfie) -> Self {
-        let c = reqwest::blocking::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        Http { c, base: w.base.clone() }
-    }
-
-    /// A path or an absolute URL on this server → a URL.
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
-        }
-    }
-
-    /// A `Location` value → a path.
-    fn path_of(&self, loc: &str) -> String {
-        loc.strip_prefix(&self.base).unwrap_or(loc).to_owned()
-    }
-
-    fn req(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        self.c.request(m, self.url(path))
-    }
-
-    fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Result<Resp, reqwest::Error> {
-        let r = rb.send()?;
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r.bytes()?.to_vec();
-        Ok(Resp { status, headers, body })
-    }
-
-    /// For the verification phase, where the server is up and a transport error fails.
-    fn must(&self, rb: reqwest::blocking::RequestBuilder, what: &str) -> Resp {
-        self.send(rb).unwrap_or_else(|e| panic!("{what}: transport error against a running server: {e}"))
-    }
-}
-
-fn with_query(path: &str, kv: &str) -> String {
-    if path.contains('?') {
-        format!("{path}&{kv}")
-    } else {
-        format!("{path}?{kv}")
-    }
-}
+// The client is `oci::Http`: its transport errors are values (the server dies mid-request).
 
 /// The session id: the last path segment of an upload `Location`.
 fn session_id(loc: &str) -> String {
@@ -994,7 +918,7 @@ fn verify(
     full: bool,
     up: &FakeUpstream,
 ) -> (Counts, Vec<String>) {
-    let http = Http::new(w);
+    let http = Http::new(&w.base, CLIENT_TIMEOUT);
     let mut errors = Vec::new();
     let mut c = Counts::default();
 
@@ -1361,7 +1285,7 @@ fn sigkill_during_concurrent_pushes_loses_nothing_acknowledged() {
         }
         crashed_mono.clear();
 
-        let http = Http::new(&w);
+        let http = Http::new(&w.base, CLIENT_TIMEOUT);
         let acks = Arc::new(AckCounter::default());
         let killed = Arc::new(AtomicBool::new(false));
         let mut workers: Vec<_> = (0..WORKERS)

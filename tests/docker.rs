@@ -14,8 +14,8 @@
 //! The tests run one at a time (a lock): each daemon unpacks images with vfs, and the
 //! machine has two cores.
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{require, Wharfie};
-use mirror_support::real::ReferenceRegistry;
+use mirror::real::ReferenceRegistry;
 
 /// Wall-clock limit of one docker CLI command.
 const DOCKER_TIMEOUT_SECS: u32 = 180;

@@ -3,8 +3,8 @@
 //! repository (paging stays correct; page times are printed), a 100-deep repository
 //! name, a manifest that tries to reference itself, and an index of 10 000 entries.
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

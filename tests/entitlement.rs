@@ -3,42 +3,20 @@
 //!
 //! Against the real binary with a real upstream: Debian's `docker-registry` for the
 //! Docker push flow (HEAD of known layers in a new repository is 404, then a mount),
-//! and the counting fake upstream of tests/mirror_support for the leak (a private blob
+//! and the counting fake upstream of tests/support/src/mirror for the leak (a private blob
 //! or manifest asked for by digest through a mirrored name) and for what the rule
 //! saves: layers shared between mirrored images cost no upstream request.
 
-mod common;
-mod mirror_support;
-mod oci;
-
-use std::process::Command;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::oci;
 
 use serde_json::json;
 
-use common::{bytes_of, require, sha256, Wharfie};
-use mirror_support::real;
-use mirror_support::upstream::{FakeUpstream, Kind};
+use common::{bytes_of, htpasswd, sha256, Wharfie};
+use mirror::real;
+use mirror::upstream::{FakeUpstream, Kind};
 use oci::{index_manifest, Api, Desc, Resp, OCI_INDEX, OCI_MANIFEST};
-
-/// A wharfie with `toml` as its configuration, and the temp dir holding both.
-struct Server {
-    w: Wharfie,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(toml: &str) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("wharfie.toml");
-        std::fs::write(&cfg, toml).expect("write config");
-        let w = Wharfie::start_in(&dir.path().join("data"), &["--config", &cfg.display().to_string()]);
-        Server { w, _dir: dir }
-    }
-
-    fn api(&self) -> Api<'_> {
-        Api::new(&self.w)
-    }
-}
 
 /// One `[[upstreams]]` table named docker.io, the default upstream for bare names.
 fn docker_io(url: &str) -> String {
@@ -60,8 +38,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn push_of_layers_stored_for_another_repo_sees_404_then_mounts() {
     let reg = real::ReferenceRegistry::start();
-    let s = Server::start(&docker_io(&format!("http://{}", reg.addr)));
-    let api = s.api();
+    let s = Wharfie::start_with_config(&docker_io(&format!("http://{}", reg.addr)));
+    let api = Api::new(&s);
     // Bare names under a default upstream: pushes go to the hosted repositories.
     let img = api.push_image("a/app", Some("v1"), 7, 2);
     let blobs: Vec<Desc> = std::iter::once(img.config.clone()).chain(img.layers.iter().cloned()).collect();
@@ -99,17 +77,9 @@ fn layers_pulled_through_the_mirror_are_404_in_a_hosted_repo_until_mounted() {
         "entitlement",
     );
     src.set_refs(&[("v1", &img.manifest)]);
-    sk.run(
-        "copy",
-        &[
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src.oci("v1"),
-            &format!("docker://{}/library/hello:v1", reg.addr),
-        ],
-    );
-    let s = Server::start(&docker_io(&format!("http://{}", reg.addr)));
-    let api = s.api();
+    sk.push(&src, "v1", &reg.addr, "library/hello:v1");
+    let s = Wharfie::start_with_config(&docker_io(&format!("http://{}", reg.addr)));
+    let api = Api::new(&s);
     // Pull through the mirror: by prefix for the manifest, by bare name for the blobs.
     let r = api.get("/v2/docker.io/library/hello/manifests/v1");
     r.expect_status(200);
@@ -161,20 +131,13 @@ access = ["pull", "push"]
 const ALICE: (&str, &str) = ("alice", "alice-pw");
 const BOB: (&str, &str) = ("bob", "bob-pw");
 
-fn auth_server(upstream: &str) -> Server {
+/// The server with alice and bob in an htpasswd file, and the temp dir holding that file.
+fn auth_server(upstream: &str) -> (Wharfie, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = dir.path().join("htpasswd");
-    let tool = require("htpasswd", "apache2-utils");
-    for (i, (u, p)) in [ALICE, BOB].iter().enumerate() {
-        let flags = if i == 0 { "-Bbc" } else { "-Bb" };
-        let out = Command::new(&tool).arg(flags).arg(&pw).args([u, p]).output().expect("run htpasswd");
-        assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    htpasswd(&pw, &[ALICE, BOB]);
     let toml = format!("[auth]\nhtpasswd = \"{}\"\n{RULES}\n{}", pw.display(), docker_io(upstream));
-    let cfg = dir.path().join("wharfie.toml");
-    std::fs::write(&cfg, toml).expect("write config");
-    let w = Wharfie::start_in(&dir.path().join("data"), &["--config", &cfg.display().to_string()]);
-    Server { w, _dir: dir }
+    (Wharfie::start_with_config(&toml), dir)
 }
 
 fn as_user(api: &Api, who: Option<(&str, &str)>, method: &str, path: &str) -> Resp {
@@ -201,8 +164,8 @@ fn push_private_blob(api: &Api, repo: &str, data: &[u8]) -> String {
 #[test]
 fn private_content_is_never_served_through_a_mirrored_name_on_its_digest() {
     let up = FakeUpstream::start();
-    let s = auth_server(&up.url());
-    let api = s.api();
+    let (s, _htpasswd) = auth_server(&up.url());
+    let api = Api::new(&s);
     let secret = [b"PRIVATE-LAYER-".as_slice(), &bytes_of(5000, 3)].concat();
     let config = br#"{"architecture":"amd64","os":"linux","private":true}"#.to_vec();
     let d = push_private_blob(&api, "private/secret", &secret);
@@ -287,8 +250,8 @@ fn private_content_is_never_served_through_a_mirrored_name_on_its_digest() {
 #[test]
 fn layers_and_children_shared_between_mirrored_images_cost_no_upstream_request() {
     let up = FakeUpstream::start();
-    let s = Server::start(&docker_io(&up.url()));
-    let api = s.api();
+    let s = Wharfie::start_with_config(&docker_io(&up.url()));
+    let api = Api::new(&s);
     let shared = bytes_of(120_000, 9);
     let sd = up.add_blob(shared.clone());
     let mut images = Vec::new();

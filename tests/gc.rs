@@ -3,11 +3,11 @@
 //! a running server, and GC racing several clients that push and delete concurrently.
 //!
 //! Grace periods are tested without sleeping through them: with the server stopped,
-//! the test ages the blob rows in the real redb file (`ops_support::age_blob_rows`).
+//! the test ages the blob rows in the real redb file (`ops::age_blob_rows`).
 
-mod common;
-mod oci;
-mod ops_support;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
+use wharfie_testkit::ops;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -19,7 +19,7 @@ use serde_json::json;
 
 use common::{bytes_of, sha256, Wharfie};
 use oci::*;
-use ops_support::*;
+use ops::*;
 
 const DAY: u64 = 24 * 3600;
 

@@ -22,8 +22,8 @@
 //! reference registry (`/usr/bin/docker-registry`, Debian's `docker-registry`)
 //! instead, to tell a client or test problem from a wharfie bug.
 
-mod clients;
-mod common;
+use wharfie_testkit::clients;
+use wharfie_testkit::common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -143,7 +143,7 @@ fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// What the clients print (they are set up in tests/clients/mod.rs)
+// What the clients print (they are set up in tests/support/src/clients.rs)
 // ---------------------------------------------------------------------------
 
 /// The last non-empty line of a client's stdout (podman/buildah print IDs there).

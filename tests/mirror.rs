@@ -1,6 +1,6 @@
 //! The pull-through mirror (issue 3, DESIGN.md "Mirror"), tested against the real
 //! `wharfie` binary in front of a small, real HTTP upstream written for these tests
-//! (tests/mirror_support/upstream.rs): it counts every request by method and kind,
+//! (tests/support/src/mirror/upstream.rs): it counts every request by method and kind,
 //! and misbehaves on demand — 500s, 429 with `Retry-After`, a connection cut
 //! mid-body, wrong bytes for a digest, a throttled body, a stall.
 //!
@@ -13,8 +13,8 @@
 //! `docker-registry` as the upstream, skopeo (by path prefix) and containerd's `ctr`
 //! (by `?ns=docker.io`, through a hosts.toml mirror) pulling through wharfie.
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,8 +23,8 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use common::{bytes_of, hex_lower, oci_code, sha256, Wharfie};
-use mirror_support::real;
-use mirror_support::upstream::{FakeUpstream, Kind};
+use mirror::real;
+use mirror::upstream::{FakeUpstream, Kind};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -1260,15 +1260,7 @@ fn registry_with_image(
         "mirror",
     );
     src.set_refs(&[("v1", &img.manifest)]);
-    sk.run(
-        "copy",
-        &[
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src.oci("v1"),
-            &format!("docker://{}/library/hello:v1", reg.addr),
-        ],
-    );
+    sk.push(&src, "v1", &reg.addr, "library/hello:v1");
     (reg, src, img)
 }
 

@@ -7,56 +7,17 @@
 //! pull succeeds with the right bytes (after the short window for which the failing
 //! upstream was marked down).
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
 
 use std::time::{Duration, Instant};
 
 use common::{bytes_of, oci_code, sha256, Wharfie};
-use mirror_support::upstream::{FakeUpstream, Kind};
+use mirror::upstream::{FakeUpstream, Kind};
+use mirror::{get, Got};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const NAME: &str = "up.test";
-
-struct Got {
-    status: u16,
-    body: Vec<u8>,
-    /// Reading the body failed (connection aborted mid-body).
-    cut: bool,
-    took: Duration,
-    retry_after: Option<u64>,
-}
-
-impl Got {
-    fn complete(&self, len: usize) -> bool {
-        self.status == 200 && !self.cut && self.body.len() == len
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn get(w: &Wharfie, path: &str) -> Got {
-    let t = Instant::now();
-    let c = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(90))
-        .no_proxy()
-        .build()
-        .expect("client");
-    let r = c
-        .get(w.url(path))
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {path}: no answer at all: {e}"));
-    let status = r.status().as_u16();
-    let retry_after =
-        r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-    let mut r = r;
-    let mut body = Vec::new();
-    let cut = std::io::Read::read_to_end(&mut r, &mut body).is_err();
-    Got { status, body, cut, took: t.elapsed(), retry_after }
-}
 
 fn start(up: &FakeUpstream, timeout: &str) -> (Wharfie, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -86,13 +47,13 @@ fn wait_staging_empty(w: &Wharfie, what: &str) {
 /// upstream healthy, the pull succeeds.
 fn assert_unpoisoned(w: &Wharfie, up: &FakeUpstream, path: &str, data: &[u8], what: &str) {
     up.faults(|f| {
-        *f = mirror_support::upstream::Faults { fail_500: usize::MAX, retry_after: 1, ..Default::default() }
+        *f = mirror::upstream::Faults { fail_500: usize::MAX, retry_after: 1, ..Default::default() }
     });
     let g = get(w, path);
     if g.status == 200 && !g.cut {
         assert!(g.body == data, "{what}: the cache serves {} bytes that are not the blob", g.body.len());
     }
-    up.faults(|f| *f = mirror_support::upstream::Faults { retry_after: 1, ..Default::default() });
+    up.faults(|f| *f = mirror::upstream::Faults { retry_after: 1, ..Default::default() });
     let g = get_after_window(w, path);
     assert!(g.complete(data.len()), "{what}: the pull after the upstream healed: {} {}", g.status, g.text());
     assert!(g.body == data, "{what}: bytes after the upstream healed");

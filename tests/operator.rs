@@ -2,10 +2,10 @@
 //! code, configuration errors that name keys as the user wrote them (and where), and
 //! stray `WHARFIE_*` variables that warn instead of taking the server down.
 
-mod common;
-mod mirror_support;
-mod oci;
-mod ops_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::oci;
+use wharfie_testkit::ops;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{bytes_of, Wharfie};
-use mirror_support::real;
-use mirror_support::upstream::FakeUpstream;
+use mirror::real;
+use mirror::upstream::FakeUpstream;
 use oci::*;
-use ops_support::*;
+use ops::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

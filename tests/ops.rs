@@ -2,10 +2,10 @@
 //! directory with corrupted files, `/metrics` `/healthz` `/readyz` and JSON logs of
 //! the real server, and TLS (HTTP/1.1 and HTTP/2 over ALPN) with reqwest and skopeo.
 
-mod common;
-mod mirror_support;
-mod oci;
-mod ops_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
+use wharfie_testkit::oci;
+use wharfie_testkit::ops;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{bytes_of, sha256, Wharfie};
-use mirror_support::real;
-use mirror_support::upstream::{FakeUpstream, Kind};
+use mirror::real;
+use mirror::upstream::{FakeUpstream, Kind};
 use oci::*;
-use ops_support::*;
+use ops::*;
 
 fn mirror_config(dir: &Path, upstream: &FakeUpstream, extra: &str) -> std::path::PathBuf {
     let p = dir.join("mirror.toml");
@@ -125,7 +125,7 @@ fn cli_talks_to_the_running_server_that_holds_the_data_dir() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let cfg = write_config(tmp.path(), free_port(), &dir, "");
-    let srv = Server::start(&cfg);
+    let srv = serve_config(&cfg, &dir);
     let out = cli(&["inventory", "--config", &path_str(&cfg), "-o", "-"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let inv: serde_json::Value = serde_json::from_str(&out.stdout).expect("inventory JSON on stdout");

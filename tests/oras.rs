@@ -3,7 +3,7 @@
 //! chunked), pull, `subject` + the referrers API, tag listing and deletion. The script
 //! exits non-zero with a message on the first difference from what ORAS expects.
 
-mod common;
+use wharfie_testkit::common;
 
 use std::path::Path;
 use std::process::Command;

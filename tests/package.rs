@@ -20,8 +20,8 @@
 //! (dpkg-shlibdeps), binutils (strip, objcopy, readelf), systemd (systemd-analyze) and
 //! util-linux (setpriv, prlimit).
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

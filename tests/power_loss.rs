@@ -13,17 +13,16 @@
 //! racing that fsync counts as durable (slightly kinder than a real disk); data that
 //! was never fsynced is dropped whole (a real disk may keep any prefix of it).
 
-mod common;
+use wharfie_testkit::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::net::TcpListener as StdListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{bytes_of, sha256};
+use common::{bytes_of, http_client, sha256, InProc};
 use wharfie::blob::{FaultHook, FsOp, SyncTarget};
 use wharfie::meta::{Meta, VolatileBackend};
 
@@ -142,83 +141,24 @@ fn rebuild(img: &Image, rel: &Path, out: &Path) {
 }
 
 // ---------------------------------------------------------------------------------
-// The server, in-process.
+// The server, in-process (`common::InProc`).
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(dir: &Path, config: &str, seams: Option<(Arc<Power>, Meta)>) -> Server {
-        let cfg = dir.with_extension("toml");
-        std::fs::write(&cfg, config).expect("config");
-        let listener = StdListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let overrides =
-            wharfie::config::Overrides { listen: Some(addr.to_string()), data_dir: Some(dir.to_path_buf()) };
-        let (_, settings) = wharfie::config::load(Some(&cfg), &overrides).expect("settings");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let shutdown = async {
-                    let _ = rx.await;
-                };
-                match seams {
-                    Some((power, meta)) => {
-                        let hook: Arc<dyn FaultHook> = power;
-                        wharfie::app::run_with_seams(vec![l], settings, hook, Some(meta), shutdown).await
-                    }
-                    None => wharfie::app::run(vec![l], settings, shutdown).await,
-                }
-                .expect("server runs (recovery must be clean)");
-            });
-        });
-        let s = Server { base: format!("http://{addr}"), stop: Some(tx), thread: Some(thread) };
-        let r = client().get(s.url("/v2/")).send().expect("GET /v2/");
-        assert_eq!(r.status().as_u16(), 200);
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
+/// Write `config` beside `dir` and start the server on `dir`, with the power model's
+/// seams (its fsync hook and the volatile redb) or, for the check after a cut, none.
+fn start(dir: &Path, config: &str, seams: Option<(Arc<Power>, Meta)>) -> InProc {
+    let cfg = dir.with_extension("toml");
+    std::fs::write(&cfg, config).expect("config");
+    match seams {
+        Some((power, meta)) => {
+            let hook: Arc<dyn FaultHook> = power;
+            InProc::start(dir, Some(&cfg), Some(hook), Some(meta))
         }
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().expect("server thread");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown();
+        None => InProc::start(dir, Some(&cfg), None, None),
     }
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("client")
+    http_client(Duration::from_secs(30))
 }
 
 // ---------------------------------------------------------------------------------
@@ -416,7 +356,7 @@ fn run_once(tmp: &Path, cut_at: u64, seed: u64) -> (Arc<Power>, Vec<u8>) {
     };
     let backend = VolatileBackend::new(Vec::new(), gate);
     let meta = Meta::open_with_backend(backend.clone()).expect("meta on the volatile backend");
-    let mut server = Server::start(&dir, CONFIG, Some((power.clone(), meta)));
+    let mut server = start(&dir, CONFIG, Some((power.clone(), meta)));
     let threads: Vec<_> = (0..3u64)
         .map(|kind| {
             let w = Worker { base: server.base.clone(), power: power.clone(), http: client() };
@@ -438,7 +378,7 @@ struct Tally {
     lost: Vec<String>,
 }
 
-fn check(server: &Server, acks: &[Ack], data: &Path, t: &mut Tally) {
+fn check(server: &InProc, acks: &[Ack], data: &Path, t: &mut Tally) {
     let http = client();
     let get = |p: &str| {
         let r = http.get(server.url(p)).header("accept", OCI_MANIFEST).send().expect("GET");
@@ -549,7 +489,7 @@ fn acknowledged_writes_survive_a_power_cut_at_any_sync_point() {
         }
         let acks = img.acks.clone();
         drop(img);
-        let mut server = Server::start(&after, "", None);
+        let mut server = start(&after, "", None);
         let before = t.lost.len();
         check(&server, &acks, &after, &mut t);
         server.shutdown();

@@ -12,17 +12,16 @@
 //! root) with the real binary: the push that does not fit fails cleanly, the space comes
 //! back, and a push that fits succeeds.
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
 
 use std::io;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{bytes_of, count_files, oci_code, sha256, Wharfie};
-use mirror_support::upstream::FakeUpstream;
+use common::{bytes_of, count_files, http_client, oci_code, sha256, InProc, Wharfie};
+use mirror::upstream::FakeUpstream;
 use wharfie::blob::{FaultHook, FsOp};
 
 const EIO: i32 = 5;
@@ -87,65 +86,22 @@ impl FaultHook for Faults {
 // ---------------------------------------------------------------------------------
 // The server, in-process, with the hook installed.
 
-struct InProc {
-    base: String,
-    dir: PathBuf,
+/// The in-process server (`common::InProc`) with this suite's fault hook installed.
+struct Server {
+    srv: InProc,
     faults: Arc<Faults>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _tmp: tempfile::TempDir,
 }
 
-impl InProc {
-    fn start(config: Option<&str>) -> InProc {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let cfg = config.map(|c| {
-            let p = tmp.path().join("wharfie.toml");
-            std::fs::write(&p, c).expect("write config");
-            p
-        });
-        let listener = StdListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let overrides =
-            wharfie::config::Overrides { listen: Some(addr.to_string()), data_dir: Some(dir.clone()) };
-        let (_, settings) = wharfie::config::load(cfg.as_deref(), &overrides).expect("settings");
+impl Server {
+    fn start(config: Option<&str>) -> Server {
         let faults = Arc::new(Faults::default());
         let hook: Arc<dyn FaultHook> = faults.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let shutdown = async {
-                    let _ = rx.await;
-                };
-                wharfie::app::run_with_hook(vec![l], settings, hook, shutdown).await.expect("server runs");
-            });
-        });
-        let s = InProc {
-            base: format!("http://{addr}"),
-            dir,
-            faults,
-            stop: Some(tx),
-            thread: Some(thread),
-            _tmp: tmp,
-        };
-        // The listener is bound: the first request waits for the stores to open.
-        let r = s.send(s.req("GET", "/v2/"));
-        assert_eq!(r.status, 200, "GET /v2/ on the in-process server");
-        s
+        Server { srv: InProc::start_temp(config, Some(hook)), faults }
     }
 
     fn req(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
-        client().request(m, url)
+        client().request(m, self.srv.url(path))
     }
 
     fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
@@ -157,34 +113,25 @@ impl InProc {
     }
 
     fn staging(&self) -> usize {
-        std::fs::read_dir(self.dir.join("uploads")).map(|d| d.count()).unwrap_or(0)
+        self.srv.staging_entries()
     }
 }
 
-impl InProc {
-    fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl std::ops::Deref for Server {
+    type Target = InProc;
+    fn deref(&self) -> &InProc {
+        &self.srv
     }
 }
 
-impl Drop for InProc {
-    fn drop(&mut self) {
-        self.shutdown();
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut InProc {
+        &mut self.srv
     }
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("client")
+    http_client(Duration::from_secs(60))
 }
 
 struct Resp {
@@ -227,7 +174,7 @@ fn errno_name(errno: i32) -> &'static str {
 }
 
 /// The blob is not visible in `repo`: GET → 404 BLOB_UNKNOWN, HEAD → 404.
-fn assert_absent(s: &InProc, repo: &str, d: &str, what: &str) {
+fn assert_absent(s: &Server, repo: &str, d: &str, what: &str) {
     let r = s.send(s.req("GET", &format!("/v2/{repo}/blobs/{d}")));
     assert_eq!(r.error(), (404, "BLOB_UNKNOWN".into()), "{what}: GET of the failed blob");
     let r = s.send(s.req("HEAD", &format!("/v2/{repo}/blobs/{d}")));
@@ -235,7 +182,7 @@ fn assert_absent(s: &InProc, repo: &str, d: &str, what: &str) {
 }
 
 /// GET returns exactly `data`, with its digest.
-fn assert_present(s: &InProc, repo: &str, data: &[u8], what: &str) {
+fn assert_present(s: &Server, repo: &str, data: &[u8], what: &str) {
     let d = sha256(data);
     let r = s.send(s.req("GET", &format!("/v2/{repo}/blobs/{d}")));
     assert_eq!(r.status, 200, "{what}: GET {d}: {}", r.text());
@@ -269,18 +216,18 @@ fn assert_blob_files_sound(dir: &Path, what: &str) {
     }
 }
 
-fn monolithic(s: &InProc, repo: &str, data: &[u8]) -> Resp {
+fn monolithic(s: &Server, repo: &str, data: &[u8]) -> Resp {
     let d = sha256(data);
     s.send(s.req("POST", &format!("/v2/{repo}/blobs/uploads/?digest={d}")).body(data.to_vec()))
 }
 
-fn start_session(s: &InProc, repo: &str) -> String {
+fn start_session(s: &Server, repo: &str) -> String {
     let r = s.send(s.req("POST", &format!("/v2/{repo}/blobs/uploads/")));
     assert_eq!(r.status, 202, "POST session: {}", r.text());
     r.h("location").to_owned()
 }
 
-fn patch(s: &InProc, loc: &str, start: usize, chunk: &[u8]) -> Resp {
+fn patch(s: &Server, loc: &str, start: usize, chunk: &[u8]) -> Resp {
     let range = format!("{start}-{}", start + chunk.len() - 1);
     s.send(
         s.req("PATCH", loc)
@@ -290,13 +237,13 @@ fn patch(s: &InProc, loc: &str, start: usize, chunk: &[u8]) -> Resp {
     )
 }
 
-fn put(s: &InProc, loc: &str, d: &str, last: &[u8]) -> Resp {
+fn put(s: &Server, loc: &str, d: &str, last: &[u8]) -> Resp {
     let sep = if loc.contains('?') { '&' } else { '?' };
     s.send(s.req("PUT", &format!("{loc}{sep}digest={d}")).body(last.to_vec()))
 }
 
 /// The offset a session reports (`Range: 0-N` → N+1; none → 0).
-fn session_offset(s: &InProc, loc: &str) -> Result<u64, (u16, String)> {
+fn session_offset(s: &Server, loc: &str) -> Result<u64, (u16, String)> {
     let r = s.send(s.req("GET", loc));
     if r.status != 204 {
         return Err(r.error());
@@ -321,7 +268,7 @@ const MONOLITHIC_FAULTS: &[(&str, FsOp, u64, i32)] = &[
 
 #[test]
 fn monolithic_push_faults_fail_cleanly_and_leave_nothing() {
-    let s = InProc::start(None);
+    let s = Server::start(None);
     let repo = "faults/mono";
     let mut tried = 0;
     for (i, (label, op, skip, errno)) in MONOLITHIC_FAULTS.iter().enumerate() {
@@ -348,7 +295,7 @@ fn monolithic_push_faults_fail_cleanly_and_leave_nothing() {
 
 #[test]
 fn chunked_patch_fault_keeps_the_session_at_its_acknowledged_offset() {
-    let s = InProc::start(None);
+    let s = Server::start(None);
     let repo = "faults/chunked";
     let mut tried = 0;
     for (i, errno) in [EIO, ENOSPC].into_iter().enumerate() {
@@ -384,7 +331,7 @@ fn chunked_patch_fault_keeps_the_session_at_its_acknowledged_offset() {
 
 #[test]
 fn chunked_put_faults_fail_cleanly() {
-    let s = InProc::start(None);
+    let s = Server::start(None);
     let repo = "faults/put";
     let mut tried = 0;
     // A fault while the PUT's last chunk is written: the session survives at its
@@ -448,7 +395,7 @@ fn chunked_put_faults_fail_cleanly() {
 /// next startup removes it (and every staging area and lease of the failed run).
 #[test]
 fn a_rowless_blob_file_left_by_a_failed_commit_is_removed_at_startup() {
-    let mut s = InProc::start(None);
+    let mut s = Server::start(None);
     let repo = "faults/orphan";
     let data = bytes_of(2 * MIB, 600);
     let d = sha256(&data);
@@ -473,7 +420,7 @@ fn a_rowless_blob_file_left_by_a_failed_commit_is_removed_at_startup() {
 fn mirror_fill_faults_are_not_cached_and_the_next_pull_fills() {
     let up = FakeUpstream::start();
     let cfg = format!("[[upstreams]]\nname = \"up.example\"\nurl = \"{}\"\ntimeout = \"10s\"\n", up.url());
-    let s = InProc::start(Some(&cfg));
+    let s = Server::start(Some(&cfg));
     let mut tried = 0;
     let faults: &[(&str, FsOp, u64, i32)] = &[
         ("a write mid-fill", FsOp::Write, 2, EIO),
@@ -531,7 +478,7 @@ fn mirror_fill_faults_are_not_cached_and_the_next_pull_fills() {
 fn a_panicking_fill_frees_its_digest_and_the_next_pull_fills() {
     let up = FakeUpstream::start();
     let cfg = format!("[[upstreams]]\nname = \"up.example\"\nurl = \"{}\"\ntimeout = \"10s\"\n", up.url());
-    let mut s = InProc::start(Some(&cfg));
+    let mut s = Server::start(Some(&cfg));
     let data = bytes_of(3 * MIB, 777);
     let d = up.add_blob(data.clone());
     let path = format!("/v2/up.example/library/app/blobs/{d}");

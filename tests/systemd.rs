@@ -9,8 +9,8 @@
 //! Needs `systemd-analyze` (apt-get install -y systemd) and `strace`
 //! (apt-get install -y strace).
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::net::UnixDatagram;

@@ -3,20 +3,21 @@
 //! tags are served without asking it, misses fail at once with 503 UNAVAILABLE,
 //! `Retry-After` and the upstream's configured name (never its URL); one request probes
 //! it when the window ends; `wharfie_upstream_up` follows. The misbehaving upstreams are
-//! the real fake of tests/mirror_support (refuse: its listener closed; hang: it reads
+//! the real fake of tests/support/src/mirror (refuse: its listener closed; hang: it reads
 //! the request and never answers). Windows are short (`down_min`) so the tests stay fast.
 //!
 //! `measure_outage_latencies` (ignored) prints the figures of the issue with the default
 //! config; `HEALTH_TEST_BIN=path` runs it against another build (the code before the change).
 
-mod common;
-mod mirror_support;
+use wharfie_testkit::common;
+use wharfie_testkit::mirror;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{oci_code, Wharfie};
-use mirror_support::upstream::{FakeUpstream, Kind};
+use mirror::upstream::{FakeUpstream, Kind};
+use mirror::{get, Got};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const NAME: &str = "up.test";
@@ -25,18 +26,12 @@ const TAG: &str = "/v2/up.test/library/app/manifests/v1";
 /// Generous bound for the "< 50 ms" targets (the report gives the measured figures).
 const FAST: Duration = Duration::from_millis(500);
 
-struct Got {
-    status: u16,
-    body: Vec<u8>,
-    retry_after: Option<u64>,
-    took: Duration,
+/// The assertion these tests make of a request while the upstream is down.
+trait Down {
+    fn assert_down(&self, what: &str, cause: &str) -> u64;
 }
 
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
+impl Down for Got {
     /// A 503 UNAVAILABLE naming the upstream, with its cause and a Retry-After, and no
     /// trace of the upstream's address.
     fn assert_down(&self, what: &str, cause: &str) -> u64 {
@@ -49,25 +44,6 @@ impl Got {
         assert!(ra >= 1, "{what}: Retry-After {ra}");
         ra
     }
-}
-
-fn get(w: &Wharfie, path: &str) -> Got {
-    let c = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(90))
-        .no_proxy()
-        .build()
-        .expect("client");
-    let t = Instant::now();
-    let r = c
-        .get(w.url(path))
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {path}: no answer at all: {e}"));
-    let status = r.status().as_u16();
-    let retry_after =
-        r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-    let body = r.bytes().map(|b| b.to_vec()).unwrap_or_default();
-    Got { status, body, retry_after, took: t.elapsed() }
 }
 
 /// `wharfie_upstream_up{upstream="up.test"}`, and a counter, from GET /metrics.

@@ -87,6 +87,19 @@ impl UpstreamError {
     }
 }
 
+/// One request to the upstream, as `send`, `send_retrying` and `send_once` pass it on.
+struct Request<'a> {
+    /// What it is for `on_request` (metrics): `manifest`, `blob_head`, …
+    kind: &'a str,
+    method: Method,
+    /// The path on the upstream (`/v2/…`), in its own repository names.
+    path: &'a str,
+    /// The upstream repository, for its Bearer token.
+    repo: &'a str,
+    headers: &'a [(header::HeaderName, String)],
+    attempts: Attempts,
+}
+
 /// How hard one request tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempts {
@@ -236,20 +249,12 @@ impl Upstream {
     }
 
     /// Send one request, unless the upstream is down; its outcome updates the health.
-    async fn send(
-        &self,
-        kind: &str,
-        method: Method,
-        path: &str,
-        repo: &str,
-        headers: &[(header::HeaderName, String)],
-        attempts: Attempts,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(&self, req: &Request<'_>) -> Result<reqwest::Response, UpstreamError> {
         let ticket = match self.health.admit(Instant::now()) {
             Ok(t) => t,
             Err(r) => return Err(self.down_error(&r.cause, r.retry_in)),
         };
-        match self.send_retrying(kind, method, path, repo, headers, attempts).await {
+        match self.send_retrying(req).await {
             Ok(resp) => {
                 let ch = self.health.succeeded(ticket);
                 self.changed(ch, "", Duration::ZERO);
@@ -272,12 +277,7 @@ impl Upstream {
     /// comes with the upstream's last `Retry-After`.
     async fn send_retrying(
         &self,
-        kind: &str,
-        method: Method,
-        path: &str,
-        repo: &str,
-        headers: &[(header::HeaderName, String)],
-        attempts: Attempts,
+        req: &Request<'_>,
     ) -> Result<reqwest::Response, (UpstreamError, Option<Duration>)> {
         let deadline = Instant::now() + self.cfg.deadline;
         let mut attempt: u32 = 0;
@@ -286,13 +286,10 @@ impl Upstream {
             // Each attempt (connect, auth dance, response headers) gets what is left of
             // the deadline: a stalled upstream costs `timeout`, not the client's own limits.
             let left = deadline.saturating_duration_since(Instant::now());
-            let r =
-                match tokio::time::timeout(left, self.send_once(kind, method.clone(), path, repo, headers))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err((UpstreamError::Timeout(self.cfg.deadline), None)),
-                };
+            let r = match tokio::time::timeout(left, self.send_once(req)).await {
+                Ok(r) => r,
+                Err(_) => Err((UpstreamError::Timeout(self.cfg.deadline), None)),
+            };
             let err = match r {
                 Ok(resp) => return Ok(resp),
                 Err((e, retry_after)) => {
@@ -304,7 +301,7 @@ impl Upstream {
             };
             if matches!(err.0, UpstreamError::Connect(_)) {
                 connect_failures += 1;
-                if attempts == Attempts::StaleOk || connect_failures > CONNECT_RETRIES {
+                if req.attempts == Attempts::StaleOk || connect_failures > CONNECT_RETRIES {
                     return Err(err);
                 }
             }
@@ -313,29 +310,26 @@ impl Upstream {
             if Instant::now() + backoff >= deadline {
                 return Err(err);
             }
-            tracing::warn!(upstream = %self.cfg.name, %path, attempt, error = %err.0, backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "retrying upstream");
+            tracing::warn!(upstream = %self.cfg.name, path = %req.path, attempt, error = %err.0, backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "retrying upstream");
             tokio::time::sleep(backoff).await;
         }
     }
 
     async fn send_once(
         &self,
-        kind: &str,
-        method: Method,
-        path: &str,
-        repo: &str,
-        headers: &[(header::HeaderName, String)],
+        req: &Request<'_>,
     ) -> Result<reqwest::Response, (UpstreamError, Option<Duration>)> {
+        let Request { kind, ref method, path, repo, headers, .. } = *req;
         let mut reauthed = false;
         loop {
-            let mut req = self.http.request(method.clone(), self.url(path));
+            let mut rb = self.http.request(method.clone(), self.url(path));
             for (k, v) in headers {
-                req = req.header(k, v);
+                rb = rb.header(k, v);
             }
             if let Some(h) = self.auth.header_for(repo) {
-                req = req.header(header::AUTHORIZATION, h);
+                rb = rb.header(header::AUTHORIZATION, h);
             }
-            let resp = req.send().await.map_err(|e| {
+            let resp = rb.send().await.map_err(|e| {
                 // The read timeout is the deadline too: no answer is a hung upstream.
                 let e = if e.is_timeout() && !e.is_connect() {
                     UpstreamError::Timeout(self.cfg.deadline)
@@ -391,7 +385,16 @@ impl Upstream {
         let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let accept = [(header::ACCEPT, MANIFEST_ACCEPT.into())];
-        let resp = self.send("manifest", Method::GET, &path, repo, &accept, attempts).await?;
+        let resp = self
+            .send(&Request {
+                kind: "manifest",
+                method: Method::GET,
+                path: &path,
+                repo,
+                headers: &accept,
+                attempts,
+            })
+            .await?;
         let media_type = content_type(&resp);
         let digest =
             resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -409,7 +412,16 @@ impl Upstream {
         let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/manifests/{reference}");
         let accept = [(header::ACCEPT, MANIFEST_ACCEPT.into())];
-        let resp = self.send("manifest_head", Method::HEAD, &path, repo, &accept, attempts).await?;
+        let resp = self
+            .send(&Request {
+                kind: "manifest_head",
+                method: Method::HEAD,
+                path: &path,
+                repo,
+                headers: &accept,
+                attempts,
+            })
+            .await?;
         let digest = resp
             .headers()
             .get("docker-content-digest")
@@ -422,7 +434,16 @@ impl Upstream {
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
         let repo = &*self.remote(repo);
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let resp = self.send("blob_head", Method::HEAD, &path, repo, &[], Attempts::Retry).await?;
+        let resp = self
+            .send(&Request {
+                kind: "blob_head",
+                method: Method::HEAD,
+                path: &path,
+                repo,
+                headers: &[],
+                attempts: Attempts::Retry,
+            })
+            .await?;
         Ok(resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -441,7 +462,16 @@ impl Upstream {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let headers: Vec<(header::HeaderName, String)> =
             if offset > 0 { vec![(header::RANGE, format!("bytes={offset}-"))] } else { vec![] };
-        let resp = self.send("blob", Method::GET, &path, repo, &headers, Attempts::Retry).await?;
+        let resp = self
+            .send(&Request {
+                kind: "blob",
+                method: Method::GET,
+                path: &path,
+                repo,
+                headers: &headers,
+                attempts: Attempts::Retry,
+            })
+            .await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let remaining = resp.content_length();
         let body = resp.bytes_stream().map(|r| r.map_err(|e| UpstreamError::Transport(cause(&e))));

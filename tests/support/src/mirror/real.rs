@@ -1,7 +1,7 @@
 //! Real upstream and real clients for the mirror tests: Debian's `docker-registry`
 //! (CNCF Distribution 2.8) as the upstream, skopeo and containerd (`ctr`) as clients,
 //! and the hand-made OCI image layout they exchange. skopeo's hermetic setup and the
-//! image builders are tests/clients/mod.rs, included here as `real::clients`.
+//! image builders are in `crate::clients`, re-exported here as `real::clients`.
 //!
 //! Every child is killed on drop; a missing tool fails the test with the package to
 //! install.
@@ -14,11 +14,9 @@ use serde_json::json;
 
 use super::sha256;
 
-#[path = "../clients/mod.rs"]
-pub mod clients;
+pub use crate::clients;
 
-// Re-exported for the suites that include this module; each uses only some of them.
-#[allow(unused_imports)]
+// Re-exported so the mirror suites find the real upstream and its clients in one place.
 pub use clients::{
     gzip_stored, require, tar, ChildGuard, Desc, Image, Layout, ReferenceRegistry, OCI_CONFIG,
     OCI_LAYER_GZIP, OCI_MANIFEST,
@@ -53,6 +51,13 @@ impl Skopeo {
     /// `skopeo <global flags> <sub> --registries-conf R <args>`; panics with its output on failure.
     pub fn run(&self, sub: &str, args: &[&str]) -> String {
         self.clients.skopeo_ok(sub, args).stdout
+    }
+
+    /// Copy tag `tag` of the layout `src` to `dest` (`repo:tag`) on the plain-HTTP registry
+    /// at `addr`, digests preserved.
+    pub fn push(&self, src: &Layout, tag: &str, addr: &str, dest: &str) -> String {
+        let to = format!("docker://{addr}/{dest}");
+        self.run("copy", &["--preserve-digests", "--dest-tls-verify=false", &src.oci(tag), &to])
     }
 }
 

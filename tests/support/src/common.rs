@@ -1,15 +1,16 @@
 //! Shared harness for the integration tests: start the real `wharfie` binary on
 //! 127.0.0.1 with an ephemeral port and a temp data directory, and small helpers
 //! (digests, JSON error bodies) so each test reads as arrange → run → compare.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
+use wharfie::blob::FaultHook;
+use wharfie::meta::Meta;
 
 /// Find `tool` on PATH (or in the sbin directories) or fail the test with the command
 /// that installs it.
@@ -26,6 +27,22 @@ pub fn require(tool: &str, package: &str) -> PathBuf {
         }
     }
     panic!("{tool} not found: apt-get install -y {package} (.ci/run installs every Debian package the suites need)");
+}
+
+/// The `wharfie` binary cargo built for this test or bench run. `CARGO_BIN_EXE_wharfie`
+/// is set only while compiling wharfie's own test targets, not this library, so it is
+/// found where cargo puts it: test and bench executables live in `target/<profile>/deps/`,
+/// the binary in `target/<profile>/`.
+pub fn built_wharfie() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running test binary");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary under target/<profile>/deps");
+    let bin = profile_dir.join("wharfie");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with cargo (it builds the binary for its tests)",
+        bin.display()
+    );
+    bin
 }
 
 /// How long a server may take to print its listening line.
@@ -53,6 +70,17 @@ impl Wharfie {
         w
     }
 
+    /// Start on a fresh temp directory holding `toml` as its configuration file
+    /// (`wharfie.toml`, passed with `--config`) and the data directory `data/`.
+    pub fn start_with_config(toml: &str) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = tmp.path().join("wharfie.toml");
+        std::fs::write(&cfg, toml).expect("write config");
+        let mut w = Self::start_in(&tmp.path().join("data"), &["--config", &cfg.display().to_string()]);
+        w._tmp = Some(tmp);
+        w
+    }
+
     /// Start on `dir` (kept after the server stops), with extra `serve` arguments.
     pub fn start_in(dir: &Path, extra: &[&str]) -> Self {
         Self::start_with_env(dir, extra, &[])
@@ -60,7 +88,7 @@ impl Wharfie {
 
     /// Start on `dir` with extra arguments and environment variables.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharfie"));
+        let mut cmd = Command::new(built_wharfie());
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -99,7 +127,7 @@ impl Wharfie {
             .unwrap_or_else(|| panic!("unexpected first stdout line: {line}"))
             .trim()
             .to_string();
-        let addr = base.trim_start_matches("http://").to_string();
+        let addr = base.split("://").nth(1).unwrap_or_default().to_string();
         Wharfie { base, addr, dir: dir.to_path_buf(), child: Some(child), _tmp: None }
     }
 
@@ -187,6 +215,17 @@ pub fn count_files(dir: &Path) -> usize {
     n
 }
 
+/// Write `users` (name, password) into the htpasswd file `path` with the real tool
+/// (`htpasswd -B`, its default cost); the first creates the file.
+pub fn htpasswd(path: &Path, users: &[(&str, &str)]) {
+    let tool = require("htpasswd", "apache2-utils");
+    for (i, (u, p)) in users.iter().enumerate() {
+        let flags = if i == 0 { "-Bbc" } else { "-Bb" };
+        let out = Command::new(&tool).arg(flags).arg(path).args([u, p]).output().expect("run htpasswd");
+        assert!(out.status.success(), "htpasswd {flags} {u}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256(data: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -217,4 +256,127 @@ pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// The blocking reqwest client the in-process suites use: no redirects, no proxy, and
+/// `timeout` per request.
+pub fn http_client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// A wharfie server in this process, through the library's bootstrap (`app::run`, or
+/// `app::run_with_seams` with a blob-store fault hook and a caller-opened redb), on
+/// 127.0.0.1:0 and its own two-worker tokio runtime. For suites whose seams live in the
+/// test process (storage faults, power loss); every other suite runs the binary
+/// ([`Wharfie`]). Shut down (and joined) on drop.
+pub struct InProc {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The data directory.
+    pub dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl InProc {
+    /// Start on a fresh temp data directory, with `config` (TOML) as its configuration file.
+    pub fn start_temp(config: Option<&str>, hook: Option<Arc<dyn FaultHook>>) -> InProc {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config.map(|c| {
+            let p = tmp.path().join("wharfie.toml");
+            std::fs::write(&p, c).expect("write config");
+            p
+        });
+        let mut s = InProc::start(&tmp.path().join("data"), cfg.as_deref(), hook, None);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start on `dir` with the configuration file `config`; `meta` (a redb opened by the
+    /// caller) needs a `hook`. Returns once `GET /v2/` answers 200 (the stores are open
+    /// and recovery has run).
+    pub fn start(
+        dir: &Path,
+        config: Option<&Path>,
+        hook: Option<Arc<dyn FaultHook>>,
+        meta: Option<Meta>,
+    ) -> InProc {
+        assert!(meta.is_none() || hook.is_some(), "a caller-opened Meta goes with a fault hook");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let overrides =
+            wharfie::config::Overrides { listen: Some(addr.to_string()), data_dir: Some(dir.to_path_buf()) };
+        let (_, settings) = wharfie::config::load(config, &overrides).expect("settings");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let shutdown = async {
+                    let _ = rx.await;
+                };
+                match hook {
+                    Some(hook) => wharfie::app::run_with_seams(vec![l], settings, hook, meta, shutdown).await,
+                    None => wharfie::app::run(vec![l], settings, shutdown).await,
+                }
+                .expect("server runs (recovery must be clean)");
+            });
+        });
+        let s = InProc {
+            base: format!("http://{addr}"),
+            dir: dir.to_path_buf(),
+            stop: Some(tx),
+            thread: Some(thread),
+            _tmp: None,
+        };
+        // The listener is bound: the first request waits for the stores to open.
+        let r =
+            http_client(START_DEADLINE).get(s.url("/v2/")).send().expect("GET /v2/ on the in-process server");
+        assert_eq!(r.status().as_u16(), 200, "GET /v2/ on the in-process server");
+        s
+    }
+
+    /// `base` + `path`; an absolute URL is returned as it is.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    /// Number of entries directly under `uploads/` (staging areas).
+    pub fn staging_entries(&self) -> usize {
+        std::fs::read_dir(self.dir.join("uploads")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Stop serving and join the server thread; a server that failed (its thread
+    /// panicked) fails the test, unless the test is failing already.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the in-process server failed (see its panic above)");
+            }
+        }
+    }
+}
+
+impl Drop for InProc {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }

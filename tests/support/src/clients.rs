@@ -1,13 +1,12 @@
 //! skopeo, podman and buildah, hermetically configured, and hand-made OCI image layouts
 //! (tar, gzip, blobs, index.json) for them to exchange: one copy shared by tests/interop.rs
 //! (which explains the approach at length), tests/auth.rs, tests/airgap.rs and, through
-//! tests/mirror_support/real.rs, the mirror suites. Each `Clients` owns one temp
+//! tests/support/src/mirror/real.rs, the mirror suites. Each `Clients` owns one temp
 //! directory holding the clients' configuration (registries.conf, storage.conf,
 //! containers.conf, policy.json, auth.json), their storage (`--storage-driver vfs` with
 //! their own `--root`/`--runroot`) and their blob-info cache, bind-mounted over
 //! /var/lib/containers/cache in a private mount namespace (`unshare --mount`). Every
 //! client runs under `timeout`. A missing tool fails the test and names its package.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -1,12 +1,13 @@
 //! What the side-by-side benchmarks share: child processes that die with the bench,
 //! ephemeral ports, curl for small requests, and starting the wharfie under test.
-#![allow(dead_code)]
 
 use std::error::Error;
 use std::fs::{self, File};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+
+use crate::common::built_wharfie;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,15 +28,7 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(File::create(dir.join("stdout.log"))?)
             .stderr(File::create(dir.join("stderr.log"))?);
-        // SAFETY: only prctl(2), async-signal-safe, runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
         Ok(Proc { child, dir: dir.to_path_buf() })
     }
@@ -50,6 +43,34 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Have `cmd`'s process killed (SIGKILL) when this one dies (`PR_SET_PDEATHSIG`), so a
+/// failed or interrupted bench or test leaves no server behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: only prctl(2), async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Requests in a docker-registry access log whose request line contains `needle`:
+/// (GETs, HEADs).
+pub fn access_log_count(log: &str, needle: &str) -> (usize, usize) {
+    let mut n = (0, 0);
+    for l in log.lines().filter(|l| l.contains(needle)) {
+        if l.contains("\"GET ") {
+            n.0 += 1;
+        } else if l.contains("\"HEAD ") {
+            n.1 += 1;
+        }
+    }
+    n
 }
 
 pub fn port() -> Res<u16> {
@@ -74,6 +95,15 @@ pub fn status(args: &[&str], url: &str) -> Res<(u16, String)> {
     Ok((code, block))
 }
 
+/// The `Location` header of a response head as curl prints it (`-D -`), made absolute
+/// against `base`.
+pub fn location(head: &str, base: &str) -> Option<String> {
+    let loc =
+        head.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))?;
+    let loc = loc.trim();
+    Some(if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") })
+}
+
 pub fn wait_ready(p: &mut Proc, url: &str) -> Res<()> {
     for _ in 0..300 {
         if let Ok(Some(st)) = p.child.try_wait() {
@@ -87,16 +117,9 @@ pub fn wait_ready(p: &mut Proc, url: &str) -> Res<()> {
     fail(format!("{url} did not answer 200 within 30 s"))
 }
 
+/// The wharfie under test: `$WHARFIE_BIN`, else the one cargo built ([`built_wharfie`]).
 pub fn wharfie_bin() -> PathBuf {
-    std::env::var_os("WHARFIE_BIN").map_or_else(
-        || {
-            option_env!("CARGO_BIN_EXE_wharfie").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wharfie"),
-                PathBuf::from,
-            )
-        },
-        PathBuf::from,
-    )
+    std::env::var_os("WHARFIE_BIN").map_or_else(built_wharfie, PathBuf::from)
 }
 
 /// `wharfie serve` on 127.0.0.1:0 with its data in `dir/data` and `extra` appended to

@@ -2,7 +2,6 @@
 //! tests/airgap.rs): running `wharfie` subcommands, reading the real redb file of a
 //! stopped server (and ageing its rows, so grace periods need no sleeping), walking the
 //! blob files on disk, and a few HTTP helpers.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::common::hex_lower;
+use crate::common::{built_wharfie, hex_lower, Wharfie};
 
 pub use crate::common::require;
 
@@ -49,7 +48,7 @@ fn run_cli(args: &[&str], env: &[(&str, &str)], remove: &[String]) -> CliOut {
     require("timeout", "coreutils");
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "5", &CLI_TIMEOUT_SECS.to_string()])
-        .arg(env!("CARGO_BIN_EXE_wharfie"))
+        .arg(built_wharfie())
         .args(args)
         .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null());
@@ -275,72 +274,16 @@ pub fn write_config(dir: &Path, port: u16, data: &Path, extra: &str) -> PathBuf 
     p
 }
 
-/// `wharfie serve --config FILE` (the listen address comes from the file), killed on drop.
-pub struct Server {
-    pub base: String,
-    pub addr: String,
-    child: Option<std::process::Child>,
-}
-
-impl Server {
-    pub fn start(config: &Path) -> Server {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharfie"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn wharfie");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let mut s = Server { base: String::new(), addr: String::new(), child: Some(child) };
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("no listening line");
-        s.base = line.strip_prefix("listening on ").expect("listening line").trim().to_owned();
-        s.addr = s.base.split("://").nth(1).unwrap_or_default().to_owned();
-        s
-    }
-
-    /// SIGTERM and wait (at most 30 s) for the exit code.
-    pub fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(30);
-        for _ in 0..3000 {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > end {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// `wharfie serve --config FILE`: the listen address and the data directory `data` come
+/// from the file (see [`write_config`]).
+pub fn serve_config(config: &Path, data: &Path) -> Wharfie {
+    let mut cmd = Command::new(built_wharfie());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stderr(Stdio::inherit());
+    Wharfie::from_command(cmd, data)
 }
 
 // ---------------------------------------------------------------------------

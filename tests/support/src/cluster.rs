@@ -8,12 +8,9 @@
 //! parallel topologies never clash; a topology of a crashed run (its pid gone) is removed
 //! by prefix when the next one starts. Drop kills every process (SIGKILL, also PDEATHSIG if
 //! the test dies) before it deletes the namespaces.
-#![allow(dead_code)]
 
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,25 +18,19 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::common::{hex_lower, sha256};
+
 pub const SUBNET: &str = "198.18.0";
 pub const MIB: u64 = 1 << 20;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// The shipped HAProxy configuration; its example servers are node1..3 at .11-.13.
-pub const HAPROXY_CFG: &str = include_str!("../../packaging/haproxy/wharfie-cluster.cfg");
+pub const HAPROXY_CFG: &str = include_str!("../../../packaging/haproxy/wharfie-cluster.cfg");
 
 const PREFIX: &str = "whc";
 
-pub fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found: apt-get install -y {package} (.ci/run installs it)");
-}
+pub use crate::common::require as tool;
 
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -173,16 +164,8 @@ impl Topology {
         let log = self.tmp.path().join(format!("{label}.log"));
         let f = File::create(&log).expect("log file");
         cmd.stdout(f.try_clone().expect("dup")).stderr(f);
-        // SAFETY: only prctl(2), async-signal-safe, runs between fork and exec; `ip netns
-        // exec` execs the program, which keeps the death signal.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // `ip netns exec` execs the program, which keeps the death signal.
+        crate::bench::die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
         self.procs.push(Some(Proc { child, log, host: host.to_owned() }));
         self.procs.len() - 1
@@ -386,51 +369,39 @@ impl Topology {
             .output()
             .expect("curl");
         let head = String::from_utf8_lossy(&out.stdout).to_string();
-        let loc = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-            .unwrap_or_else(|| panic!("no Location in {head}"))
-            .trim()
-            .to_owned();
-        let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+        let loc = crate::bench::location(&head, base).unwrap_or_else(|| panic!("no Location in {head}"));
         let sep = if loc.contains('?') { '&' } else { '?' };
-        let out = self
-            .curl(host, 300)
-            .args([
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "-T",
-            ])
-            .arg(file)
-            .arg(format!("{loc}{sep}digest={digest}"))
-            .output()
-            .expect("curl");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "seeding {repo} {digest}");
+        let code = self.put(
+            host,
+            300,
+            "application/octet-stream",
+            ["-T", &file.display().to_string()],
+            &format!("{loc}{sep}digest={digest}"),
+        );
+        assert_eq!(code, "201", "seeding {repo} {digest}");
     }
 
     /// PUT a manifest (bytes in a file) under `reference`, from `host` to `base`.
     pub fn put_manifest(&self, host: &str, base: &str, repo: &str, reference: &str, file: &Path) -> String {
+        let body = format!("@{}", file.display());
+        self.put(
+            host,
+            60,
+            OCI_MANIFEST,
+            ["--data-binary", &body],
+            &format!("{base}/v2/{repo}/manifests/{reference}"),
+        )
+    }
+
+    /// `curl -X PUT` from `host` (`secs` at most) of the body `body` (curl's option and
+    /// its value) as `content_type` to `url`; the status code.
+    fn put(&self, host: &str, secs: u32, content_type: &str, body: [&str; 2], url: &str) -> String {
         let out = self
-            .curl(host, 60)
-            .args([
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
-                "-H",
-                &format!("Content-Type: {OCI_MANIFEST}"),
-                "--data-binary",
-            ])
-            .arg(format!("@{}", file.display()))
-            .arg(format!("{base}/v2/{repo}/manifests/{reference}"))
+            .curl(host, secs)
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H"])
+            .arg(format!("Content-Type: {content_type}"))
+            .args(body)
+            .arg(url)
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -440,18 +411,7 @@ impl Topology {
     /// request line contains `needle`. Settles first: the log line is written when the
     /// response ends.
     pub fn upstream_count(&self, reg: ProcId, needle: &str) -> (usize, usize) {
-        let count = || {
-            let log = self.proc(reg).log_text();
-            let mut n = (0, 0);
-            for l in log.lines().filter(|l| l.contains(needle)) {
-                if l.contains("\"GET ") {
-                    n.0 += 1;
-                } else if l.contains("\"HEAD ") {
-                    n.1 += 1;
-                }
-            }
-            n
-        };
+        let count = || crate::bench::access_log_count(&self.proc(reg).log_text(), needle);
         let mut last = count();
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(300));
@@ -490,17 +450,7 @@ pub struct StatRow {
     pub status: String,
 }
 
-pub fn wharfie_bin() -> PathBuf {
-    std::env::var_os("WHARFIE_BIN").map_or_else(
-        || {
-            option_env!("CARGO_BIN_EXE_wharfie").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wharfie"),
-                PathBuf::from,
-            )
-        },
-        PathBuf::from,
-    )
-}
+pub use crate::bench::wharfie_bin;
 
 // ---------------------------------------------------------------------------------------
 // Content
@@ -527,19 +477,7 @@ pub fn make_blob(path: &Path, len: u64, seed: u64) -> String {
         left -= n as u64;
     }
     f.flush().expect("flush");
-    format!("sha256:{}", hex(&h.finalize()))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
-}
-
-pub fn sha256_hex(b: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(b)))
+    format!("sha256:{}", hex_lower(&h.finalize()))
 }
 
 /// An image in the upstream: its layers' digests and sizes, its config, its manifest.
@@ -569,7 +507,7 @@ pub fn seed_image(t: &Topology, host: &str, repo: &str, tag: &str, n: usize, siz
     );
     let cp = dir.join("config");
     fs::write(&cp, &config).expect("config");
-    let config_digest = sha256_hex(config.as_bytes());
+    let config_digest = sha256(config.as_bytes());
     t.seed_blob(host, repo, &cp, &config_digest);
     let manifest = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\"config\":{{\"mediaType\":\"{OCI_CONFIG}\",\"digest\":\"{config_digest}\",\"size\":{}}},\"layers\":[{}]}}",
@@ -589,7 +527,7 @@ pub fn seed_image(t: &Topology, host: &str, repo: &str, tag: &str, n: usize, siz
         tag: tag.to_owned(),
         layers,
         config: config_digest,
-        manifest: sha256_hex(manifest.as_bytes()),
+        manifest: sha256(manifest.as_bytes()),
     }
 }
 

@@ -501,20 +501,25 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Log `req` as answered with `status` (0: never answered).
+fn log(sh: &Shared, req: &Request, kind: Kind, status: u16) {
+    lock(&sh.log).push(Logged {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        kind,
+        range: req.header("range").map(str::to_owned),
+        auth: req.header("authorization").map(str::to_owned),
+        status,
+        at: Instant::now(),
+    });
+}
+
 async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
     let Some(req) = read_head(&mut s).await else { return };
     let kind = classify(&req.path);
     let stall = (kind == Kind::Manifest || kind == Kind::Blob) && lock(&sh.faults).stall;
     if stall {
-        lock(&sh.log).push(Logged {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            kind,
-            range: req.header("range").map(str::to_owned),
-            auth: req.header("authorization").map(str::to_owned),
-            status: 0,
-            at: Instant::now(),
-        });
+        log(&sh, &req, kind, 0);
         // Keep the connection open, never answer.
         std::future::pending::<()>().await;
     }
@@ -528,15 +533,7 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
             r
         };
         if reset {
-            lock(&sh.log).push(Logged {
-                method: req.method.clone(),
-                path: req.path.clone(),
-                kind,
-                range: req.header("range").map(str::to_owned),
-                auth: req.header("authorization").map(str::to_owned),
-                status: 0,
-                at: Instant::now(),
-            });
+            log(&sh, &req, kind, 0);
             // A zero linger does not block on drop (the reason for the deprecation).
             #[allow(deprecated)]
             let _ = s.set_linger(Some(Duration::ZERO));
@@ -544,15 +541,7 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
         }
     }
     let a = answer(&req, kind, &sh);
-    lock(&sh.log).push(Logged {
-        method: req.method.clone(),
-        path: req.path.clone(),
-        kind,
-        range: req.header("range").map(str::to_owned),
-        auth: req.header("authorization").map(str::to_owned),
-        status: a.status,
-        at: Instant::now(),
-    });
+    log(&sh, &req, kind, a.status);
     let mut head = format!("HTTP/1.1 {} {}\r\n", a.status, reason(a.status));
     for (k, v) in &a.headers {
         head.push_str(&format!("{k}: {v}\r\n"));

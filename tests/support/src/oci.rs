@@ -2,7 +2,6 @@
 //! HTTP client with redirects disabled, a raw HTTP/1.1 client over `TcpStream` (for
 //! requests reqwest would normalise or refuse: `..` paths, wrong `Content-Length`),
 //! push helpers and manifest builders.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -49,6 +48,23 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// `Content-Length`, when present and a number.
+    pub fn content_length(&self) -> Option<usize> {
+        self.h("Content-Length").and_then(|v| v.parse().ok())
+    }
+
+    /// Read a reqwest response whole.
+    pub fn read(r: reqwest::blocking::Response) -> reqwest::Result<Resp> {
+        let status = r.status().as_u16();
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = r.bytes()?.to_vec();
+        Ok(Resp { status, headers, body })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.describe()))
@@ -93,6 +109,56 @@ impl Resp {
     }
 }
 
+/// A blocking client over one server's base URL that owns what it needs (`Clone`, `Send`:
+/// one per worker thread), never follows redirects, and returns transport errors as
+/// values, for suites whose server may die mid-request.
+#[derive(Clone)]
+pub struct Http {
+    pub c: reqwest::blocking::Client,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Http {
+    pub fn new(base: &str, timeout: Duration) -> Self {
+        let c = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .expect("client");
+        Http { c, base: base.to_owned() }
+    }
+
+    /// A path or an absolute URL on this server → a URL.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    /// A `Location` value → a path.
+    pub fn path_of(&self, loc: &str) -> String {
+        loc.strip_prefix(&self.base).unwrap_or(loc).to_owned()
+    }
+
+    pub fn req(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.c.request(m, self.url(path))
+    }
+
+    /// Send and read the whole response; a transport error is a value.
+    pub fn send(&self, rb: reqwest::blocking::RequestBuilder) -> reqwest::Result<Resp> {
+        Resp::read(rb.send()?)
+    }
+
+    /// [`Http::send`] where the server is up and a transport error fails the test.
+    pub fn must(&self, rb: reqwest::blocking::RequestBuilder, what: &str) -> Resp {
+        self.send(rb).unwrap_or_else(|e| panic!("{what}: transport error against a running server: {e}"))
+    }
+}
+
 /// A blocking client over one server; never follows redirects.
 pub struct Api<'a> {
     pub w: &'a Wharfie,
@@ -116,14 +182,7 @@ impl<'a> Api<'a> {
 
     pub fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
         let r = rb.send().expect("request failed at the transport level");
-        let status = r.status().as_u16();
-        let headers = r
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
-        let body = r.bytes().expect("read body").to_vec();
-        Resp { status, headers, body }
+        Resp::read(r).expect("read body")
     }
 
     pub fn get(&self, path: &str) -> Resp {
