@@ -9,8 +9,8 @@
 //! - SIGKILL with events queued, restart: every event is delivered (at-least-once; the
 //!   test counts duplicates and prints them).
 
-mod common;
-mod oci;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,9 +3,9 @@
 //! upstream, that upstream marked down once it is stopped) with a screenshot, and
 //! HTTP-level checks of escaping, auth filtering, status codes and content type.
 
-mod clients;
-mod common;
-mod oci;
+use wharfie_testkit::clients;
+use wharfie_testkit::common;
+use wharfie_testkit::oci;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
