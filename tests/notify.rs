@@ -263,6 +263,7 @@ fn push_and_delete_events_arrive_in_order_through_failures_and_a_stall() {
     );
     api.put_manifest("team/app", "bad", OCI_MANIFEST, &bad).expect_err(400, "MANIFEST_BLOB_UNKNOWN");
     api.delete("/v2/team/app/manifests/nope").expect_err(404, "MANIFEST_UNKNOWN");
+    api.get("/v2/team/app/manifests/bad").expect_err(404, "MANIFEST_UNKNOWN");
 
     let ev = rx.wait_events(4);
     std::thread::sleep(Duration::from_millis(300));
@@ -411,6 +412,11 @@ fn sigkill_with_events_queued_loses_none() {
     let got: Vec<String> =
         ev.iter().map(|e| e["target"]["digest"].as_str().unwrap_or_default().to_owned()).collect();
     assert_eq!(got[..N as usize], digests[..], "every acknowledged push's event, in push order");
+    // And no event announces a push that is not there.
+    let api = Api::new(&w);
+    for d in &got {
+        api.get(&format!("/v2/crash/app/manifests/{d}")).expect_status(200);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let ev = rx.accepted_events();
     let ids: std::collections::BTreeSet<_> =
