@@ -113,7 +113,7 @@ async fn handle(
     let v2 = path == "/v2" || path.starts_with("/v2/");
     let token = path == "/token" && auth.tokens();
     // The web page is for browsers: Basic, whatever the API's challenge.
-    let web = matches!(route::parse(&path), Ok(route::Endpoint::Web));
+    let web = route::is_web(&path);
     let caller = if auth.enabled() && (v2 || token || web) {
         // The token endpoint itself asks for Basic credentials; the API points at it.
         let challenge = if token || web {
