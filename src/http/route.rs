@@ -103,6 +103,11 @@ fn upload_id_ok(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Is `path` one of the web page's (`/`, `/ui`, `/ui/…`)? A few byte compares.
+pub fn is_web(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/")
+}
+
 /// Parse a request path (without the query string).
 pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
     match path {
@@ -113,8 +118,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
         "/metrics" => return Ok(Endpoint::Metrics),
         "/readyz" => return Ok(Endpoint::Ready),
         "/token" => return Ok(Endpoint::Token),
-        "/" | "/ui" => return Ok(Endpoint::Web),
-        p if p.starts_with("/ui/") => return Ok(Endpoint::Web),
+        p if is_web(p) => return Ok(Endpoint::Web),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {

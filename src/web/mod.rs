@@ -284,8 +284,13 @@ fn cache(reg: &Arc<Registry>, c: &Counters, snap: &Snapshot) -> Markup {
                 @let used = st.mirrored_bytes;
                 p #cache-used data-used=(used) data-max=(max) {
                     @if max > 0 {
-                        @let pct = (u128::from(used) * 100 / u128::from(max)).min(100);
-                        span .bar title={ (pct) " %" } { span style={ "width:" (pct) "%" } {} }
+                        // Tenths of a percent; a non-empty cache shows at least a sliver.
+                        @let tenths = (u128::from(used) * 1000 / u128::from(max)).min(1000);
+                        @let pct = format!("{}.{}", tenths / 10, tenths % 10);
+                        @let width = if used > 0 { tenths.max(5) } else { 0 };
+                        span .bar title={ (pct) " %" } {
+                            span style={ "width:" (width / 10) "." (width % 10) "%" } {}
+                        }
                         " " (size(used)) " of " (size(max)) " (" (pct) " %)"
                     } @else {
                         (size(used)) " mirrored (no cap)"
@@ -307,38 +312,41 @@ fn cache(reg: &Arc<Registry>, c: &Counters, snap: &Snapshot) -> Markup {
     }
 }
 
-/// Two polylines over the last hour: requests and bytes served per interval, each
-/// scaled to its own maximum.
+/// Two bar charts over the last hour: requests and bytes served per interval, each
+/// scaled to its own maximum (one bar per sample, so even the first one shows).
 fn chart(samples: &[Sample]) -> Markup {
     const W: u64 = 360;
-    const H: u64 = 100;
+    const H: u64 = 44;
     let n = history::SAMPLES as u64;
-    let max_r = samples.iter().map(|s| s.requests).max().unwrap_or(0).max(1);
-    let max_b = samples.iter().map(|s| s.bytes).max().unwrap_or(0).max(1);
+    let bar_w = (W / n.max(1)).max(1);
     let offset = n.saturating_sub(samples.len() as u64);
-    let points = |f: &dyn Fn(&Sample) -> u64, max: u64| -> String {
-        samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let x = (offset + i as u64) * W / n.max(1);
-                let y = H - f(s).min(max) * H / max;
-                format!("{x},{y}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+    let bars = |f: &dyn Fn(&Sample) -> u64, top: u64, fill: &str| -> Markup {
+        let max = samples.iter().map(f).max().unwrap_or(0).max(1);
+        html! {
+            @for (i, s) in samples.iter().enumerate() {
+                @let h = f(s).min(max) * H / max;
+                @if h > 0 {
+                    rect x=((offset + i as u64) * W / n.max(1)) y=(top + H - h) width=(bar_w) height=(h) fill=(fill) {}
+                }
+            }
+        }
     };
+    let max_r = samples.iter().map(|s| s.requests).max().unwrap_or(0);
+    let max_b = samples.iter().map(|s| s.bytes).max().unwrap_or(0);
     let secs = history::INTERVAL.as_secs();
     html! {
         h2 { "Last hour" }
-        svg #chart xmlns="http://www.w3.org/2000/svg" width="380" height="120" viewBox="0 0 380 120"
+        svg #chart xmlns="http://www.w3.org/2000/svg" width="380" height="130" viewBox="0 0 380 130"
             role="img" data-samples=(samples.len()) {
             title { "Requests and bytes served per " (secs) " s over the last hour" }
             rect x="0" y="0" width=(W) height=(H) fill="#fafafa" stroke="#ccc" {}
-            polyline points=(points(&|s| s.requests, max_r)) fill="none" stroke="#3a7bd5" stroke-width="1.5" {}
-            polyline points=(points(&|s| s.bytes, max_b)) fill="none" stroke="#e8871e" stroke-width="1.5" {}
-            text x="0" y="115" font-size="10" fill="#3a7bd5" { "requests (max " (max_r) "/" (secs) "s)" }
-            text x="190" y="115" font-size="10" fill="#e8871e" { "bytes served (max " (size(max_b)) "/" (secs) "s)" }
+            rect x="0" y=(H + 20) width=(W) height=(H) fill="#fafafa" stroke="#ccc" {}
+            (bars(&|s| s.requests, 0, "#3a7bd5"))
+            (bars(&|s| s.bytes, H + 20, "#e8871e"))
+            text x="0" y=(H + 13) font-size="10" fill="#3a7bd5" { "requests per " (secs) " s (max " (max_r) ")" }
+            text x="0" y=(2 * H + 33) font-size="10" fill="#e8871e" {
+                "bytes served per " (secs) " s (max " (size(max_b)) ")"
+            }
         }
         @if samples.is_empty() {
             p .muted { "No samples yet (one every " (secs) " s)." }
