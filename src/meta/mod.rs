@@ -125,25 +125,45 @@ const MAX_REFERENCE_WALK: usize = 4096;
 /// redb's page cache for `meta.redb`.
 const META_CACHE_BYTES: usize = 64 << 20;
 
+/// Create a new, empty `meta.redb` so that it appears whole or not at all. redb syncs a
+/// new file more than once while it initialises it, and a power cut between those syncs
+/// leaves a file it refuses to open ("magic number mismatch"), which would stop every
+/// later start. So the file is built under a temporary name, synced, renamed into place,
+/// and the directory synced (redb syncs the file's data, never its directory entry). A
+/// temporary file left by a cut before the rename held nothing yet and is replaced.
+fn create_whole(path: &Path) -> Result<(), MetaError> {
+    let tmp = path.with_extension("redb.creating");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(MetaError::storage(e)),
+    }
+    {
+        let db = Database::builder().create(&tmp)?;
+        db.begin_write()?.commit()?;
+    }
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(MetaError::storage)?;
+    std::fs::rename(&tmp, path).map_err(MetaError::storage)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(MetaError::storage)?;
+    }
+    Ok(())
+}
+
 impl Meta {
     /// Open or create `path`, create every table, and start the writer thread.
     pub fn open(path: &Path) -> Result<Self, MetaError> {
+        if !path.exists() {
+            create_whole(path)?;
+        }
         // redb caches up to 1 GiB by default, which a soak run showed growing with the
         // metadata until RSS passed 400 MiB; an appliance's metadata working set is far
         // smaller, and the OS page cache still holds the rest of the file.
-        let created = !path.exists();
         let db = match Database::builder().set_cache_size(META_CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(MetaError::Locked),
             Err(e) => return Err(e.into()),
         };
-        if created {
-            // redb syncs the file's data, not its directory entry: without this a power
-            // cut after the first commits could leave a data directory with no meta.redb.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(MetaError::storage)?;
-            }
-        }
         Self::from_db(db)
     }
 
@@ -1044,6 +1064,23 @@ mod tests {
 
     /// A second open of a database someone holds is the typed `Locked`, which the CLI
     /// uses to talk to the running server instead of failing.
+    /// A cut while `meta.redb` was first being built leaves only the temporary file,
+    /// never a half-initialised `meta.redb`: the next start builds it afresh.
+    #[test]
+    fn a_half_built_new_database_is_replaced_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        std::fs::write(dir.path().join("meta.redb.creating"), b"not a redb file").unwrap();
+        let meta = Meta::open(&path).unwrap();
+        assert!(meta.tag("a", "t").unwrap().is_none());
+        drop(meta);
+        assert!(path.exists());
+        assert!(!dir.path().join("meta.redb.creating").exists());
+        // And an existing database is opened, not rebuilt.
+        let meta = Meta::open(&path).unwrap();
+        assert!(meta.tag("a", "t").unwrap().is_none());
+    }
+
     #[test]
     fn a_held_database_is_locked_not_a_storage_error() {
         let dir = tempfile::tempdir().expect("tempdir");
