@@ -34,6 +34,8 @@ pub struct Skopeo {
 }
 
 impl Skopeo {
+    // `new` checks for the tools and makes temp dirs: not what a `Default` should do.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Skopeo {
         require("skopeo", "skopeo");
         Skopeo { clients: Clients::new() }
