@@ -111,6 +111,23 @@ pub struct PutManifest {
 /// A manifest row and, when asked for, its exact bytes.
 pub type StoredManifest = (ManifestRecord, Option<Vec<u8>>);
 
+/// How a manifest GET/HEAD names what it wants.
+#[derive(Debug, Clone, Copy)]
+pub enum ManifestKey<'a> {
+    Tag(&'a str),
+    Digest(&'a Digest),
+}
+
+/// What a manifest GET/HEAD serves: the digest (resolved when asked by tag), the media
+/// type, the size and, when asked for, the exact bytes.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub body: Option<Vec<u8>>,
+}
+
 /// The metadata store.
 #[derive(Clone)]
 pub struct Meta {
@@ -334,6 +351,38 @@ impl Meta {
     pub fn tag(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, MetaError> {
         let t = self.read(TAGS)?;
         t.get((repo, tag))?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// A manifest as served, by tag or digest, if `repo` links it: tag → link → row →
+    /// body in one read transaction (one snapshot, so a tag moved concurrently is seen
+    /// wholly before or wholly after), decoding only the fields served.
+    pub fn serve_manifest(
+        &self,
+        repo: &str,
+        key: ManifestKey<'_>,
+        with_body: bool,
+    ) -> Result<Option<ServedManifest>, MetaError> {
+        let rtx = self.db.begin_read()?;
+        let digest = match key {
+            ManifestKey::Digest(d) => d.clone(),
+            ManifestKey::Tag(t) => match rtx.open_table(TAGS)?.get((repo, t))? {
+                Some(v) => decode::<model::TagHead>(v.value())?.digest,
+                None => return Ok(None),
+            },
+        };
+        if rtx.open_table(REPO_MANIFESTS)?.get((repo, digest.as_str()))?.is_none() {
+            return Ok(None);
+        }
+        let Some(rec) = rtx.open_table(MANIFESTS)?.get(digest.as_str())? else {
+            return Ok(None);
+        };
+        let head: model::ManifestHead = decode(rec.value())?;
+        let body = if with_body {
+            rtx.open_table(MANIFEST_BODIES)?.get(digest.as_str())?.map(|b| b.value().to_vec())
+        } else {
+            None
+        };
+        Ok(Some(ServedManifest { digest, media_type: head.media_type, size: head.size, body }))
     }
 
     /// The manifest record (and, when `with_body`, its bytes) if `repo` links it.
@@ -1096,6 +1145,57 @@ mod tests {
 
     fn d(s: &str) -> Digest {
         Digest::of(s.as_bytes())
+    }
+
+    /// A GET by tag and by digest read the same row in one snapshot; an unlinked
+    /// repository, an unknown tag or digest is `None`; the light records decode from the
+    /// full ones they stand for.
+    #[tokio::test]
+    async fn serve_manifest_by_tag_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let body = br#"{"schemaVersion":2}"#.to_vec();
+        let digest = Digest::of(&body);
+        let record = ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: body.len() as u64,
+            subject: None,
+            artifact_type: Some("a/b".into()),
+            annotations: None,
+            created: 1,
+            origin: Origin::Pushed,
+            refs: vec![d("c"), d("l")],
+        };
+        let head: model::ManifestHead = decode(&encode(&record)).unwrap();
+        assert_eq!((head.media_type.as_str(), head.size), (record.media_type.as_str(), record.size));
+        let tag = TagRecord { digest: digest.clone(), updated: 3, checked: Some(4) };
+        assert_eq!(decode::<model::TagHead>(&encode(&tag)).unwrap().digest, digest);
+        meta.put_manifest(PutManifest {
+            repo: "app".into(),
+            digest: digest.clone(),
+            record: record.clone(),
+            body: body.clone(),
+            blobs: Vec::new(),
+            manifests: Vec::new(),
+            tag: Some("v1".into()),
+            tag_checked: None,
+            referrer: None,
+            check_refs: false,
+            event: None,
+        })
+        .await
+        .unwrap();
+        for key in [ManifestKey::Tag("v1"), ManifestKey::Digest(&digest)] {
+            let m = meta.serve_manifest("app", key, true).unwrap().expect("served");
+            assert_eq!(m.digest, digest);
+            assert_eq!((m.media_type.as_str(), m.size), (record.media_type.as_str(), record.size));
+            assert_eq!(m.body.as_deref(), Some(&body[..]));
+            let h = meta.serve_manifest("app", key, false).unwrap().expect("served");
+            assert!(h.body.is_none());
+            assert!(meta.serve_manifest("other", key, true).unwrap().is_none());
+        }
+        assert!(meta.serve_manifest("app", ManifestKey::Tag("v2"), true).unwrap().is_none());
+        assert!(meta.serve_manifest("app", ManifestKey::Digest(&d("x")), true).unwrap().is_none());
     }
 
     /// The counters equal a scan of the rows after each kind of change: push, fill, a

@@ -90,6 +90,20 @@ pub struct TagRecord {
     pub checked: Option<u64>,
 }
 
+/// The part of a `ManifestRecord` a GET/HEAD serves: decoding only these fields skips
+/// parsing every reference digest on the read path (unknown fields are ignored).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ManifestHead {
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// The part of a `TagRecord` a lookup by tag needs.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TagHead {
+    pub digest: Digest,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     pub repo: String,

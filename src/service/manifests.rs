@@ -12,7 +12,7 @@ use super::{Body, Error};
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, Manifest, RefKind, DOCKER_V1, DOCKER_V1_SIGNED};
 use crate::meta::Descriptor as Referrer;
-use crate::meta::{model::now, ManifestRecord, Meta, MetaError, Origin, PutManifest};
+use crate::meta::{model::now, ManifestKey, ManifestRecord, Meta, MetaError, Origin, PutManifest};
 use crate::names::{Reference, RepoName};
 
 /// What the registry needs to know of a manifest.
@@ -172,15 +172,6 @@ impl Manifests {
         Manifests { meta, max_bytes }
     }
 
-    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, Error> {
-        match reference {
-            Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => {
-                self.meta.tag(repo.as_str(), t.as_str())?.map(|r| r.digest).ok_or(Error::ManifestUnknown)
-            }
-        }
-    }
-
     /// GET/HEAD a manifest by tag or digest.
     pub(super) fn get(
         &self,
@@ -188,10 +179,17 @@ impl Manifests {
         reference: &Reference,
         with_body: bool,
     ) -> Result<ManifestOut, Error> {
-        let digest = self.resolve(repo, reference)?;
-        let (rec, body) =
-            self.meta.repo_manifest(repo.as_str(), &digest, with_body)?.ok_or(Error::ManifestUnknown)?;
-        Ok(ManifestOut { digest, media_type: rec.media_type, size: rec.size, body: body.map(Bytes::from) })
+        let key = match reference {
+            Reference::Digest(d) => ManifestKey::Digest(d),
+            Reference::Tag(t) => ManifestKey::Tag(t.as_str()),
+        };
+        let m = self.meta.serve_manifest(repo.as_str(), key, with_body)?.ok_or(Error::ManifestUnknown)?;
+        Ok(ManifestOut {
+            digest: m.digest,
+            media_type: m.media_type,
+            size: m.size,
+            body: m.body.map(Bytes::from),
+        })
     }
 
     /// The declared maximum manifest size.
