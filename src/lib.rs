@@ -27,20 +27,20 @@
 //! Data flows one way: http → service → (meta, blob). The stores never import each
 //! other or anything above them.
 
-pub mod airgap;
+pub(crate) mod airgap;
 pub mod app;
-pub mod auth;
+pub(crate) mod auth;
 pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod digest;
-pub mod events;
-pub mod flight;
+pub(crate) mod events;
+pub(crate) mod flight;
 pub mod http;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod meta;
 pub mod names;
-pub mod notify;
+pub(crate) mod notify;
 pub mod service;
-pub mod upstream;
-pub mod web;
+pub(crate) mod upstream;
+pub(crate) mod web;

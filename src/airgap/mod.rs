@@ -15,8 +15,8 @@ pub mod bundle;
 mod export;
 mod import;
 
-pub use export::{export, parse_image, ExportOptions, ExportSummary};
-pub use import::{import, ImportReport, ImportTarget, Imported, Refused, Ui};
+pub use export::{export, ExportOptions};
+pub use import::{import, ImportTarget, Ui};
 
 use crate::upstream::UpstreamError;
 

@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub mod auth;
+pub(crate) mod auth;
 
 use self::auth::{AuthConfig, AuthConfigError};
 

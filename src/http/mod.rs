@@ -8,10 +8,10 @@
 //! May import: service, auth, digest, names. Only this module names warp/hyper types.
 
 pub mod error;
-pub mod guard;
+pub(crate) mod guard;
 pub mod handlers;
 pub mod route;
-pub mod server;
+pub(crate) mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ mod events;
 mod gc;
 mod inventory;
 mod lease;
-pub mod model;
+pub(crate) mod model;
 mod overview;
 mod schema;
 mod writer;
@@ -37,10 +37,10 @@ pub use overview::{RepoSummary, TagRow, SUMMARY_CAP};
 /// catalog and automatic mounts. It runs inside transactions: keep it cheap.
 pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 use model::{decode, encode};
-pub use model::{EventRecord, EventRequest};
 pub use model::{
     BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,
 };
+pub use model::{EventRecord, EventRequest};
 use schema::*;
 
 /// Errors of the metadata layer.

@@ -148,16 +148,6 @@ impl RegistryClient {
         check(r, "delete blob").map(|_| ())
     }
 
-    /// A whole (small) blob.
-    pub fn get_blob_bytes(&self, repo: &str, digest: &Digest) -> Result<Vec<u8>, UpstreamError> {
-        let r = self
-            .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
-            .send()
-            .map_err(transport)?;
-        let r = check(r, "get blob")?;
-        r.bytes().map(|b| b.to_vec()).map_err(transport)
-    }
-
     /// A blob as a reader, with its length.
     pub fn get_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, Response), UpstreamError> {
         let r = self
