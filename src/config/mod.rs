@@ -81,7 +81,7 @@ pub struct RawNotify {
     /// host and port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Where events are POSTed.
+    /// The URL each event is sent to (by `POST`).
     pub url: String,
     /// Extra request headers (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

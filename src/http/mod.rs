@@ -61,7 +61,7 @@ impl futures_util::Stream for SharedBody {
         }
         u.polled = true;
         let r = u.body.as_mut().poll_next(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             u.done = true;
         }
         r
@@ -219,6 +219,7 @@ struct Done {
 }
 
 /// Render the answer, stamp the common headers, count it, log one line.
+#[allow(clippy::needless_pass_by_value)] // the request ends here: its bookkeeping is consumed
 fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError>) -> warp::reply::Response {
     let reply = result.unwrap_or_else(|e| handlers::Reply::Full(e.render()));
     let mut resp = match reply {

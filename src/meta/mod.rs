@@ -41,6 +41,7 @@ pub use model::{
     BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,
 };
 pub use model::{EventRecord, EventRequest};
+#[allow(clippy::wildcard_imports)] // the schema module is the list of tables
 use schema::*;
 
 /// Errors of the metadata layer.
@@ -1138,6 +1139,7 @@ mod tests {
             tag_checked: None,
             referrer: None,
             check_refs: false,
+            event: None,
         };
         meta.put_manifest(man("hub/lib/y", "img", vec![d("m3")], Origin::Mirrored)).await.unwrap();
         meta.put_manifest(man("hub/lib/y", "idx", vec![d("img")], Origin::Mirrored)).await.unwrap();
@@ -1163,7 +1165,7 @@ mod tests {
         assert!(meta.repo_manifest("app", &d("pimg"), false).unwrap().is_some());
         check(&meta, st(3, 320, 0, 0));
         // GC of the manifests once the hosted link goes: the index releases the image.
-        meta.delete_manifest("app".into(), d("idx")).await.unwrap();
+        meta.delete_manifest("app".into(), d("idx"), None).await.unwrap();
         let gone = meta.gc_delete_manifests(vec![d("idx"), d("img")]).await.unwrap();
         assert_eq!(gone, vec![d("idx"), d("img")]);
         check(&meta, st(3, 320, 0, 0));

@@ -30,6 +30,7 @@ fn check(resp: Response, what: &str) -> Result<Response, UpstreamError> {
     Err(UpstreamError::Status { status: status.as_u16(), message: format!("{what}: {body}") })
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
 fn transport(e: reqwest::Error) -> UpstreamError {
     UpstreamError::Transport(super::error_chain(&e))
 }
@@ -233,8 +234,7 @@ impl RegistryClient {
             .map_err(transport)?;
         match check(r, "inventory") {
             Ok(r) => Ok(Some(r.bytes().map_err(transport)?.to_vec())),
-            Err(UpstreamError::NotFound) => Ok(None),
-            Err(UpstreamError::Status { status: 400 | 405, .. }) => Ok(None),
+            Err(UpstreamError::NotFound | UpstreamError::Status { status: 400 | 405, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -34,6 +34,7 @@ pub struct Skopeo {
 }
 
 impl Skopeo {
+    #[allow(clippy::new_without_default)] // new() checks the machine for skopeo; no silent default
     pub fn new() -> Skopeo {
         require("skopeo", "skopeo");
         Skopeo { clients: Clients::new() }
