@@ -1,5 +1,9 @@
 //! Wiring: open the stores, build the `Registry`, spawn background tasks, serve.
 //! `run(listeners, settings, shutdown)` is the one seam tests and `serve` share.
+//!
+//! Owns the bootstrap (`Server` and its options: TLS, stdout announcement, SIGHUP reload,
+//! `sd_notify`) and the background tasks. May import every module: it is the wiring,
+//! and nothing imports it but `cli`.
 
 use std::future::Future;
 use std::io::Write;

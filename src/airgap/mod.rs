@@ -9,7 +9,7 @@
 //! commit path (verification, write-through, durability) is the only way in.
 //! Bodies stream through pipes: no layer is ever held in memory.
 //!
-//! May import: upstream (its client), digest, names.
+//! May import: upstream (its client), manifest, digest, names.
 
 pub mod bundle;
 mod export;

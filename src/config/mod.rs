@@ -1,6 +1,9 @@
 //! `config/`: `RawConfig` as figment layers it — embedded defaults < TOML file
 //! (`--config`) < `WHARFIE_*` environment variables (`__` nests) < command-line flags —
 //! resolved into `Settings`, the form the rest of the program uses.
+//!
+//! May import: names (and figment, serde). `auth` reads its `[auth]` section from here
+//! (`config::auth`), never the reverse.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

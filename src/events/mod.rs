@@ -9,7 +9,7 @@
 //! Delivery is at-least-once: a crash between a receiver's 2xx and the cursor's commit
 //! sends that batch again, with the same event ids (Distribution's contract).
 //!
-//! May import: meta, config, service's metrics, and reqwest — like `upstream/`, this is
+//! May import: meta, config, service's metrics, digest, and reqwest — like `upstream/`, this is
 //! an outbound HTTP client, kept apart from the upstream registry client it shares
 //! nothing with.
 

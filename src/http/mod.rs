@@ -5,7 +5,9 @@
 //! `guard.rs` authenticates every `/v2` request and names the access each endpoint
 //! needs.
 //!
-//! May import: service, auth, digest, names. Only this module names warp/hyper types.
+//! May import: service, auth, config (listener limits), events (a request's context for
+//! its events), web (the page's renderer), manifest, digest, names. Only this module
+//! names warp/hyper types.
 
 pub mod error;
 pub(crate) mod guard;

@@ -2,7 +2,8 @@
 //! mirror and the cache — over the metadata store and the blob store. Knows nothing of
 //! HTTP.
 //!
-//! May import: meta, blob, upstream, flight, manifest, digest, names.
+//! May import: meta, blob, upstream, flight, manifest, events (building event records),
+//! digest, names.
 //!
 //! `Registry` is a thin facade over parts with one job each, every one in its own
 //! module with its own state:

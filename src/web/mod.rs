@@ -3,7 +3,7 @@
 //! the last hour. Rendered on the server with `maud` (escapes every value by default);
 //! no JavaScript, no external assets.
 //!
-//! May import: service, meta records, names. Knows nothing of HTTP: `http::handlers::web`
+//! May import: service, meta records, upstream (its errors), names. Knows nothing of HTTP: `http::handlers::web`
 //! authenticates the viewer, calls [`render`] and turns the [`Page`] into a response.
 //!
 //! Invariants: the viewer's pull filter is applied to every repository named on a page
