@@ -12,6 +12,9 @@
 //! inventory is taken, and the incremental bundle is exported (size, time) and
 //! imported (time). Needs `skopeo` (Debian package of the same name).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};

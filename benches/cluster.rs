@@ -15,6 +15,9 @@
 //! survivors have served the lost node's share (its layers, refilled from the upstream) to
 //! one client, then to all clients.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::cluster;
 
 use std::collections::BTreeMap;

@@ -49,6 +49,9 @@
 //! logs), `WHARFIE_BIN=PATH`, `RUST_LOG` (wharfie's log filter). Run it on an otherwise idle
 //! machine: anything else on the 2 cores shows up in every number.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs::{self, File};

@@ -27,6 +27,9 @@
 //! Needs `docker-registry` and `curl` (Debian packages of the same names; `.ci/run` installs
 //! them). `WHARFIE_BIN=/path` uses another wharfie binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read, Write};

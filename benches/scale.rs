@@ -17,6 +17,9 @@
 //! `meta.redb` and the process's peak RSS (VmHWM; cumulative over the Ns run before).
 //! Verify is left out: these blobs have no files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -92,7 +95,7 @@ async fn build(dir: &std::path::Path, n: usize) -> Res<()> {
 
 fn manifest(m: usize, tag: usize) -> PutManifest {
     let body = format!("{{\"schemaVersion\":2,\"n\":{m}}}").into_bytes();
-    let (repo, origin) = if m % 2 == 0 {
+    let (repo, origin) = if m.is_multiple_of(2) {
         (format!("bench/r{}", m % REPOS), Origin::Pushed)
     } else {
         (format!("hub/lib/r{}", m % REPOS), Origin::Mirrored)
@@ -118,6 +121,7 @@ fn manifest(m: usize, tag: usize) -> PutManifest {
         tag_checked: None,
         referrer: None,
         check_refs: false,
+        event: None,
     }
 }
 

@@ -14,6 +14,9 @@
 //! the mirror until the seeded blobs run out (then they are warm). Every loop is bounded by
 //! the deadline; the run stops by itself.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;

@@ -1,5 +1,9 @@
 //! Wiring: open the stores, build the `Registry`, spawn background tasks, serve.
 //! `run(listeners, settings, shutdown)` is the one seam tests and `serve` share.
+//!
+//! Owns the bootstrap (`Server` and its options: TLS, stdout announcement, SIGHUP reload,
+//! `sd_notify`) and the background tasks. May import every module: it is the wiring,
+//! and nothing imports it but `cli`.
 
 use std::future::Future;
 use std::io::Write;
@@ -144,8 +148,9 @@ pub async fn run_with_seams(
 
 /// The one way a wharfie server starts: `serve` (production), the tests' `run` and the
 /// CLI's in-process server all build one of these. Options default to what a library
-/// caller wants (TLS as `[tls]` says; no stdout line, no sd_notify, no SIGHUP handler);
+/// caller wants (TLS as `[tls]` says; no stdout line, no `sd_notify`, no SIGHUP handler);
 /// `serve_blocking` turns on the operator-facing ones.
+#[allow(clippy::struct_excessive_bools)] // independent on/off options of one builder
 pub struct Server {
     settings: Settings,
     listeners: Option<Vec<TcpListener>>,
@@ -444,13 +449,6 @@ async fn reload_on_sighup(auth: Arc<Authenticator>, hup: std::io::Result<tokio::
 /// default action instead of draining it.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, Signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    for (name, s) in [("SIGTERM", &term), ("SIGINT", &int)] {
-        if let Err(e) = s {
-            tracing::warn!(error = %e, signal = name, "cannot handle the signal; it will kill the server");
-        }
-    }
     async fn recv(s: std::io::Result<Signal>) {
         match s {
             Ok(mut s) => {
@@ -459,10 +457,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             Err(_) => std::future::pending::<()>().await,
         }
     }
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    for (name, s) in [("SIGTERM", &term), ("SIGINT", &int)] {
+        if let Err(e) = s {
+            tracing::warn!(error = %e, signal = name, "cannot handle the signal; it will kill the server");
+        }
+    }
     async move {
         tokio::select! {
-            _ = recv(term) => {}
-            _ = recv(int) => {}
+            () = recv(term) => {}
+            () = recv(int) => {}
         }
     }
 }

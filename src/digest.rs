@@ -1,6 +1,8 @@
 //! Content digests: the `sha256:<64 lowercase hex>` strings that name every blob and
 //! manifest. Only sha256 is accepted (what every client sends by default); other
 //! well-formed algorithms are refused with a message that says so.
+//!
+//! May import: nothing of the crate (sha2, hex). Every other module may import it.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,7 @@
 //! Repository names, tags and references, validated against the distribution-spec
 //! grammar. A value of these types is always safe to use as a key or in a URL.
+//!
+//! May import: digest.
 
 use std::fmt;
 

@@ -6,7 +6,7 @@
 //! Failures are logged, never fatal: a service must not die because its supervisor's
 //! socket is gone. Imports nothing from the crate.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
@@ -47,10 +47,7 @@ pub fn notify_to(socket: Option<&OsStr>, state: &str) -> io::Result<bool> {
         _ => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "NOTIFY_SOCKET={:?} is neither an absolute path nor @abstract",
-                    OsString::from(socket)
-                ),
+                format!("NOTIFY_SOCKET={} is neither an absolute path nor @abstract", socket.display()),
             ))
         }
     };
@@ -78,6 +75,7 @@ fn send_abstract(_: &UnixDatagram, _: &[u8], _: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
     use std::time::Duration;
 
     fn recv(sock: &UnixDatagram) -> String {

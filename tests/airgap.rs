@@ -6,6 +6,9 @@
 //! load` (vfs storage, private root) accept. Bad archives fail clearly and import
 //! nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 use wharfie_testkit::ops;

@@ -2,6 +2,9 @@
 //! (status, headers, exact bytes) and its errors (status + OCI code). Each test starts
 //! its own server on a fresh data directory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

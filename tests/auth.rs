@@ -8,6 +8,9 @@
 //! and for leaving nothing behind (no blob file, no staging, no tag, no link), asked
 //! afterwards as a user who may see everything.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::clients;
 use wharfie_testkit::common;
 use wharfie_testkit::oci;

@@ -12,6 +12,9 @@
 //!
 //! All failures of a table are collected and reported together.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

@@ -4,6 +4,9 @@
 //! The upstream is Debian's docker-registry; every upstream request is counted from its
 //! access log. Runs as root (ip netns, veth, tc); one line per property is printed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::cluster;
 
 use std::collections::{BTreeMap, BTreeSet};

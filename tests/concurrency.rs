@@ -11,6 +11,9 @@
 //!
 //! Concurrency is lined up with barriers, and every loop is bounded by a count.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

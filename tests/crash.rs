@@ -23,6 +23,9 @@
 //! blob files hashed, new blobs fetched, every tag's graph walked), and every tenth
 //! restart and the last verify everything.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 use wharfie_testkit::oci;

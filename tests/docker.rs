@@ -14,6 +14,9 @@
 //! The tests run one at a time (a lock): each daemon unpacks images with vfs, and the
 //! machine has two cores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 

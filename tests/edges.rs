@@ -3,6 +3,9 @@
 //! repository (paging stays correct; page times are printed), a 100-deep repository
 //! name, a manifest that tries to reference itself, and an index of 10 000 entries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

@@ -7,6 +7,9 @@
 //! or manifest asked for by digest through a mirrored name) and for what the rule
 //! saves: layers shared between mirrored images cost no upstream request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 use wharfie_testkit::oci;

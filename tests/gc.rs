@@ -5,6 +5,9 @@
 //! Grace periods are tested without sleeping through them: with the server stopped,
 //! the test ages the blob rows in the real redb file (`ops::age_blob_rows`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 use wharfie_testkit::ops;

@@ -22,6 +22,9 @@
 //! reference registry (`/usr/bin/docker-registry`, Debian's `docker-registry`)
 //! instead, to tell a client or test problem from a wharfie bug.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::clients;
 use wharfie_testkit::common;
 

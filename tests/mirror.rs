@@ -13,6 +13,9 @@
 //! `docker-registry` as the upstream, skopeo (by path prefix) and containerd's `ctr`
 //! (by `?ns=docker.io`, through a hosts.toml mirror) pulling through wharfie.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 

@@ -7,6 +7,9 @@
 //! pull succeeds with the right bytes (after the short window for which the failing
 //! upstream was marked down).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 

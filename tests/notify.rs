@@ -9,6 +9,9 @@
 //! - SIGKILL with events queued, restart: every event is delivered (at-least-once; the
 //!   test counts duplicates and prints them).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

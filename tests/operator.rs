@@ -2,6 +2,9 @@
 //! code, configuration errors that name keys as the user wrote them (and where), and
 //! stray `WHARFIE_*` variables that warn instead of taking the server down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 use wharfie_testkit::oci;

@@ -2,6 +2,9 @@
 //! directory with corrupted files, `/metrics` `/healthz` `/readyz` and JSON logs of
 //! the real server, and TLS (HTTP/1.1 and HTTP/2 over ALPN) with reqwest and skopeo.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 use wharfie_testkit::oci;

@@ -3,6 +3,9 @@
 //! chunked), pull, `subject` + the referrers API, tag listing and deletion. The script
 //! exits non-zero with a message on the first difference from what ORAS expects.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 
 use std::path::Path;

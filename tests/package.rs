@@ -20,6 +20,9 @@
 //! (dpkg-shlibdeps), binutils (strip, objcopy, readelf), systemd (systemd-analyze) and
 //! util-linux (setpriv, prlimit).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

@@ -6,6 +6,9 @@
 //! `tests/fuzz/` (run by .ci/run where a nightly toolchain exists); any crash either finds
 //! becomes a case in `regressions()` below.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -13,6 +13,9 @@
 //! racing that fsync counts as durable (slightly kinder than a real disk); data that
 //! was never fsynced is dropped whole (a real disk may keep any prefix of it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 
 use std::collections::{BTreeMap, HashMap};

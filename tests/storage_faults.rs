@@ -12,6 +12,9 @@
 //! root) with the real binary: the push that does not fit fails cleanly, the space comes
 //! back, and a push that fits succeeds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 

@@ -9,6 +9,9 @@
 //! Needs `systemd-analyze` (apt-get install -y systemd) and `strace`
 //! (apt-get install -y strace).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::oci;
 

@@ -9,6 +9,9 @@
 //! `measure_outage_latencies` (ignored) prints the figures of the issue with the default
 //! config; `HEALTH_TEST_BIN=path` runs it against another build (the code before the change).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
 

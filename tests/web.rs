@@ -3,6 +3,9 @@
 //! upstream, that upstream marked down once it is stopped) with a screenshot, and
 //! HTTP-level checks of escaping, auth filtering, status codes and content type.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
+
 use wharfie_testkit::clients;
 use wharfie_testkit::common;
 use wharfie_testkit::oci;

@@ -306,7 +306,7 @@ pub fn export(
     });
     let incremental = opts.have.is_some();
     if let Some(h) = &opts.have {
-        w.left_out.inventory = h.id.as_ref().map(|d| d.to_string());
+        w.left_out.inventory = h.id.as_ref().map(std::string::ToString::to_string);
         idx["annotations"] = serde_json::json!({
             ANN_INVENTORY: w.left_out.inventory,
             ANN_LEFT_OUT: BUNDLE_FILE,

@@ -401,7 +401,7 @@ impl Run<'_> {
         out.extend(blob_refs(&v));
     }
 
-    fn name(&self, p: &Plan) -> String {
+    fn name(p: &Plan) -> String {
         if p.reference.contains(':') {
             format!("{}@{}", p.repo, p.reference)
         } else {
@@ -438,14 +438,14 @@ impl Run<'_> {
         self.needs(&self.plans[i].digest.clone(), &mut n, &mut HashSet::new(), 0);
         if !n.bad.is_empty() {
             let reason = n.bad.join("; ");
-            return self.refuse(i, reason, n.missing.iter().map(|d| d.to_string()).collect());
+            return self.refuse(i, reason, n.missing.iter().map(std::string::ToString::to_string).collect());
         }
         if let Some(first) = n.missing.first() {
             if !at_end {
                 self.blocked.entry(first.clone()).or_default().push(i);
                 return;
             }
-            let list: Vec<String> = n.missing.iter().map(|d| d.to_string()).collect();
+            let list: Vec<String> = n.missing.iter().map(std::string::ToString::to_string).collect();
             let reason = if self.left_out.is_some() {
                 format!(
                     "it needs {} digest(s) that are neither in the bundle nor on this server: {}",
@@ -468,7 +468,7 @@ impl Run<'_> {
                     self.landed.entry(d).or_insert_with(|| repo.clone());
                 }
                 self.plans[i].done = true;
-                let name = self.name(&self.plans[i]);
+                let name = Self::name(&self.plans[i]);
                 self.ui.line(&format!("imported {name} ({digest})"));
                 self.report.imported.push(Imported { repo, reference, digest });
             }
@@ -598,7 +598,7 @@ impl Run<'_> {
                     self.landed.entry(d).or_insert_with(|| repo.clone());
                 }
                 self.plans[i].done = true;
-                let name = self.name(&self.plans[i]);
+                let name = Self::name(&self.plans[i]);
                 self.ui.line(&format!("skipped {name} ({digest}): already imported"));
                 self.report.skipped.push(Imported { repo, reference, digest });
             }
@@ -681,7 +681,7 @@ impl Run<'_> {
         self.ui.member.set_message(path.to_owned());
         let mut r = self.ui.member.wrap_read(r);
         let small = if size <= SMALL {
-            let mut buf = Vec::with_capacity(size as usize);
+            let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             if let Err(e) = (&mut r).take(SMALL + 1).read_to_end(&mut buf) {
                 self.bad.insert(d, format!("archive member {path}: {e}"));
                 return;
@@ -746,7 +746,7 @@ impl Run<'_> {
                         let mut n = Needs::default();
                         self.needs(&self.plans[i].digest.clone(), &mut n, &mut HashSet::new(), 0);
                         if !n.missing.is_empty() || !n.bad.is_empty() {
-                            let missing = n.missing.iter().map(|d| d.to_string()).collect();
+                            let missing = n.missing.iter().map(std::string::ToString::to_string).collect();
                             self.refuse(
                                 i,
                                 format!("the archive breaks off before this image is complete: {c}"),

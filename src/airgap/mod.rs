@@ -9,14 +9,14 @@
 //! commit path (verification, write-through, durability) is the only way in.
 //! Bodies stream through pipes: no layer is ever held in memory.
 //!
-//! May import: upstream (its client), digest, names.
+//! May import: upstream (its client), manifest, digest, names.
 
 pub mod bundle;
 mod export;
 mod import;
 
-pub use export::{export, parse_image, ExportOptions, ExportSummary};
-pub use import::{import, ImportReport, ImportTarget, Imported, Refused, Ui};
+pub use export::{export, ExportOptions};
+pub use import::{import, ImportTarget, Ui};
 
 use crate::upstream::UpstreamError;
 

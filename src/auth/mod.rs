@@ -312,7 +312,7 @@ impl fmt::Debug for Authenticator {
             .field("anonymous", &self.cfg.anonymous)
             .field("rules", &self.cfg.rules.len())
             .field("users", &self.user_count())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -442,11 +442,10 @@ impl Authenticator {
 
     fn token_mac(&self, payload: &str) -> [u8; 32] {
         use hmac::Mac as _;
-        let mut m = match hmac::Hmac::<Sha256>::new_from_slice(&self.token_key) {
-            Ok(m) => m,
-            // HMAC takes keys of any length; unreachable, and a zero MAC never verifies
-            // against a real one.
-            Err(_) => return [0; 32],
+        // HMAC takes keys of any length; unreachable, and a zero MAC never verifies
+        // against a real one.
+        let Ok(mut m) = hmac::Hmac::<Sha256>::new_from_slice(&self.token_key) else {
+            return [0; 32];
         };
         m.update(payload.as_bytes());
         m.finalize().into_bytes().into()

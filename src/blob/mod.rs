@@ -111,7 +111,7 @@ impl BlobStore {
         Staging::create(&self.layout, id, self.hook.clone())
     }
 
-    /// Reopen staging area `id` (after a restart or between PATCHes), re-hashing what
+    /// Reopen staging area `id` (after a restart or between `PATCH` requests), re-hashing what
     /// is already there. `None` when it does not exist.
     pub fn open_staging(&self, id: &str) -> io::Result<Option<Staging>> {
         Staging::reopen(&self.layout, id, self.hook.clone())
@@ -238,7 +238,7 @@ impl BlobStore {
                     match std::fs::remove_file(&p) {
                         Ok(()) => n += 1,
                         Err(e) => {
-                            tracing::warn!(path = %p.display(), error = %e, "cannot remove orphan blob")
+                            tracing::warn!(path = %p.display(), error = %e, "cannot remove orphan blob");
                         }
                     }
                 }

@@ -1,6 +1,8 @@
 //! `wharfie client-config`: the snippets that point containerd, podman and the Docker
 //! daemon at this server, for its configured upstreams.
 
+use std::fmt::Write as _;
+
 use crate::config::Settings;
 
 /// Render the three snippets for a server reachable at `host` (host:port).
@@ -20,9 +22,11 @@ pub fn render(settings: &Settings, host: &str) -> String {
         "## (containerd sends ?ns=<name>; config_path = \"/etc/containerd/certs.d\" in config.toml)\n",
     );
     for (name, url, _) in &ups {
-        o.push_str(&format!(
+        // Writing to a String cannot fail.
+        let _ = write!(
+            o,
             "# /etc/containerd/certs.d/{name}/hosts.toml\nserver = \"{url}\"\n\n[host.\"{scheme}://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        ));
+        );
         if scheme == "https" {
             o.push_str(
                 "  # ca = \"/path/to/wharfie-ca.pem\"  (when the certificate is not publicly trusted)\n",
@@ -32,9 +36,11 @@ pub fn render(settings: &Settings, host: &str) -> String {
     }
     o.push_str("## podman / buildah / skopeo: /etc/containers/registries.conf.d/wharfie.conf\n");
     for (name, _, _) in &ups {
-        o.push_str(&format!(
+        // Writing to a String cannot fail.
+        let _ = write!(
+            o,
             "[[registry]]\nprefix = \"{name}\"\nlocation = \"{name}\"\n\n[[registry.mirror]]\nlocation = \"{host}/{name}\"\ninsecure = {insecure}\n\n"
-        ));
+        );
     }
     docker(&mut o, settings, scheme, host, ups.iter().any(|(n, _, d)| *n == "docker.io" && *d));
     o
@@ -70,14 +76,17 @@ fn docker(o: &mut String, settings: &Settings, scheme: &str, host: &str, mirror:
              # requests (bare names) would go to hosted repositories only.\n",
         );
     }
-    o.push_str(&format!(
+    // Writing to a String cannot fail.
+    let _ = write!(
+        o,
         "## Docker: hosted repositories are named after this server\n\
          docker tag IMAGE {host}/team/app:v1\n\
          docker push {host}/team/app:v1\n\
          docker pull {host}/team/app:v1\n"
-    ));
+    );
     if settings.auth.htpasswd.is_some() {
-        o.push_str(&format!("docker login {host}   # the htpasswd user; docker logout {host}\n"));
+        // Writing to a String cannot fail.
+        let _ = writeln!(o, "docker login {host}   # the htpasswd user; docker logout {host}");
         if settings.auth.token {
             o.push_str("# token = true: Docker pulls anonymously too (it fetches an anonymous token).\n");
         } else {

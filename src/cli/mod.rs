@@ -1,5 +1,10 @@
-//! `cli/`: the clap commands. `serve` runs the registry; `config check` prints the
-//! resolved configuration or names the source of a bad value.
+//! `cli/`: the clap commands. `serve` runs the registry; `gc`, `verify`, `import`,
+//! `export`, `inventory` and `client-config` work on a data directory (through a running
+//! server, or one started in-process); `config check` prints the resolved configuration
+//! or names the source of a bad value.
+//!
+//! May import: app, airgap, auth, config, meta, service, upstream, names. Nothing
+//! imports it but `main`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -257,7 +257,7 @@ fn check(cfg: &AuthConfig) -> Result<(), AuthConfigError> {
             ));
         }
     }
-    if cfg.realm.chars().any(|c| c.is_control()) {
+    if cfg.realm.chars().any(char::is_control) {
         return Err(AuthConfigError::Config("realm must not contain control characters".into()));
     }
     if cfg.token {

@@ -1,6 +1,9 @@
 //! `config/`: `RawConfig` as figment layers it — embedded defaults < TOML file
 //! (`--config`) < `WHARFIE_*` environment variables (`__` nests) < command-line flags —
 //! resolved into `Settings`, the form the rest of the program uses.
+//!
+//! May import: names (and figment, serde). `auth` reads its `[auth]` section from here
+//! (`config::auth`), never the reverse.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub mod auth;
+pub(crate) mod auth;
 
 use self::auth::{AuthConfig, AuthConfigError};
 
@@ -81,7 +84,7 @@ pub struct RawNotify {
     /// host and port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Where events are POSTed.
+    /// The URL each event is sent to (by `POST`).
     pub url: String,
     /// Extra request headers (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

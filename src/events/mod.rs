@@ -9,7 +9,7 @@
 //! Delivery is at-least-once: a crash between a receiver's 2xx and the cursor's commit
 //! sends that batch again, with the same event ids (Distribution's contract).
 //!
-//! May import: meta, config, service's metrics, and reqwest — like `upstream/`, this is
+//! May import: meta, config, service's metrics, digest, and reqwest — like `upstream/`, this is
 //! an outbound HTTP client, kept apart from the upstream registry client it shares
 //! nothing with.
 
@@ -288,7 +288,7 @@ impl Delivery {
             let Some(last) = batch.last().map(|(s, _)| *s) else {
                 // Mark what we have seen before looking, so a commit after the read wakes us.
                 committed.borrow_and_update();
-                if self.meta.events_after(&self.ep.name, 1).map(|b| b.is_empty()).unwrap_or(true) {
+                if self.meta.events_after(&self.ep.name, 1).map_or(true, |b| b.is_empty()) {
                     let _ = tokio::time::timeout(IDLE_POLL, committed.changed()).await;
                 }
                 continue;

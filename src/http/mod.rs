@@ -5,13 +5,15 @@
 //! `guard.rs` authenticates every `/v2` request and names the access each endpoint
 //! needs.
 //!
-//! May import: service, auth, digest, names. Only this module names warp/hyper types.
+//! May import: service, auth, config (listener limits), events (a request's context for
+//! its events), web (the page's renderer), manifest, digest, names. Only this module
+//! names warp/hyper types.
 
 pub mod error;
-pub mod guard;
+pub(crate) mod guard;
 pub mod handlers;
 pub mod route;
-pub mod server;
+pub(crate) mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +63,7 @@ impl futures_util::Stream for SharedBody {
         }
         u.polled = true;
         let r = u.body.as_mut().poll_next(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             u.done = true;
         }
         r
@@ -219,6 +221,7 @@ struct Done {
 }
 
 /// Render the answer, stamp the common headers, count it, log one line.
+#[allow(clippy::needless_pass_by_value)] // the request ends here: its bookkeeping is consumed
 fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError>) -> warp::reply::Response {
     let reply = result.unwrap_or_else(|e| handlers::Reply::Full(e.render()));
     let mut resp = match reply {

@@ -83,6 +83,7 @@ fn decode_segment(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                #[allow(clippy::cast_possible_truncation)] // two hex digits: at most 255
                 let v = (h * 16 + l) as u8;
                 if v.is_ascii() {
                     out.push(v);

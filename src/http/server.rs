@@ -65,18 +65,8 @@ impl Limits {
     }
 }
 
-/// Serve `listeners` until `shutdown` resolves, then drain.
-pub async fn serve(
-    listeners: Vec<TcpListener>,
-    reg: Arc<Registry>,
-    auth: Arc<Authenticator>,
-    limits: Limits,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_with(listeners, reg, auth, limits, None, shutdown).await;
-}
-
-/// `serve`, with TLS on every listener when `tls` is given.
+/// Serve `listeners` until `shutdown` resolves, then drain; with TLS on every listener
+/// when `tls` is given.
 pub async fn serve_with(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,

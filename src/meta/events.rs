@@ -151,6 +151,7 @@ impl Meta {
     /// The configured endpoints: a new one starts at the tail (it is sent what happens
     /// from now on), a known one keeps its cursor, one no longer configured is
     /// forgotten (its rows no longer pinned).
+    #[allow(clippy::similar_names)] // `state` (the table) and `stale` (its rows to drop)
     pub async fn event_endpoints(&self, names: Vec<String>) -> Result<(), MetaError> {
         self.write(move |txn| {
             {

@@ -14,6 +14,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::lease::leased;
 use super::model::{self, decode};
+#[allow(clippy::wildcard_imports)] // the schema module is the list of tables
 use super::schema::*;
 use super::{add, lru_time, put_blob_row, BlobRecord, ManifestRecord, Meta, MetaError, Origin, RepoFilter};
 use crate::digest::Digest;

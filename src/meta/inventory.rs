@@ -39,10 +39,10 @@ impl Meta {
             if rec.deleting {
                 continue;
             }
-            last = digest.to_owned();
+            digest.clone_into(&mut last);
             inv.blobs.push((last.clone(), rec.size, repo.to_owned()));
         }
-        let mut found: std::collections::BTreeMap<String, String> = Default::default();
+        let mut found: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
         for item in rtx.open_table(REPO_MANIFESTS)?.iter()? {
             let (k, _) = item?;
             let (repo, digest) = k.value();

@@ -12,7 +12,7 @@ mod events;
 mod gc;
 mod inventory;
 mod lease;
-pub mod model;
+pub(crate) mod model;
 mod overview;
 mod schema;
 mod writer;
@@ -41,6 +41,7 @@ pub use model::{
     BlobRecord, Descriptor, LeaseRecord, ManifestRecord, Origin, StoreStats, TagRecord, UploadRecord,
 };
 pub use model::{EventRecord, EventRequest};
+#[allow(clippy::wildcard_imports)] // the schema module is the list of tables
 use schema::*;
 
 /// Errors of the metadata layer.

@@ -140,7 +140,7 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, super::MetaErro
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One queued notification (a manifest push or delete), as the transaction that made

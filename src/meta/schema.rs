@@ -1,5 +1,5 @@
 //! Every redb table, in one place. Keys are strings (digests, names, ids) or tuples of
-//! them; values are small serde_json records (`model.rs`), raw manifest bytes, or `()`
+//! them; values are small `serde_json` records (`model.rs`), raw manifest bytes, or `()`
 //! for pure links.
 
 use redb::TableDefinition;
@@ -32,7 +32,7 @@ pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
 pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
 /// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
 pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
-/// "pushed_blobs", "pushed_bytes", "mirrored_blobs", "mirrored_bytes" → the count and
+/// `pushed_blobs`, `pushed_bytes`, `mirrored_blobs`, `mirrored_bytes` → the count and
 /// bytes of live blob rows (not `deleting`) by origin. Changed by every transaction that
 /// writes a blob row (`put_blob_row`), so it is exactly as fresh as `BLOBS`; computed once
 /// from a scan when an older `meta.redb` lacks it.

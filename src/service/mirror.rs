@@ -172,6 +172,7 @@ impl From<Lost> for FlightError {
 }
 
 /// A flight's end as the fill's result (`Lost`: its task panicked or was cancelled).
+#[allow(clippy::ref_option)] // callers hold a borrow of the watch channel's state
 fn fill_outcome(done: &Option<Result<FillResult, Lost>>) -> Option<FillResult> {
     done.as_ref().map(|d| d.clone().unwrap_or_else(|l| Err(l.into())))
 }
@@ -574,7 +575,7 @@ impl Registry {
             digest.clone(),
             |p| entitled || p.repo == *local,
             || FillProgress { repo: local.clone(), reader: None, total: None, visible: 0 },
-            move |progress| async move { me.run_fill(m2, r2, l2, d2, progress).await },
+            move |progress| async move { Box::pin(me.run_fill(m2, r2, l2, d2, progress)).await },
         );
         match joined {
             Joined::Leader(rx) => Some(rx),

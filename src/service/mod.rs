@@ -2,7 +2,8 @@
 //! mirror and the cache — over the metadata store and the blob store. Knows nothing of
 //! HTTP.
 //!
-//! May import: meta, blob, upstream, flight, manifest, digest, names.
+//! May import: meta, blob, upstream, flight, manifest, events (building event records),
+//! digest, names.
 //!
 //! `Registry` is a thin facade over parts with one job each, every one in its own
 //! module with its own state:
@@ -27,10 +28,10 @@ mod blobs;
 mod cache;
 mod entitlement;
 mod error;
-pub mod gc;
+pub(crate) mod gc;
 mod inventory;
 mod manifests;
-pub mod metrics;
+pub(crate) mod metrics;
 mod mirror;
 mod overview;
 mod tags;

@@ -75,7 +75,7 @@ impl Auth {
                 }
             }
         }
-        if self.basic.lock().map(|b| *b).unwrap_or(false) {
+        if self.basic.lock().is_ok_and(|b| *b) {
             return self.basic_value();
         }
         None
@@ -120,6 +120,7 @@ impl Auth {
                         resp.status()
                     )));
                 }
+                #[allow(clippy::items_after_statements)] // the token response, beside its one use
                 #[derive(serde::Deserialize)]
                 struct TokenResp {
                     token: Option<String>,
@@ -137,7 +138,7 @@ impl Auth {
                 // overflow the clock arithmetic.
                 let life = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(10, MAX_TOKEN_LIFE_SECS));
                 let now = Instant::now();
-                let expires = now.checked_add(life - Duration::from_secs(5)).unwrap_or(now);
+                let expires = now.checked_add(life.saturating_sub(Duration::from_secs(5))).unwrap_or(now);
                 if let Ok(mut tokens) = self.tokens.lock() {
                     tokens.insert(repo.to_owned(), Token { value, expires });
                 }

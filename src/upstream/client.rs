@@ -30,6 +30,7 @@ fn check(resp: Response, what: &str) -> Result<Response, UpstreamError> {
     Err(UpstreamError::Status { status: status.as_u16(), message: format!("{what}: {body}") })
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
 fn transport(e: reqwest::Error) -> UpstreamError {
     UpstreamError::Transport(super::error_chain(&e))
 }
@@ -148,16 +149,6 @@ impl RegistryClient {
         check(r, "delete blob").map(|_| ())
     }
 
-    /// A whole (small) blob.
-    pub fn get_blob_bytes(&self, repo: &str, digest: &Digest) -> Result<Vec<u8>, UpstreamError> {
-        let r = self
-            .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
-            .send()
-            .map_err(transport)?;
-        let r = check(r, "get blob")?;
-        r.bytes().map(|b| b.to_vec()).map_err(transport)
-    }
-
     /// A blob as a reader, with its length.
     pub fn get_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, Response), UpstreamError> {
         let r = self
@@ -243,8 +234,7 @@ impl RegistryClient {
             .map_err(transport)?;
         match check(r, "inventory") {
             Ok(r) => Ok(Some(r.bytes().map_err(transport)?.to_vec())),
-            Err(UpstreamError::NotFound) => Ok(None),
-            Err(UpstreamError::Status { status: 400 | 405, .. }) => Ok(None),
+            Err(UpstreamError::NotFound | UpstreamError::Status { status: 400 | 405, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -99,11 +99,10 @@ impl Health {
     /// Is it down right now (a request would be refused)? Takes no probe slot.
     pub(super) fn refused(&self, now: Instant) -> Option<Refused> {
         match &*self.lock() {
-            State::Up => None,
             State::Down { until, cause, .. } if now < *until => {
                 Some(Refused { cause: cause.clone(), retry_in: *until - now })
             }
-            State::Down { .. } => None,
+            State::Up | State::Down { .. } => None,
             State::Probing { cause, .. } => Some(Refused { cause: cause.clone(), retry_in: Duration::ZERO }),
         }
     }

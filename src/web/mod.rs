@@ -3,7 +3,7 @@
 //! the last hour. Rendered on the server with `maud` (escapes every value by default);
 //! no JavaScript, no external assets.
 //!
-//! May import: service, meta records, names. Knows nothing of HTTP: `http::handlers::web`
+//! May import: service, meta records, upstream (its errors), names. Knows nothing of HTTP: `http::handlers::web`
 //! authenticates the viewer, calls [`render`] and turns the [`Page`] into a response.
 //!
 //! Invariants: the viewer's pull filter is applied to every repository named on a page
@@ -107,6 +107,7 @@ code{font-size:12px}.up{color:#17702a;font-weight:600}.down{color:#b00020;font-w
 .bar>span{display:block;height:100%;background:#3a7bd5}.muted{color:#777}nav a{margin-right:1em}\
 .grid{display:flex;gap:2em;flex-wrap:wrap}";
 
+#[allow(clippy::needless_pass_by_value)] // maud composes `Markup` by value
 fn layout(viewer: &Viewer, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -153,7 +154,7 @@ fn ago(unix: u64) -> String {
 /// causes the upstream client records carry none, but the page must never show one).
 fn scrub(text: &str) -> String {
     text.split(' ')
-        .map(|w| if w.contains("://") || w.contains("@") { "[address]" } else { w })
+        .map(|w| if w.contains("://") || w.contains('@') { "[address]" } else { w })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -75,8 +75,7 @@ pub struct Clients {
 }
 
 impl Clients {
-    // `new` checks for the tools and makes temp dirs: not what a `Default` should do.
-    #[allow(clippy::new_without_default)]
+    #[allow(clippy::new_without_default)] // new() checks the machine for the tools; no silent default
     pub fn new() -> Clients {
         for (tool, package) in [("timeout", "coreutils"), ("unshare", "util-linux"), ("mount", "mount")] {
             require(tool, package);

@@ -34,8 +34,7 @@ pub struct Skopeo {
 }
 
 impl Skopeo {
-    // `new` checks for the tools and makes temp dirs: not what a `Default` should do.
-    #[allow(clippy::new_without_default)]
+    #[allow(clippy::new_without_default)] // new() checks the machine for skopeo; no silent default
     pub fn new() -> Skopeo {
         require("skopeo", "skopeo");
         Skopeo { clients: Clients::new() }
