@@ -13,6 +13,7 @@
 mod auth;
 pub mod client;
 mod health;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
