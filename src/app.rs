@@ -93,6 +93,8 @@ pub async fn open_with_seams(
             namespace: u.namespace.clone(),
             down_min: u.down_min,
             down_max: u.down_max,
+            max_concurrent_fetches: u.max_concurrent_fetches,
+            max_bytes_per_sec: u.max_bytes_per_sec.map(|b| b.as_u64()),
         })
         .map_err(|e| AppError::Upstream { name: u.name.clone(), reason: e.to_string() })?;
         let (m, name) = (metrics.clone(), u.name.clone());
@@ -107,6 +109,12 @@ pub async fn open_with_seams(
             offline: u.offline,
             stale_if_error: u.stale_if_error,
             default: u.default,
+        }));
+    }
+    if !mirrors.is_empty() {
+        let queues: Vec<_> = mirrors.iter().map(|m| (m.name().to_owned(), m.up.limits().clone())).collect();
+        metrics.add_renderer(Box::new(move |o: &mut String| {
+            crate::service::metrics::render_queues(&queues, o);
         }));
     }
     let reg = Arc::new(Registry::new(meta, blobs, opts, mirrors, metrics));

@@ -58,6 +58,12 @@ impl<P, V> Progress<P, V> {
     pub fn read<T>(&self, f: impl FnOnce(&P) -> T) -> T {
         f(&self.tx.borrow().progress)
     }
+
+    /// Resolves once no caller watches the flight any more (every client went away):
+    /// work that has not begun yet (a queued fetch) may then give up.
+    pub async fn abandoned(&self) {
+        self.tx.closed().await;
+    }
 }
 
 /// How a caller joined.
@@ -70,9 +76,11 @@ pub enum Joined<P, V> {
     Refused,
 }
 
+/// The map holds the sender, not a receiver: a flight no caller watches any more is
+/// seen as such (`Progress::abandoned`).
 struct Entry<P, V> {
     id: u64,
-    rx: Watch<P, V>,
+    tx: Arc<watch::Sender<State<P, V>>>,
 }
 
 /// A map from key to the flight in progress for it.
@@ -135,14 +143,14 @@ where
     {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = map.get(&key) {
-            let rx = e.rx.clone();
+            let rx = e.tx.subscribe();
             let admitted = admit(&rx.borrow().progress);
             return if admitted { Joined::Follower(rx) } else { Joined::Refused };
         }
         let (tx, rx) = watch::channel(State { progress: init(), done: None });
         let tx = Arc::new(tx);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(key.clone(), Entry { id, rx: rx.clone() });
+        map.insert(key.clone(), Entry { id, tx: tx.clone() });
         drop(map);
         // Created before the task so that even a task that never runs cleans up.
         let guard = Guard { flights: self.clone(), key, id, tx: tx.clone() };
@@ -180,7 +188,16 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
     {
-        match self.join(key, |()| true, || (), |_| work()) {
+        self.run_with(key, |_| work()).await
+    }
+
+    /// `run`, with the flight's handle passed to `work` (to see `abandoned`).
+    pub async fn run_with<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Result<V, Lost>, bool)
+    where
+        F: FnOnce(Progress<(), V>) -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        match self.join(key, |()| true, || (), work) {
             Joined::Leader(rx) => (finished(rx).await, true),
             Joined::Follower(rx) => (finished(rx).await, false),
             // `admit` above accepts every flight.

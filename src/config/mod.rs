@@ -225,7 +225,17 @@ pub struct RawUpstream {
     pub down_min: Duration,
     #[serde(default = "default_down_max", with = "humantime_serde")]
     pub down_max: Duration,
+    /// Blob fills and manifest fetches sent to this upstream at once; more wait in
+    /// arrival order (clients asking for one thing still share one fetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_fetches: Option<usize>,
+    /// Blob bytes per second fetched from this upstream, all fills together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<ByteSize>,
 }
+
+/// The least `max_bytes_per_sec` may be: below it a layer takes hours.
+pub const MIN_BYTES_PER_SEC: u64 = 16 * 1024;
 
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
@@ -620,6 +630,25 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
                 ));
             }
         }
+        if let Some(n) = u.max_concurrent_fetches {
+            if !(1..=10_000).contains(&n) {
+                return Err(bad(
+                    key("max_concurrent_fetches"),
+                    format!("must be 1 to 10000 fetches at once, not {n} (leave it out for no limit)"),
+                ));
+            }
+        }
+        if let Some(r) = u.max_bytes_per_sec {
+            if r.as_u64() < MIN_BYTES_PER_SEC {
+                return Err(bad(
+                    key("max_bytes_per_sec"),
+                    format!(
+                        "{r} is under the least rate, {} per second (leave it out for no limit)",
+                        ByteSize::b(MIN_BYTES_PER_SEC)
+                    ),
+                ));
+            }
+        }
         if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
             return Err(bad(
                 key("name"),
@@ -805,6 +834,42 @@ mod tests {
             jail.set_env("WHARFIE_AUTH__ANONYMOUS", "pull");
             let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
             assert_eq!(s.auth.anonymous, Anonymous::Pull);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn upstream_limits_are_checked_with_their_key_and_source() {
+        figment::Jail::expect_with(|jail| {
+            let up = |extra: &str| {
+                format!("[[upstreams]]\nname = \"docker.io\"\nurl = \"http://regional:5000\"\n{extra}\n")
+            };
+            jail.create_file("w.toml", &up("max_concurrent_fetches = 4\nmax_bytes_per_sec = \"2MiB\""))?;
+            let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(s.upstreams[0].max_concurrent_fetches, Some(4));
+            assert_eq!(s.upstreams[0].max_bytes_per_sec, Some(ByteSize::mib(2)));
+            jail.create_file("none.toml", &up(""))?;
+            let (_, s) = load(Some(Path::new("none.toml")), &Overrides::default()).expect("loads");
+            assert_eq!(
+                (s.upstreams[0].max_concurrent_fetches, s.upstreams[0].max_bytes_per_sec),
+                (None, None)
+            );
+            for (extra, want) in [
+                (
+                    "max_concurrent_fetches = 0",
+                    "[[upstreams]] #1 max_concurrent_fetches in bad.toml: must be 1 to 10000 fetches at once, not 0 (leave it out for no limit)",
+                ),
+                (
+                    "max_bytes_per_sec = \"1KiB\"",
+                    "[[upstreams]] #1 max_bytes_per_sec in bad.toml: 1.0 KiB is under the least rate, 16.0 KiB per second (leave it out for no limit)",
+                ),
+            ] {
+                jail.create_file("bad.toml", &up(extra))?;
+                let err =
+                    load(Some(Path::new("bad.toml")), &Overrides::default()).expect_err("bad").to_string();
+                assert_eq!(err, want);
+            }
             Ok(())
         });
     }

@@ -9,9 +9,8 @@
 //! Delivery is at-least-once: a crash between a receiver's 2xx and the cursor's commit
 //! sends that batch again, with the same event ids (Distribution's contract).
 //!
-//! May import: meta, config, service's metrics, digest, and reqwest — like `upstream/`, this is
-//! an outbound HTTP client, kept apart from the upstream registry client it shares
-//! nothing with.
+//! May import: meta, config, service's metrics, digest, and `upstream::webhook` (the outbound
+//! HTTP client; reqwest stays in `upstream/`).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -24,6 +23,7 @@ use http::HeaderMap;
 use crate::config::NotifySettings;
 use crate::meta::{EventRecord, EventRequest, Meta, MetaError};
 use crate::service::Metrics;
+use crate::upstream::webhook::{Webhook, WebhookError};
 
 /// The envelope's media type.
 pub const EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
@@ -188,10 +188,8 @@ pub struct Counters {
 enum DeliveryError {
     #[error("the receiver answered {0}")]
     Status(u16),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("cannot reach the receiver: {0}")]
-    Connect(String),
+    #[error(transparent)]
+    Post(#[from] WebhookError),
     #[error("cannot build the request: {0}")]
     Build(String),
 }
@@ -214,10 +212,10 @@ pub async fn start(
     for ep in endpoints {
         let counters = Arc::new(Counters::default());
         all.push((ep.name.clone(), counters.clone()));
-        let client = match reqwest::Client::builder().timeout(ep.timeout).build() {
+        let client = match Webhook::new(ep.timeout) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(endpoint = ep.name, error = %e.without_url(), "cannot build the notification client");
+                tracing::error!(endpoint = ep.name, error = %e, "cannot build the notification client");
                 continue;
             }
         };
@@ -260,7 +258,7 @@ fn render(meta: &Meta, all: &[(String, Arc<Counters>)], o: &mut String) {
 struct Delivery {
     meta: Meta,
     ep: NotifySettings,
-    client: reqwest::Client,
+    client: Webhook,
     counters: Arc<Counters>,
     source: Source,
 }
@@ -323,25 +321,11 @@ impl Delivery {
     async fn post(&self, events: &[EventRecord]) -> Result<(), DeliveryError> {
         let body = serde_json::to_vec(&envelope(events, &self.source))
             .map_err(|e| DeliveryError::Build(e.to_string()))?;
-        let mut rb =
-            self.client.post(&self.ep.url).header(http::header::CONTENT_TYPE, EVENTS_MEDIA_TYPE).body(body);
-        for (k, v) in &self.ep.headers {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-        let resp = rb.send().await.map_err(|e| {
-            if e.is_timeout() {
-                DeliveryError::Timeout(self.ep.timeout)
-            } else {
-                DeliveryError::Connect(e.without_url().to_string())
-            }
-        })?;
-        let status = resp.status();
-        // Read (and discard) the answer so the connection can be reused.
-        let _ = resp.bytes().await;
-        if status.is_success() {
+        let status = self.client.post(&self.ep.url, EVENTS_MEDIA_TYPE, &self.ep.headers, body).await?;
+        if (200..300).contains(&status) {
             Ok(())
         } else {
-            Err(DeliveryError::Status(status.as_u16()))
+            Err(DeliveryError::Status(status))
         }
     }
 }

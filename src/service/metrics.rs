@@ -211,3 +211,32 @@ impl Metrics {
         o
     }
 }
+
+/// The upstreams' fetch queues (`max_concurrent_fetches`): how many wait now, and how
+/// long the fetches waited for a slot (a summary: sum and count).
+pub fn render_queues(queues: &[(String, std::sync::Arc<crate::upstream::limits::Limits>)], o: &mut String) {
+    let stats: Vec<_> = queues.iter().map(|(n, l)| (n, l.stats())).collect();
+    let _ = writeln!(
+        o,
+        "# HELP wharfie_upstream_queue_depth Fetches waiting for a slot under the upstream's max_concurrent_fetches.\n# TYPE wharfie_upstream_queue_depth gauge"
+    );
+    for (n, s) in &stats {
+        let _ = writeln!(o, "wharfie_upstream_queue_depth{{upstream=\"{n}\"}} {}", s.depth);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP wharfie_upstream_queue_wait_seconds Time fetches waited for a slot before their request.\n# TYPE wharfie_upstream_queue_wait_seconds summary"
+    );
+    for (n, s) in &stats {
+        let _ =
+            writeln!(o, "wharfie_upstream_queue_wait_seconds_sum{{upstream=\"{n}\"}} {:.6}", s.wait_seconds);
+        let _ = writeln!(o, "wharfie_upstream_queue_wait_seconds_count{{upstream=\"{n}\"}} {}", s.waits);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP wharfie_upstream_queue_abandoned_total Queued fetches that left the queue because their clients went away.\n# TYPE wharfie_upstream_queue_abandoned_total counter"
+    );
+    for (n, s) in &stats {
+        let _ = writeln!(o, "wharfie_upstream_queue_abandoned_total{{upstream=\"{n}\"}} {}", s.abandoned);
+    }
+}

@@ -67,6 +67,21 @@ impl Mirror {
         }
     }
 
+    /// A fetch slot under `max_concurrent_fetches`, waiting in FIFO order; a fetch whose
+    /// every client went away while it waited leaves the queue with an error nobody sees.
+    async fn slot<P, V>(
+        &self,
+        flight: &crate::flight::Progress<P, V>,
+    ) -> Result<crate::upstream::limits::Slot, FlightError> {
+        self.up.limits().slot(flight.abandoned()).await.map_err(|_| {
+            tracing::debug!(upstream = self.name(), "a queued fetch left the queue: its clients went away");
+            FlightError::Unavailable(format!(
+                "upstream {}: every client went away while the fetch waited for a slot",
+                self.name()
+            ))
+        })
+    }
+
     fn remote_name(&self, name: &str) -> String {
         if self.is_docker_hub() && !name.contains('/') {
             format!("library/{name}")
@@ -154,6 +169,11 @@ pub(super) struct FillProgress {
     total: Option<u64>,
     /// Bytes readers may send: everything written except the held-back last byte.
     visible: u64,
+    /// Repositories of followers, to link the blob into once it commits; `None` once
+    /// the fill has taken the list (a later follower links it itself). Followers do
+    /// not hold a watch on the fill for this: a queued fill whose every client went
+    /// away must see itself abandoned.
+    links: Arc<std::sync::Mutex<Option<Vec<RepoName>>>>,
 }
 
 /// What a fill ends with: committed, or why not.
@@ -315,7 +335,8 @@ impl Registry {
                 let (res, leader) = self
                     .mirrors
                     .manifest_flights
-                    .run(key, move || async move {
+                    .run_with(key, move |flight| async move {
+                        let _slot = m2.slot(&flight).await?;
                         me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None, Attempts::Retry).await
                     })
                     .await;
@@ -360,7 +381,8 @@ impl Registry {
                 let (res, leader) = self
                     .mirrors
                     .manifest_flights
-                    .run(key, move || async move {
+                    .run_with(key, move |flight| async move {
+                        let _slot = m2.slot(&flight).await?;
                         me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest, stale_ok).await
                     })
                     .await;
@@ -574,7 +596,13 @@ impl Registry {
         let joined = self.mirrors.fills.join(
             digest.clone(),
             |p| entitled || p.repo == *local,
-            || FillProgress { repo: local.clone(), reader: None, total: None, visible: 0 },
+            || FillProgress {
+                repo: local.clone(),
+                reader: None,
+                total: None,
+                visible: 0,
+                links: Arc::new(std::sync::Mutex::new(Some(Vec::new()))),
+            },
             move |progress| async move { Box::pin(me.run_fill(m2, r2, l2, d2, progress)).await },
         );
         match joined {
@@ -582,7 +610,17 @@ impl Registry {
             Joined::Refused => None,
             Joined::Follower(rx) => {
                 self.metrics.coalesced_followers.fetch_add(1, Relaxed);
-                // Link the blob into this repository too once the fill commits.
+                // Link the blob into this repository too once the fill commits: the fill
+                // does it, unless it is already past that point.
+                let links = rx.borrow().progress.links.clone();
+                let mut list = links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(l) = list.as_mut() {
+                    if !l.contains(local) {
+                        l.push(local.clone());
+                    }
+                    return Some(rx);
+                }
+                drop(list);
                 let (me, repo, d) = (self.clone(), local.clone(), digest.clone());
                 let mut wait = rx.clone();
                 tokio::spawn(async move {
@@ -615,6 +653,8 @@ impl Registry {
         digest: Digest,
         progress: FillHandle,
     ) -> FillResult {
+        // Queued behind the upstream's other fetches, until a slot or every client is gone.
+        let _slot = m.slot(&progress).await?;
         let id = format!("{FILL_STAGING}{}", uuid::Uuid::new_v4().simple());
         let lease = LeaseKey::Fill { digest: digest.clone() };
         let rec = LeaseRecord { owner: id.clone(), expires: now() + 24 * 3600 };
@@ -633,6 +673,20 @@ impl Registry {
             }
             Err(e) => Err(FlightError::Internal(format!("cannot create the fill's staging: {e}"))),
         };
+        let links = progress.read(|p| p.links.clone());
+        let followers =
+            links.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_default();
+        if result.is_ok() {
+            for repo in followers.into_iter().filter(|r| *r != local) {
+                if let Err(e) = self
+                    .meta
+                    .mount_blob(repo.as_str().to_owned(), digest.clone(), None, None, Origin::Mirrored)
+                    .await
+                {
+                    tracing::warn!(%repo, %digest, error = %e, "cannot link the filled blob");
+                }
+            }
+        }
         match &result {
             Ok(()) => {
                 // Enforce the cache cap before the fill reports done: when a client's
@@ -689,7 +743,7 @@ impl Registry {
                 }
                 r.map_err(io::Error::other)
             }));
-            let body = min_rate(body, m.up.deadline());
+            let body = min_rate(body, m.up.deadline(), m.up.limits().min_rate(MIN_RATE));
             let total_now = progress.read(|p| p.total);
             let tx2 = progress.clone();
             let on_write = move |written: u64| {
@@ -735,11 +789,11 @@ impl Registry {
 /// trickles bytes would otherwise hold a fill, and every client waiting on it, for ever.
 const MIN_RATE: u64 = 16 * 1024;
 
-/// End `body` with an error when fewer than `MIN_RATE` bytes per second arrive over a
-/// window of `window`.
-fn min_rate(body: super::Body, window: Duration) -> super::Body {
+/// End `body` with an error when fewer than `floor` bytes per second (`MIN_RATE`, or
+/// less under a `max_bytes_per_sec` budget) arrive over a window of `window`.
+fn min_rate(body: super::Body, window: Duration, floor: u64) -> super::Body {
     let window = window.max(Duration::from_secs(1));
-    let need = MIN_RATE.saturating_mul(window.as_secs().max(1));
+    let need = floor.saturating_mul(window.as_secs().max(1));
     let state = (body, tokio::time::Instant::now(), 0u64, false);
     Box::pin(futures_util::stream::unfold(state, move |(mut body, start, got, done)| async move {
         if done {
@@ -753,7 +807,7 @@ fn min_rate(body: super::Body, window: Duration) -> super::Body {
         if start.elapsed() >= window {
             if got < need {
                 let msg = format!(
-                    "upstream sent {got} bytes in {}, under {MIN_RATE} B/s",
+                    "upstream sent {got} bytes in {}, under {floor} B/s",
                     humantime::format_duration(window)
                 );
                 return Some((Err(io::Error::new(io::ErrorKind::TimedOut, msg)), (body, start, got, true)));

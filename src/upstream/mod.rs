@@ -13,6 +13,8 @@
 mod auth;
 pub mod client;
 mod health;
+pub mod limits;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +133,10 @@ pub struct UpstreamConfig {
     pub down_min: Duration,
     /// ...up to this.
     pub down_max: Duration,
+    /// Fetches (blob fills, manifest fetches) at once; the rest queue (`None`: no limit).
+    pub max_concurrent_fetches: Option<usize>,
+    /// Blob body bytes per second, all fetches together (`None`: no limit).
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 /// A manifest as fetched.
@@ -170,6 +176,7 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     health: health::Health,
+    limits: Arc<limits::Limits>,
     /// Counts every HTTP request sent, by kind and status (for metrics).
     pub on_request: Option<RequestHook>,
     /// Told of every health transition (for the `wharfie_upstream_up` gauge).
@@ -194,11 +201,17 @@ impl Upstream {
         let http = b.build().map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let auth = Auth::new(cfg.username.clone(), cfg.password.clone());
         let health = health::Health::new(cfg.down_min, cfg.down_max);
-        Ok(Upstream { cfg, http, auth, health, on_request: None, on_health: None })
+        let limits = Arc::new(limits::Limits::new(cfg.max_concurrent_fetches, cfg.max_bytes_per_sec));
+        Ok(Upstream { cfg, http, auth, health, limits, on_request: None, on_health: None })
     }
 
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// Its fetch slots and byte budget (blob bodies from `get_blob` are throttled here).
+    pub fn limits(&self) -> &Arc<limits::Limits> {
+        &self.limits
     }
 
     /// The per-attempt deadline (`timeout` in the config).
@@ -475,7 +488,7 @@ impl Upstream {
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let remaining = resp.content_length();
         let body = resp.bytes_stream().map(|r| r.map_err(|e| UpstreamError::Transport(cause(&e))));
-        Ok(BlobStream { remaining, partial, body: Box::pin(body) })
+        Ok(BlobStream { remaining, partial, body: self.limits.throttle(body) })
     }
 }
 

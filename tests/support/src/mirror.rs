@@ -54,3 +54,13 @@ pub fn get(w: &Wharfie, path: &str) -> Got {
     let cut = std::io::Read::read_to_end(&mut r, &mut body).is_err();
     Got { status, body, cut, took: t.elapsed(), retry_after }
 }
+
+/// The value of the `/metrics` line that starts with `line_start` (a name with its
+/// labels, e.g. `wharfie_upstream_queue_depth{upstream="up.test"}`), if there is one.
+pub fn metric(w: &Wharfie, line_start: &str) -> Option<f64> {
+    let g = get(w, "/metrics");
+    assert_eq!(g.status, 200, "/metrics");
+    g.text().lines().find_map(|l| {
+        l.strip_prefix(line_start).filter(|v| v.starts_with(' ')).and_then(|v| v.trim().parse::<f64>().ok())
+    })
+}

@@ -93,6 +93,9 @@ struct Shared {
     gate: tokio::sync::watch::Sender<bool>,
     /// Connections in progress (aborted by `stop`).
     conns: Mutex<Vec<AbortHandle>>,
+    /// Manifest and blob GETs in progress now (read, possibly held, until the body's
+    /// end), and the most there ever were at once.
+    gets: Mutex<(usize, usize)>,
     /// `http://127.0.0.1:PORT`
     base: String,
 }
@@ -127,6 +130,7 @@ impl FakeUpstream {
             blob_done: Mutex::new(Vec::new()),
             gate,
             conns: Mutex::new(Vec::new()),
+            gets: Mutex::new((0, 0)),
             base: format!("http://{addr}"),
         });
         let accept = rt.spawn(accept_loop(listener, shared.clone()));
@@ -221,6 +225,16 @@ impl FakeUpstream {
     /// Every request except pings.
     pub fn total(&self) -> usize {
         lock(&self.shared.log).iter().filter(|l| l.kind != Kind::Ping).count()
+    }
+
+    /// Manifest and blob GETs in progress now (held ones included).
+    pub fn gets_now(&self) -> usize {
+        lock(&self.shared.gets).0
+    }
+
+    /// The most manifest and blob GETs that were ever in progress at once.
+    pub fn max_concurrent_gets(&self) -> usize {
+        lock(&self.shared.gets).1
     }
 
     /// When the body of blob `digest` was last sent completely.
@@ -514,9 +528,29 @@ fn log(sh: &Shared, req: &Request, kind: Kind, status: u16) {
     });
 }
 
+/// Counts one GET in progress until dropped (however the connection ends).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn start(sh: &Arc<Shared>) -> InFlight {
+        let mut g = lock(&sh.gets);
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        InFlight(sh.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0.gets).0 -= 1;
+    }
+}
+
 async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
     let Some(req) = read_head(&mut s).await else { return };
     let kind = classify(&req.path);
+    let _in_flight =
+        (req.method == "GET" && (kind == Kind::Manifest || kind == Kind::Blob)).then(|| InFlight::start(&sh));
     let stall = (kind == Kind::Manifest || kind == Kind::Blob) && lock(&sh.faults).stall;
     if stall {
         log(&sh, &req, kind, 0);
