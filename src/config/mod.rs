@@ -222,6 +222,23 @@ pub struct RawUpstream {
     pub down_min: Duration,
     #[serde(default = "default_down_max", with = "humantime_serde")]
     pub down_max: Duration,
+    /// Images (`library/nginx:1.27`, the upstream's names) kept fresh in the background
+    /// every `tag_ttl`: one HEAD each, a GET only when the digest changed, layers filled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<String>,
+    /// The platforms (`linux/amd64`, `linux/arm64/v8`) of a warm index to fill; every
+    /// platform when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_platforms: Vec<String>,
+}
+
+/// A `warm` entry: `repository:tag` (the tag after the last `:` past the last `/`).
+pub fn split_image(s: &str) -> Option<(&str, &str)> {
+    let (repo, tag) = s.rsplit_once(':')?;
+    if tag.contains('/') || repo.is_empty() || tag.is_empty() {
+        return None;
+    }
+    Some((repo, tag))
 }
 
 fn default_tag_ttl() -> Duration {
@@ -614,6 +631,26 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
                 return Err(bad(
                     key("namespace"),
                     format!("{ns:?} must be a repository-name prefix, like docker.io"),
+                ));
+            }
+        }
+        for (j, w) in u.warm.iter().enumerate() {
+            let ok = split_image(w).is_some_and(|(r, t)| {
+                crate::names::RepoName::parse(r).is_ok() && crate::names::Tag::parse(t).is_ok()
+            });
+            if !ok {
+                return Err(bad(
+                    format!("{}.{j}", key("warm")),
+                    format!("{w:?} must be repository:tag, like library/nginx:1.27"),
+                ));
+            }
+        }
+        for (j, p) in u.warm_platforms.iter().enumerate() {
+            let parts = p.split('/').count();
+            if !(2..=3).contains(&parts) || p.split('/').any(str::is_empty) {
+                return Err(bad(
+                    format!("{}.{j}", key("warm_platforms")),
+                    format!("{p:?} must be os/arch or os/arch/variant, like linux/amd64"),
                 ));
             }
         }
