@@ -109,6 +109,13 @@ pub async fn open_with_seams(
             offline: u.offline,
             stale_if_error: u.stale_if_error,
             default: u.default,
+            warm: u
+                .warm
+                .iter()
+                .filter_map(|w| crate::config::split_image(w))
+                .map(|(r, t)| (r.to_owned(), t.to_owned()))
+                .collect(),
+            warm_platforms: u.warm_platforms.clone(),
         }));
     }
     if !mirrors.is_empty() {
@@ -398,6 +405,18 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
                 if let Err(e) = reg.gc(gc.grace, false).await {
                     tracing::warn!(error = %e, "scheduled gc failed");
                 }
+            }
+        }));
+    }
+    // Warm lists: per upstream, a round at startup, then one every `tag_ttl`.
+    for u in s.upstreams.iter().filter(|u| !u.warm.is_empty() && !u.offline) {
+        let (reg, name, every) = (reg.clone(), u.name.clone(), u.tag_ttl.max(Duration::from_secs(1)));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                reg.warm_round(&name).await;
             }
         }));
     }

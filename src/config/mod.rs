@@ -232,6 +232,23 @@ pub struct RawUpstream {
     /// Blob bytes per second fetched from this upstream, all fills together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<ByteSize>,
+    /// Images (`library/nginx:1.27`, the upstream's names) kept fresh in the background
+    /// every `tag_ttl`: one HEAD each, a GET only when the digest changed, layers filled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<String>,
+    /// The platforms (`linux/amd64`, `linux/arm64/v8`) of a warm index to fill; every
+    /// platform when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_platforms: Vec<String>,
+}
+
+/// A `warm` entry: `repository:tag` (the tag after the last `:` past the last `/`).
+pub fn split_image(s: &str) -> Option<(&str, &str)> {
+    let (repo, tag) = s.rsplit_once(':')?;
+    if tag.contains('/') || repo.is_empty() || tag.is_empty() {
+        return None;
+    }
+    Some((repo, tag))
 }
 
 /// The least `max_bytes_per_sec` may be: below it a layer takes hours.
@@ -646,6 +663,26 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
                         "{r} is under the least rate, {} per second (leave it out for no limit)",
                         ByteSize::b(MIN_BYTES_PER_SEC)
                     ),
+                ));
+            }
+        }
+        for (j, w) in u.warm.iter().enumerate() {
+            let ok = split_image(w).is_some_and(|(r, t)| {
+                crate::names::RepoName::parse(r).is_ok() && crate::names::Tag::parse(t).is_ok()
+            });
+            if !ok {
+                return Err(bad(
+                    format!("{}.{j}", key("warm")),
+                    format!("{w:?} must be repository:tag, like library/nginx:1.27"),
+                ));
+            }
+        }
+        for (j, p) in u.warm_platforms.iter().enumerate() {
+            let parts = p.split('/').count();
+            if !(2..=3).contains(&parts) || p.split('/').any(str::is_empty) {
+                return Err(bad(
+                    format!("{}.{j}", key("warm_platforms")),
+                    format!("{p:?} must be os/arch or os/arch/variant, like linux/amd64"),
                 ));
             }
         }

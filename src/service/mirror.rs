@@ -35,6 +35,10 @@ pub struct Mirror {
     pub stale_if_error: bool,
     /// Serves bare names (the Docker daemon's `registry-mirrors`).
     pub default: bool,
+    /// Images (upstream repository, tag) kept fresh in the background (`warm.rs`).
+    pub warm: Vec<(String, String)>,
+    /// Platforms (`os/arch[/variant]`) of a warm index to fill; all when empty.
+    pub warm_platforms: Vec<String>,
 }
 
 impl Mirror {
@@ -60,7 +64,7 @@ impl Mirror {
     }
 
     /// `Err` at once while the upstream is marked down (no flight, no fill, no lease).
-    fn check_up(&self) -> Result<(), Error> {
+    pub(super) fn check_up(&self) -> Result<(), Error> {
         match self.up.down_now() {
             Some(e) => Err(self.failed(e).into_error(Error::ManifestUnknown)),
             None => Ok(()),
@@ -130,7 +134,7 @@ impl FlightError {
     }
 
     /// Would a cached copy be a better answer than this error?
-    fn transient(&self) -> bool {
+    pub(super) fn transient(&self) -> bool {
         matches!(self, FlightError::Unavailable(_) | FlightError::Upstream { .. } | FlightError::Invalid(_))
     }
 }
@@ -401,14 +405,14 @@ impl Registry {
         }
     }
 
-    fn count_follower(&self, leader: bool) {
+    pub(super) fn count_follower(&self, leader: bool) {
         if !leader {
             self.metrics.coalesced_followers.fetch_add(1, Relaxed);
         }
     }
 
     /// A tag whose TTL ran out: one HEAD upstream; only a changed digest costs a GET.
-    async fn revalidate_tag(
+    pub(super) async fn revalidate_tag(
         &self,
         m: &Mirror,
         remote: &str,
@@ -446,6 +450,18 @@ impl Registry {
         attempts: Attempts,
     ) -> Result<Digest, FlightError> {
         let f = m.up.get_manifest(remote, reference, attempts).await.map_err(|e| m.failed(e))?;
+        self.store_fetched(local, f, expect, tag).await
+    }
+
+    /// Verify a manifest fetched upstream and store it by digest (and under `tag`) in
+    /// one transaction, marked mirrored.
+    pub(super) async fn store_fetched(
+        &self,
+        local: &RepoName,
+        f: crate::upstream::FetchedManifest,
+        expect: Option<&Digest>,
+        tag: Option<&str>,
+    ) -> Result<Digest, FlightError> {
         if f.bytes.len() as u64 > self.manifests.max_bytes() {
             return Err(FlightError::Invalid(format!(
                 "manifest of {} bytes is over the limit",

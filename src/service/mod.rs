@@ -34,8 +34,10 @@ mod manifests;
 pub(crate) mod metrics;
 mod mirror;
 mod overview;
+mod referrers;
 mod tags;
 mod uploads;
+mod warm;
 
 use std::io;
 use std::pin::Pin;
@@ -57,6 +59,7 @@ pub use manifests::{ManifestOut, PutManifestOut};
 pub use metrics::Metrics;
 pub use mirror::{BlobRead, Located, Mirror};
 pub use tags::DEFAULT_PAGE;
+pub use warm::WarmOutcome;
 
 /// A request body, as the HTTP layer hands it over.
 pub type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;

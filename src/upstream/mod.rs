@@ -415,6 +415,34 @@ impl Upstream {
         Ok(FetchedManifest { bytes, media_type, digest })
     }
 
+    /// GET the referrers API's index for `subject` (the OCI distribution spec's
+    /// `/v2/<name>/referrers/<digest>`). `NotFound` means the upstream has no referrers
+    /// API (Distribution 2.8): the caller falls back to the referrers tag schema.
+    pub async fn get_referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        attempts: Attempts,
+    ) -> Result<FetchedManifest, UpstreamError> {
+        let repo = &*self.remote(repo);
+        let path = format!("/v2/{repo}/referrers/{subject}");
+        let accept = [(header::ACCEPT, crate::manifest::OCI_INDEX.into())];
+        let resp = self
+            .send(&Request {
+                kind: "referrers",
+                method: Method::GET,
+                path: &path,
+                repo,
+                headers: &accept,
+                attempts,
+            })
+            .await?;
+        let media_type = content_type(&resp);
+        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(cause(&e)))?;
+        // The answer is built per request: no digest of the upstream's to check it by.
+        Ok(FetchedManifest { bytes, media_type, digest: None })
+    }
+
     /// HEAD a manifest (free against Docker Hub's pull limit).
     pub async fn head_manifest(
         &self,

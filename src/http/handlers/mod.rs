@@ -164,7 +164,10 @@ pub async fn dispatch(
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Referrers { name, digest } => match m {
-            Method::GET => full(tags::referrers(reg, &req, &readable(&name)?, &digest)),
+            Method::GET => {
+                let filter = req.q("artifactType").map(str::to_owned);
+                full(tags::referrers(reg, filter, &readable(&name)?, &digest).await)
+            }
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::Manifest { name, reference } => match m {

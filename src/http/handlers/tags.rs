@@ -1,5 +1,7 @@
 //! Tags list, catalog (both paged with `n`/`last` and a `Link` header) and referrers.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, HeaderName, Response, StatusCode};
 
@@ -53,14 +55,17 @@ pub(super) fn catalog(
     Ok(resp)
 }
 
-pub(super) fn referrers(
-    reg: &Registry,
-    req: &Req,
+/// Referrers of `subject`, only of `artifactType` when the query names one; for a
+/// mirrored name the upstream's too (cached like a tag). The filter comes in owned:
+/// the request (its body stream) is not held across the await.
+pub(super) async fn referrers(
+    reg: &Arc<Registry>,
+    filter: Option<String>,
     loc: &Located,
     subject: &Digest,
 ) -> Result<Response<Bytes>, ApiError> {
-    let filter = req.q("artifactType").filter(|t| !t.is_empty());
-    let manifests = reg.referrers_at(loc, subject, filter)?;
+    let filter = filter.as_deref().filter(|t| !t.is_empty());
+    let manifests = reg.referrers_via(loc, subject, filter).await?;
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": crate::manifest::OCI_INDEX,

@@ -157,6 +157,60 @@ impl Http {
     pub fn must(&self, rb: reqwest::blocking::RequestBuilder, what: &str) -> Resp {
         self.send(rb).unwrap_or_else(|e| panic!("{what}: transport error against a running server: {e}"))
     }
+
+    /// Push a blob to any registry (Distribution too): `POST` a session, `PUT ?digest=`
+    /// with the whole body. Asserts 201; returns the digest.
+    pub fn push_blob(&self, name: &str, data: &[u8]) -> String {
+        let d = sha256(data);
+        let r = self.must(self.req("POST", &format!("/v2/{name}/blobs/uploads/")), "start upload");
+        assert_eq!(r.status, 202, "start upload in {name}: {}", r.describe());
+        let loc = self.path_of(r.hdr("Location"));
+        let r = self.must(
+            self.req("PUT", &with_query(&loc, &format!("digest={d}")))
+                .header("Content-Type", "application/octet-stream")
+                .body(data.to_vec()),
+            "finish upload",
+        );
+        assert_eq!(r.status, 201, "push blob to {name}: {}", r.describe());
+        d
+    }
+
+    /// PUT a manifest to any registry; asserts 201 and returns its digest.
+    pub fn push_manifest(&self, name: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+        let r = self.must(
+            self.req("PUT", &format!("/v2/{name}/manifests/{reference}"))
+                .header("Content-Type", media_type)
+                .body(body.to_vec()),
+            "push manifest",
+        );
+        assert_eq!(r.status, 201, "push manifest {name}:{reference}: {}", r.describe());
+        sha256(body)
+    }
+
+    /// An image manifest (`OCI_MANIFEST`) over the config and layer blobs given, all
+    /// pushed; `extra` fields are merged into the manifest (`subject`, `artifactType`).
+    /// Tagged `tag`, or pushed by digest.
+    pub fn push_manifest_of(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        config: (&str, &[u8]),
+        layers: &[(&str, &[u8])],
+        extra: Value,
+    ) -> Image {
+        self.push_blob(name, config.1);
+        let config = Desc::new(config.0, config.1);
+        let mut ls = Vec::new();
+        for (mt, data) in layers {
+            self.push_blob(name, data);
+            ls.push(Desc::new(mt, data));
+        }
+        let manifest = image_manifest(OCI_MANIFEST, &config, &ls, extra);
+        let digest = sha256(&manifest);
+        let reference = tag.map_or_else(|| digest.clone(), str::to_owned);
+        self.push_manifest(name, &reference, OCI_MANIFEST, &manifest);
+        Image { config, layers: ls, manifest, digest }
+    }
 }
 
 /// A blocking client over one server; never follows redirects.
