@@ -21,6 +21,8 @@
 //! temp dir under `target/tmp/` and fsync as they normally do (wharfie: file, then
 //! directory, then the redb commit; Distribution: none). Knobs: `BENCH_ROUNDS`, `BENCH_MIB`,
 //! `BENCH_CHUNK_MIB`, `BENCH_SERVERS=wharfie,distribution`, `WHARFIE_BIN`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails by panicking
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
 
 use std::error::Error;
 use std::fmt::Write as _;

@@ -4,6 +4,8 @@
 //! (`sha256-<hex>`) that a client pushing to Distribution 2.8 writes, and a
 //! cosign-style `sha256-<hex>.sig` tag; then pulls all of it through wharfie, and
 //! serves the cached answer once the upstream is gone (stale-if-error).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
 
 use std::collections::BTreeMap;
 use std::time::Duration;

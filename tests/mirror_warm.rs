@@ -3,6 +3,8 @@
 //! counting what wharfie asks of it (`wharfie_upstream_requests_total`): the first
 //! round fills the configured platform of an index and its layers; each later round
 //! of an unchanged tag costs exactly one HEAD; a moved tag costs a GET and fills.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! the queue, a queue wait is no upstream failure, `max_bytes_per_sec` bounds the rate
 //! of blob bodies, and `/metrics` shows the queue. Against the fault server, which
 //! counts the GETs in progress at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
+#![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
 
 use wharfie_testkit::common;
 use wharfie_testkit::mirror;
