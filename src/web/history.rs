@@ -4,8 +4,8 @@
 //! into a ring of the last hour; request handling is untouched (no per-request code).
 //! The counters are read from the `/metrics` text, the one stable interface of
 //! `service::metrics`, so this module depends on metric names, not on its internals.
-//! The store totals (a scan of the blob rows, as a `/metrics` scrape does) are taken by
-//! the sampler too, so a page view never scans the blob rows.
+//! The sampler keeps the store totals too, but the page reads meta's counters at view
+//! time (they cost the same at any store size); the sampled copy is its fallback.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, Weak};

@@ -278,9 +278,12 @@ fn upstreams(reg: &Arc<Registry>, c: &Counters) -> Markup {
 
 fn cache(reg: &Arc<Registry>, c: &Counters, snap: &Snapshot) -> Markup {
     let max = reg.cache_max_bytes();
+    // The totals are meta's counters (four point reads, whatever the store's size), so
+    // the page reads them now; the sampler's copy only stands in if that read fails.
+    let store = reg.store_stats().ok().or_else(|| snap.store.clone());
     html! {
         h2 { "Cache" }
-        @match &snap.store {
+        @match &store {
             Some(st) => {
                 @let used = st.mirrored_bytes;
                 p #cache-used data-used=(used) data-max=(max) {
