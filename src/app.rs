@@ -332,7 +332,8 @@ impl Started {
                 let _ = out.flush();
             }
         }
-        let mut tasks = spawn_background(&self.reg, s);
+        let reg = self.reg.clone();
+        let Background { finish, mut tasks } = spawn_background(&self.reg, s);
         let source = crate::events::Source {
             addr: self.addrs.first().map_or_else(|| s.listen.to_string(), ToString::to_string),
             scheme,
@@ -364,8 +365,28 @@ impl Started {
         for t in tasks {
             t.abort();
         }
+        // GC and eviction end after the batch in hand, so a clean stop leaves no blob
+        // half deleted (a crash does, and startup finishes it); bounded, then cut.
+        reg.begin_stop();
+        for t in finish {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(FINISH_WAIT, t).await.is_err() {
+                tracing::warn!("a gc or eviction batch did not end in time; startup will finish it");
+                abort.abort();
+            }
+        }
         Ok(())
     }
+}
+
+/// How long a stopping server waits for a GC or eviction batch to end.
+const FINISH_WAIT: Duration = Duration::from_secs(20);
+
+/// The background tasks: those that end at a clean point when the server stops
+/// (`finish`), and those simply aborted (`tasks`: their work is durable per step).
+struct Background {
+    finish: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Load the htpasswd file and compile the rules: a bad file is a startup error, never
@@ -389,7 +410,8 @@ fn authenticator(settings: &Settings) -> Result<Arc<Authenticator>, AppError> {
 }
 
 /// The server's periodic work: upload expiry, GC, the cache cap.
-fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Background {
+    let mut finish = Vec::new();
     let mut tasks = vec![
         tokio::spawn(expire_uploads(reg.clone(), s.upload_ttl)),
         // The web page's chart: counters into a ring of the last hour.
@@ -397,11 +419,14 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
     ];
     if !s.gc.interval.is_zero() {
         let (reg, gc) = (reg.clone(), s.gc.clone());
-        tasks.push(tokio::spawn(async move {
+        finish.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(gc.interval);
             tick.tick().await; // not at startup: let recovery and clients go first
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = reg.until_stop() => break,
+                }
                 if let Err(e) = reg.gc(gc.grace, false).await {
                     tracing::warn!(error = %e, "scheduled gc failed");
                 }
@@ -421,12 +446,21 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
         }));
     }
     let (reg, cache) = (reg.clone(), s.cache);
-    tasks.push(tokio::spawn(async move {
+    finish.push(tokio::spawn(async move {
         // Persist access times in batches; each fill commit checks the cap at once, the
         // tick catches anything else (a lowered cap after a restart).
         let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_millis(100)));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = reg.until_stop() => {
+                    // The last access times noted in memory (they order eviction).
+                    if let Err(e) = reg.flush_access().await {
+                        tracing::warn!(error = %e, "cannot persist access times");
+                    }
+                    break;
+                }
+            }
             if let Err(e) = reg.flush_access().await {
                 tracing::warn!(error = %e, "cannot persist access times");
             }
@@ -435,7 +469,7 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Vec<tokio::task::JoinH
             }
         }
     }));
-    tasks
+    Background { finish, tasks }
 }
 
 async fn expire_uploads(reg: Arc<Registry>, ttl: Duration) {

@@ -83,7 +83,9 @@ fn blob_problem(
 }
 
 impl Registry {
-    /// Collect garbage. With `dry_run`, report what would go and change nothing.
+    /// Collect garbage. With `dry_run`, report what would go and change nothing. A
+    /// server that is stopping ends the pass after the batch in hand: every batch
+    /// finishes whole (rows marked, files unlinked, rows dropped).
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, Error> {
         let cutoff = now().saturating_sub(grace.as_secs());
         let mut report = GcReport { dry_run, ..GcReport::default() };
@@ -106,7 +108,7 @@ impl Registry {
         loop {
             let mut deleted = 0;
             let mut after: Option<Digest> = None;
-            loop {
+            while !self.stopping() {
                 let cands = self.meta.gc_manifest_candidates(after.as_ref(), BATCH)?;
                 let Some(last) = cands.last().cloned() else { break };
                 after = Some(last);
@@ -115,13 +117,13 @@ impl Registry {
                 report.manifests += done.len();
                 self.metrics.gc_manifests.fetch_add(done.len() as u64, Relaxed);
             }
-            if deleted == 0 {
+            if deleted == 0 || self.stopping() {
                 break;
             }
         }
         // Blobs: one pass in digest order, each row read once.
         let mut after: Option<Digest> = None;
-        loop {
+        while !self.stopping() {
             let cands = self.meta.gc_blob_candidates(cutoff, after.as_ref(), BATCH)?;
             let Some(last) = cands.last() else { break };
             after = Some(last.digest.clone());
@@ -225,7 +227,7 @@ impl Registry {
         let passes = self.meta.store_stats()?.mirrored_blobs / BATCH as u64 + 2;
         for _ in 0..passes {
             let total = self.mirrored_bytes()?;
-            if total <= low_water {
+            if total <= low_water || self.stopping() {
                 break;
             }
             let page = self.meta.lru_oldest(after.as_ref(), BATCH)?;

@@ -86,6 +86,9 @@ pub struct Registry {
     mirrors: mirror::MirrorSet,
     cache: cache::Cache,
     pub metrics: Arc<Metrics>,
+    /// Set once when the server stops: GC and eviction end after the batch they are in
+    /// (a batch — mark, unlink, drop rows — is never cut in the middle by a clean stop).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Registry {
@@ -106,7 +109,25 @@ impl Registry {
             blobs,
             opts,
             metrics,
+            stop: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// The server is stopping: background passes end after their current batch.
+    pub fn begin_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether [`Registry::begin_stop`] was called.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once [`Registry::begin_stop`] has been called.
+    pub async fn until_stop(&self) {
+        let mut rx = self.stop.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// The metadata store (the notification tasks read their queue from it).
