@@ -477,6 +477,48 @@ fn cold_blob_100_clients_one_upstream_get() {
     cold_blob_test(100);
 }
 
+/// A follower that joins a fill after it has passed the fill's memory window (8 MiB of
+/// recent chunks that readers keeping up take without reading the file) reads the staging
+/// file up to the window, then memory: every byte arrives, in order, verified.
+#[test]
+fn a_follower_far_behind_the_fill_reads_the_file_then_catches_up() {
+    const SIZE: usize = 24 << 20;
+    const PAUSE_AT: usize = 16 << 20;
+    let up = FakeUpstream::start();
+    let m = Mirror::start(&[Up::new("docker.io", up.url())]);
+    let rt = client_runtime();
+    let data = bytes_of(SIZE, 4242);
+    let digest = up.add_blob(data);
+    up.faults(|f| f.pause_blob_after = Some(PAUSE_AT));
+    let url = m.url(&format!("/v2/docker.io/library/app/blobs/{digest}"));
+    let first = spawn_gets(&rt, &url, 1);
+    // The upstream stops at 16 MiB; wait until the fill has written all of it to staging.
+    let staged = || -> u64 {
+        let Ok(dirs) = std::fs::read_dir(m.tmp.path().join("data").join("uploads")) else { return 0 };
+        dirs.flatten()
+            .filter_map(|d| std::fs::metadata(d.path().join("data")).ok())
+            .map(|md| md.len())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_until("the upstream to pause and the fill to stage 16 MiB", Duration::from_secs(60), || {
+        up.paused() && staged() >= PAUSE_AT as u64
+    });
+    let before = m.metrics();
+    let late = spawn_gets(&rt, &url, 1);
+    wait_until("the late client to join the fill", Duration::from_secs(30), || {
+        m.metrics().followers() - before.followers() >= 1
+    });
+    up.release();
+    let got = join_all(&rt, first.into_iter().chain(late).collect());
+    for (i, g) in got.iter().enumerate() {
+        assert!(g.error.is_none(), "client {i}: {:?}", g.error);
+        assert_eq!((g.status, g.len), (200, SIZE), "client {i}: status and length");
+        assert_eq!(g.sha, digest, "client {i}: body sha256");
+    }
+    assert_eq!(up.count("GET", Kind::Blob), 1, "one upstream GET: {}", up.summary());
+}
+
 /// HEAD of a cold blob answers with its size and joins (or starts) the fill; the GETs
 /// that follow make no second upstream GET.
 #[test]

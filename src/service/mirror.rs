@@ -762,7 +762,16 @@ impl Registry {
             let body = min_rate(body, m.up.deadline(), m.up.limits().min_rate(MIN_RATE));
             let total_now = progress.read(|p| p.total);
             let tx2 = progress.clone();
-            let on_write = move |written: u64| {
+            let reader = progress.read(|p| p.reader.clone());
+            let on_write = move |written: u64, chunks: &[Bytes]| {
+                // Readers that keep up take these chunks from memory, not the file.
+                if let Some(r) = &reader {
+                    let mut pos = written - chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                    for c in chunks {
+                        r.remember(pos, c.clone());
+                        pos += c.len() as u64;
+                    }
+                }
                 tx2.update(|s| {
                     // Hold back the last byte until the digest verifies.
                     let cap = total_now.map_or(written.saturating_sub(1), |t| t.saturating_sub(1));
@@ -881,6 +890,12 @@ fn fill_reader(rx: FillWatch) -> impl Stream<Item = io::Result<Bytes>> + Send {
                     let err = io::Error::other("fill published bytes without a staging file");
                     return Some((Err(err), (rx, pos, true)));
                 };
+                // From memory while this reader keeps up with the fill; from the file
+                // once it fell behind the fill's window.
+                if let Some(b) = reader.recent_at(pos, limit) {
+                    let n = b.len() as u64;
+                    return Some((Ok(b), (rx, pos + n, false)));
+                }
                 let n = (limit - pos).min(READ_CHUNK);
                 return match reader.read_at(pos, n).await {
                     Ok(b) => Some((Ok(b), (rx, pos + n, false))),

@@ -34,8 +34,14 @@ async fn pump(staging: Staging, body: Body) -> Result<(Staging, Result<(), Error
     pump_inner(staging, body, None, true).await
 }
 
-/// Told the staging length after every write (a fill publishes it to its readers).
-pub(super) type Progress = Box<dyn Fn(u64) + Send>;
+/// Told, after each batch of writes, the staging length and the chunks the batch wrote
+/// (a fill publishes both to its readers).
+pub(super) type Progress = Box<dyn Fn(u64, &[bytes::Bytes]) + Send>;
+
+/// The writer takes whatever chunks have queued up, up to this many bytes, before it
+/// reports progress: under a fast body one wake-up of the readers per batch instead of
+/// one per network read; under a slow one, every chunk at once.
+const BATCH_BYTES: usize = 1 << 20;
 
 /// `pump`, reporting progress.
 pub(super) async fn pump_with(
@@ -55,14 +61,29 @@ async fn pump_inner(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || {
         let mut res = Ok(());
-        while let Some(chunk) = rx.blocking_recv() {
-            if let Err(e) = staging.write(&chunk) {
-                res = Err(e);
-                break;
+        let mut batch = Vec::new();
+        'recv: while let Some(first) = rx.blocking_recv() {
+            let mut queued = first.len();
+            batch.push(first);
+            while queued < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        queued += c.len();
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            for chunk in &batch {
+                if let Err(e) = staging.write(chunk) {
+                    res = Err(e);
+                    break 'recv;
+                }
             }
             if let Some(p) = &progress {
-                p(staging.len());
+                p(staging.len(), &batch);
             }
+            batch.clear();
         }
         (staging, res)
     });

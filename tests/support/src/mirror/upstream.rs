@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,9 @@ pub struct Faults {
     pub retry_after: u64,
     /// Cut the connection of the next blob GET after this many body bytes (one-shot).
     pub cut_blob_after: Option<usize>,
+    /// Pause the next blob GET after this many body bytes, until `release` (one-shot;
+    /// `paused()` tells when it got there).
+    pub pause_blob_after: Option<usize>,
     /// Serve blob bodies with their first byte flipped (same length, wrong digest).
     pub corrupt_blobs: bool,
     /// Send blob bodies `chunk` bytes at a time, `every` apart.
@@ -91,6 +95,8 @@ struct Shared {
     blob_done: Mutex<Vec<(String, Instant)>>,
     /// false: hold every non-ping request before answering it.
     gate: tokio::sync::watch::Sender<bool>,
+    /// A blob GET reached its `pause_blob_after` point.
+    paused: AtomicBool,
     /// Connections in progress (aborted by `stop`).
     conns: Mutex<Vec<AbortHandle>>,
     /// Manifest and blob GETs in progress now (read, possibly held, until the body's
@@ -129,6 +135,7 @@ impl FakeUpstream {
             log: Mutex::new(Vec::new()),
             blob_done: Mutex::new(Vec::new()),
             gate,
+            paused: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             gets: Mutex::new((0, 0)),
             base: format!("http://{addr}"),
@@ -201,6 +208,12 @@ impl FakeUpstream {
     /// Change the faults.
     pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut lock(&self.shared.faults));
+    }
+
+    /// Whether a blob GET reached its `pause_blob_after` point (it then waits for
+    /// `release`).
+    pub fn paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
     }
 
     /// Hold every non-ping request (after it is read) until `release`.
@@ -345,6 +358,7 @@ enum Body {
         data: Arc<Vec<u8>>,
         offset: usize,
         cut_after: Option<usize>,
+        pause_after: Option<usize>,
         corrupt: bool,
         throttle: Option<(usize, Duration)>,
     },
@@ -484,6 +498,7 @@ fn answer(req: &Request, kind: Kind, sh: &Shared) -> Answer {
                 data,
                 offset,
                 cut_after: f.cut_blob_after.take(),
+                pause_after: f.pause_blob_after.take(),
                 corrupt: f.corrupt_blobs,
                 throttle: f.throttle,
             };
@@ -591,7 +606,7 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
         Body::Bytes(b) => {
             let _ = s.write_all(&b).await;
         }
-        Body::Blob { data, offset, cut_after, corrupt, throttle } => {
+        Body::Blob { data, offset, cut_after, pause_after, corrupt, throttle } => {
             let mut body = data[offset..].to_vec();
             if corrupt && !body.is_empty() {
                 body[0] ^= 0xff;
@@ -600,7 +615,14 @@ async fn serve_conn(mut s: TcpStream, sh: Arc<Shared>) {
             let (chunk, every) = throttle.unwrap_or((256 * 1024, Duration::ZERO));
             let mut sent = 0;
             while sent < send {
+                if pause_after.is_some_and(|p| sent >= p) && !sh.paused.swap(true, Ordering::SeqCst) {
+                    let _ = s.flush().await;
+                    sh.gate.send_replace(false);
+                    let mut rx = sh.gate.subscribe();
+                    let _ = rx.wait_for(|open| *open).await;
+                }
                 let n = chunk.min(send - sent);
+                let n = pause_after.filter(|p| sent < *p).map_or(n, |p| n.min(p - sent));
                 if s.write_all(&body[sent..sent + n]).await.is_err() {
                     return;
                 }
