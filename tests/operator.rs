@@ -209,7 +209,7 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
         (
             vec!["--config", &bad_host],
             vec![],
-            format!("[[upstreams]] #1 url in {bad_host}: upstream \"a\": \"https://bad host\" is not a valid URL: invalid domain character"),
+            format!("[[upstreams]] #1 url in {bad_host}: upstream \"a\": \"https://bad host\" is not a valid URL: invalid international domain name"),
         ),
         (
             vec!["--config", &no_host],
@@ -239,7 +239,7 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
         (
             vec!["--config", &junk],
             vec![],
-            format!("[[upstreams]] #1 ca_file in {junk}: upstream \"a\": {junk_ca}: certificate 1 is not a usable CA certificate: JUNK"),
+            format!("[[upstreams]] #1 ca_file in {junk}: upstream \"a\": {junk_ca}: certificate 1 is not a usable CA certificate: BadEncoding"),
         ),
         (vec!["--config", &low], vec![], format!("[cache] low_water_percent in {low}: must be 1 to 100, not 150")),
         (vec![], vec![("WHARFIE_CACHE__LOW_WATER_PERCENT", "0")], "WHARFIE_CACHE__LOW_WATER_PERCENT in the environment: must be 1 to 100, not 0".into()),

@@ -328,9 +328,15 @@ fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
     for (i, c) in certs.iter().enumerate() {
         // What the client does with it when it is built: checked here, named here.
         let mut store = tokio_rustls::rustls::RootCertStore::empty();
-        store
-            .add(c.clone())
-            .map_err(|e| CaFileError::BadCertificate { number: i + 1, reason: e.to_string() })?;
+        store.add(c.clone()).map_err(|e| {
+            let reason = match e {
+                // rustls words these for a peer ("invalid peer certificate: …"); the kind
+                // alone reads right for a CA file.
+                tokio_rustls::rustls::Error::InvalidCertificate(kind) => format!("{kind:?}"),
+                other => other.to_string(),
+            };
+            CaFileError::BadCertificate { number: i + 1, reason }
+        })?;
     }
     Ok(certs)
 }
