@@ -86,16 +86,16 @@ pub async fn open_with_seams(
         let mut up = Upstream::new(UpstreamConfig {
             name: u.name.clone(),
             url: u.url.clone(),
-            username: u.username.clone(),
-            password: u.password.clone(),
-            ca_file: u.ca_file.clone(),
+            credentials: u.credentials.clone().map(|c| (c.username, c.password)),
+            ca_certs: u.ca_certs.clone(),
             deadline: u.timeout,
             namespace: u.namespace.clone(),
             down_min: u.down_min,
             down_max: u.down_max,
             max_concurrent_fetches: u.max_concurrent_fetches,
-            max_bytes_per_sec: u.max_bytes_per_sec.map(|b| b.as_u64()),
+            max_bytes_per_sec: u.max_bytes_per_sec,
         })
+        // Only the HTTP client's own start (its system roots) can fail here.
         .map_err(|e| AppError::Upstream { name: u.name.clone(), reason: e.to_string() })?;
         let (m, name) = (metrics.clone(), u.name.clone());
         up.on_request =
@@ -109,12 +109,7 @@ pub async fn open_with_seams(
             offline: u.offline,
             stale_if_error: u.stale_if_error,
             default: u.default,
-            warm: u
-                .warm
-                .iter()
-                .filter_map(|w| crate::config::split_image(w))
-                .map(|(r, t)| (r.to_owned(), t.to_owned()))
-                .collect(),
+            warm: u.warm.clone(),
             warm_platforms: u.warm_platforms.clone(),
         }));
     }

@@ -182,16 +182,8 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Run `work` for `key` unless a flight for it is already in progress, and return
-    /// its value. The flag is true for the caller that started the flight.
-    pub async fn run<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Result<V, Lost>, bool)
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = V> + Send + 'static,
-    {
-        self.run_with(key, |_| work()).await
-    }
-
-    /// `run`, with the flight's handle passed to `work` (to see `abandoned`).
+    /// its value. The flag is true for the caller that started the flight. `work` gets
+    /// the flight's handle (to see `abandoned`: every upstream fetch queues for a slot).
     pub async fn run_with<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Result<V, Lost>, bool)
     where
         F: FnOnce(Progress<(), V>) -> Fut,
@@ -230,7 +222,7 @@ mod tests {
             let runs = runs.clone();
             let gate = gate.clone();
             handles.push(tokio::spawn(async move {
-                f.run("k", move || async move {
+                f.run_with("k", move |_| async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     gate.notified().await;
                     7

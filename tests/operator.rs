@@ -163,6 +163,19 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
         "url.toml",
         "[[upstreams]]\nname = \"a\"\nurl = \"https://a.example\"\n[[upstreams]]\nname = \"b\"\nurl = \"b.example\"\n",
     );
+    let up = |url: &str, extra: &str| format!("[[upstreams]]\nname = \"a\"\nurl = \"{url}\"\n{extra}");
+    let bad_host = f("host.toml", &up("https://bad host", ""));
+    let no_host = f("nohost.toml", &up("https://", ""));
+    let query = f("query.toml", &up("https://a.example/?x=1", ""));
+    let lone_pw = f("pw.toml", &up("https://a.example", "password = \"x\"\n"));
+    // An upstream's CA file is read and checked at load: missing, not PEM, no usable CA.
+    let missing_ca = path_str(&tmp.path().join("missing-ca.pem"));
+    let no_ca = f("noca.toml", &up("https://a.example", &format!("ca_file = \"{missing_ca}\"\n")));
+    let text_ca = write(tmp.path(), "text-ca.pem", "not a certificate\n");
+    let text = f("textca.toml", &up("https://a.example", &format!("ca_file = \"{text_ca}\"\n")));
+    let junk_ca =
+        write(tmp.path(), "junk-ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let junk = f("junkca.toml", &up("https://a.example", &format!("ca_file = \"{junk_ca}\"\n")));
     let low = f("low.toml", "[cache]\nlow_water_percent = 150\n");
     let syntax = f("syntax.toml", "[cache\n");
     let size_reason = "invalid value string \"lots\", expected a size such as \"512MiB\" or \"10GB\"";
@@ -192,6 +205,41 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
             vec!["--config", &url],
             vec![],
             format!("[[upstreams]] #2 url in {url}: upstream \"b\": the url must start with http:// or https://"),
+        ),
+        (
+            vec!["--config", &bad_host],
+            vec![],
+            format!("[[upstreams]] #1 url in {bad_host}: upstream \"a\": \"https://bad host\" is not a valid URL: invalid international domain name"),
+        ),
+        (
+            vec!["--config", &no_host],
+            vec![],
+            format!("[[upstreams]] #1 url in {no_host}: upstream \"a\": \"https://\" is not a valid URL: empty host"),
+        ),
+        (
+            vec!["--config", &query],
+            vec![],
+            format!("[[upstreams]] #1 url in {query}: upstream \"a\": \"https://a.example/?x=1\" must not have a query or fragment (the API paths are appended to it)"),
+        ),
+        (
+            vec!["--config", &lone_pw],
+            vec![],
+            format!("[[upstreams]] #1 password in {lone_pw}: upstream \"a\": a password needs a username"),
+        ),
+        (
+            vec!["--config", &no_ca],
+            vec![],
+            format!("[[upstreams]] #1 ca_file in {no_ca}: upstream \"a\": {missing_ca}: cannot read it: No such file or directory (os error 2)"),
+        ),
+        (
+            vec!["--config", &text],
+            vec![],
+            format!("[[upstreams]] #1 ca_file in {text}: upstream \"a\": {text_ca}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ),
+        (
+            vec!["--config", &junk],
+            vec![],
+            format!("[[upstreams]] #1 ca_file in {junk}: upstream \"a\": {junk_ca}: certificate 1 is not a usable CA certificate: BadEncoding"),
         ),
         (vec!["--config", &low], vec![], format!("[cache] low_water_percent in {low}: must be 1 to 100, not 150")),
         (vec![], vec![("WHARFIE_CACHE__LOW_WATER_PERCENT", "0")], "WHARFIE_CACHE__LOW_WATER_PERCENT in the environment: must be 1 to 100, not 0".into()),

@@ -314,6 +314,44 @@ fn tls_serves_http1_and_http2_by_alpn_and_refuses_plain_http() {
     assert_eq!(h2.get(format!("{}/v2/", w.base)).send().unwrap().status(), 200);
 }
 
+/// An upstream's `ca_file` is read at configuration load and its certificates trusted
+/// by the mirror's client: a blob pulls through a TLS upstream signed by the test CA,
+/// and the same upstream without the CA is refused (the mirror answers, stores nothing).
+#[test]
+fn a_tls_upstream_is_trusted_through_its_ca_file() {
+    let tls = test_ca_and_cert();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let up = tls_server(&tls, &tmp.path().join("up"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let data = bytes_of(200_000, 7);
+    let d = sha256(&data);
+    let r = client
+        .post(format!("{}/v2/tls/app/blobs/uploads/?digest={d}", up.base))
+        .header("Content-Type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let table = |ca: &str| format!(r#"[{{name = "tier", url = "{}", timeout = "5s"{ca}}}]"#, up.base);
+    let with_ca = table(&format!(r#", ca_file = "{}""#, path_str(&tls.ca)));
+    let m = Wharfie::start_with_env(&tmp.path().join("m"), &[], &[("WHARFIE_UPSTREAMS", &with_ca)]);
+    let http = common::http_client(Duration::from_secs(30));
+    let r = http.get(format!("{}/v2/tier/tls/app/blobs/{d}", m.base)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), &data[..], "the blob through the TLS upstream");
+    drop(m);
+    let without = table("");
+    let m = Wharfie::start_with_env(&tmp.path().join("m2"), &[], &[("WHARFIE_UPSTREAMS", &without)]);
+    let r = http.get(format!("{}/v2/tier/tls/app/blobs/{d}", m.base)).send().unwrap();
+    assert_eq!(r.status(), 503, "an upstream signed by an unknown CA is unreachable");
+    assert_eq!(blob_files(&tmp.path().join("m2")).len(), 0, "nothing stored from it");
+}
+
 #[test]
 fn skopeo_pushes_and_pulls_over_tls_with_verification() {
     let tls = test_ca_and_cert();

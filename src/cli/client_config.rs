@@ -10,8 +10,11 @@ pub fn render(settings: &Settings, host: &str) -> String {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let insecure = settings.tls.is_none();
     let mut o = String::new();
-    let mut ups: Vec<(&str, &str, bool)> =
-        settings.upstreams.iter().map(|u| (u.name.as_str(), u.url.as_str(), u.default)).collect();
+    let mut ups: Vec<(&str, &str, bool)> = settings
+        .upstreams
+        .iter()
+        .map(|u| (u.name.as_str(), u.url.as_str().trim_end_matches('/'), u.default))
+        .collect();
     if ups.is_empty() {
         o.push_str("# No [[upstreams]] are configured: these snippets mirror docker.io once you add\n");
         o.push_str("# [[upstreams]] name = \"docker.io\" url = \"https://registry-1.docker.io\".\n\n");

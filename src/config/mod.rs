@@ -2,8 +2,14 @@
 //! (`--config`) < `WHARFIE_*` environment variables (`__` nests) < command-line flags —
 //! resolved into `Settings`, the form the rest of the program uses.
 //!
-//! May import: names (and figment, serde). `auth` reads its `[auth]` section from here
-//! (`config::auth`), never the reverse.
+//! Every value is resolved here, once: an upstream's URL parsed, its CA file read and
+//! its certificates checked, its credentials paired (`upstream.rs`); the cache's byte
+//! figures computed; the `[auth]` rules compiled and the htpasswd path made absolute.
+//! A bad value is a [`ConfigError`] naming the key as written and where it came from;
+//! `app` only hands the resolved values to constructors.
+//!
+//! May import: names (and figment, serde, url, rustls for checking CA certificates).
+//! `auth` reads its `[auth]` section from here (`config::auth`), never the reverse.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +21,12 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod auth;
+mod upstream;
 
 use self::auth::{AuthConfig, AuthConfigError};
+pub use self::upstream::{
+    split_image, CaFileError, Credentials, RawUpstream, UpstreamSettings, MIN_BYTES_PER_SEC,
+};
 
 /// The commented default configuration, as shipped in /etc/wharfie/wharfie.toml.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -184,97 +194,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// One `[[upstreams]]` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    /// Name and path prefix, e.g. `docker.io` (also matched against containerd's `ns`).
-    pub name: String,
-    /// Base URL, e.g. `https://registry-1.docker.io`.
-    pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// PEM file of extra CA certificates to trust for this upstream.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Serve a cached tag this long before revalidating it with a HEAD.
-    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
-    pub tag_ttl: Duration,
-    /// Never contact the upstream; serve only what is cached.
-    #[serde(default)]
-    pub offline: bool,
-    /// Serve cached tags when the upstream fails.
-    #[serde(default = "yes")]
-    pub stale_if_error: bool,
-    /// Mirror bare names (`/v2/nginx/…`) from this upstream, after hosted repositories.
-    #[serde(default)]
-    pub default: bool,
-    /// Retries of one upstream request stop after this long.
-    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Request every repository under this namespace of the upstream (`docker.io`:
-    /// `/v2/docker.io/<repo>/…`), for an upstream that is itself a wharfie mirroring
-    /// that registry (tiered mirrors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// After a failure the upstream is left alone this long; each failed probe doubles
-    /// the window, up to `down_max`.
-    #[serde(default = "default_down_min", with = "humantime_serde")]
-    pub down_min: Duration,
-    #[serde(default = "default_down_max", with = "humantime_serde")]
-    pub down_max: Duration,
-    /// Blob fills and manifest fetches sent to this upstream at once; more wait in
-    /// arrival order (clients asking for one thing still share one fetch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_fetches: Option<usize>,
-    /// Blob bytes per second fetched from this upstream, all fills together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_bytes_per_sec: Option<ByteSize>,
-    /// Images (`library/nginx:1.27`, the upstream's names) kept fresh in the background
-    /// every `tag_ttl`: one HEAD each, a GET only when the digest changed, layers filled.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warm: Vec<String>,
-    /// The platforms (`linux/amd64`, `linux/arm64/v8`) of a warm index to fill; every
-    /// platform when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warm_platforms: Vec<String>,
-}
-
-/// A `warm` entry: `repository:tag` (the tag after the last `:` past the last `/`).
-pub fn split_image(s: &str) -> Option<(&str, &str)> {
-    let (repo, tag) = s.rsplit_once(':')?;
-    if tag.contains('/') || repo.is_empty() || tag.is_empty() {
-        return None;
-    }
-    Some((repo, tag))
-}
-
-/// The least `max_bytes_per_sec` may be: below it a layer takes hours.
-pub const MIN_BYTES_PER_SEC: u64 = 16 * 1024;
-
-fn default_tag_ttl() -> Duration {
-    Duration::from_secs(300)
-}
-
-fn default_upstream_timeout() -> Duration {
-    // Well under clients' own timeouts (Docker's are 30 s and more).
-    Duration::from_secs(10)
-}
-
-fn default_down_min() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_down_max() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn yes() -> bool {
-    true
-}
-
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
@@ -317,12 +236,13 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub log_format: LogFormat,
-    pub upstreams: Vec<RawUpstream>,
+    /// `[[upstreams]]`, resolved: URLs parsed, CA files read and checked.
+    pub upstreams: Vec<UpstreamSettings>,
     pub gc: GcConfig,
     pub cache: CacheSettings,
     pub tls: Option<TlsConfig>,
     /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
-    /// is read at startup ([`crate::auth::Authenticator::new`]) and by `config check`.
+    /// is read at startup, and again on SIGHUP, by the authenticator (and by `config check`).
     pub auth: AuthConfig,
     /// `[[notify]]` endpoints.
     pub notify: Vec<NotifySettings>,
@@ -390,6 +310,10 @@ pub enum ConfigError {
     /// A bad `[auth]` section; the message names the key or rule.
     #[error("{0}")]
     Auth(#[source] AuthConfigError),
+    /// An upstream's `ca_file` cannot be read, or holds no usable CA certificate. `key`
+    /// and `origin` as in `Value`.
+    #[error("{key} {origin}: upstream {upstream:?}: {}: {cause}", path.display())]
+    CaFile { key: String, origin: String, upstream: String, path: PathBuf, cause: Box<CaFileError> },
     /// `auth.htpasswd` cannot be resolved against the working directory.
     #[error("[auth] htpasswd = {path:?}: {source}")]
     AuthPath { path: PathBuf, source: std::io::Error },
@@ -606,13 +530,20 @@ fn describe(e: &figment::Error) -> ConfigError {
 
 /// A check of the resolved values names the key as its source spells it.
 fn name_origin(fig: &Figment, e: ConfigError) -> ConfigError {
+    let named = |key: &str| {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        // An array (`upstreams`) comes whole from one source.
+        let md = (1..=path.len()).rev().find_map(|n| fig.find_metadata(&path[..n].join(".")));
+        locate(md, &path)
+    };
     match e {
         ConfigError::Value { key, origin, reason } if origin.is_empty() => {
-            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            // An array (`upstreams`) comes whole from one source.
-            let md = (1..=path.len()).rev().find_map(|n| fig.find_metadata(&path[..n].join(".")));
-            let (key, origin) = locate(md, &path);
+            let (key, origin) = named(&key);
             ConfigError::Value { key, origin, reason }
+        }
+        ConfigError::CaFile { key, origin, upstream, path, cause } if origin.is_empty() => {
+            let (key, origin) = named(&key);
+            ConfigError::CaFile { key, origin, upstream, path, cause }
         }
         e => e,
     }
@@ -624,92 +555,16 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
     let listen = raw.listen.parse::<SocketAddr>().map_err(|e| {
         bad("listen".into(), format!("{:?} is not a socket address (host:port): {e}", raw.listen))
     })?;
-    let mut defaults = Vec::new();
-    for (i, u) in raw.upstreams.iter().enumerate() {
-        let key = |k: &str| format!("upstreams.{i}.{k}");
-        if crate::names::RepoName::parse(&u.name).is_err() || u.name.contains('/') {
-            return Err(bad(
-                key("name"),
-                format!("{:?} must be one repository-name component, like docker.io", u.name),
-            ));
+    let upstreams = upstream::resolve(&raw.upstreams).map_err(|e| match e {
+        upstream::Bad::Value { key, reason } => bad(key, reason),
+        upstream::Bad::CaFile { key, upstream, path, cause } => {
+            ConfigError::CaFile { key, origin: String::new(), upstream, path, cause: Box::new(cause) }
         }
-        if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
-            return Err(bad(
-                key("url"),
-                format!("upstream {:?}: the url must start with http:// or https://", u.name),
-            ));
-        }
-        if let Some(ns) = &u.namespace {
-            if crate::names::RepoName::parse(ns).is_err() {
-                return Err(bad(
-                    key("namespace"),
-                    format!("{ns:?} must be a repository-name prefix, like docker.io"),
-                ));
-            }
-        }
-        if let Some(n) = u.max_concurrent_fetches {
-            if !(1..=10_000).contains(&n) {
-                return Err(bad(
-                    key("max_concurrent_fetches"),
-                    format!("must be 1 to 10000 fetches at once, not {n} (leave it out for no limit)"),
-                ));
-            }
-        }
-        if let Some(r) = u.max_bytes_per_sec {
-            if r.as_u64() < MIN_BYTES_PER_SEC {
-                return Err(bad(
-                    key("max_bytes_per_sec"),
-                    format!(
-                        "{r} is under the least rate, {} per second (leave it out for no limit)",
-                        ByteSize::b(MIN_BYTES_PER_SEC)
-                    ),
-                ));
-            }
-        }
-        for (j, w) in u.warm.iter().enumerate() {
-            let ok = split_image(w).is_some_and(|(r, t)| {
-                crate::names::RepoName::parse(r).is_ok() && crate::names::Tag::parse(t).is_ok()
-            });
-            if !ok {
-                return Err(bad(
-                    format!("{}.{j}", key("warm")),
-                    format!("{w:?} must be repository:tag, like library/nginx:1.27"),
-                ));
-            }
-        }
-        for (j, p) in u.warm_platforms.iter().enumerate() {
-            let parts = p.split('/').count();
-            if !(2..=3).contains(&parts) || p.split('/').any(str::is_empty) {
-                return Err(bad(
-                    format!("{}.{j}", key("warm_platforms")),
-                    format!("{p:?} must be os/arch or os/arch/variant, like linux/amd64"),
-                ));
-            }
-        }
-        if raw.upstreams[..i].iter().any(|o| o.name == u.name) {
-            return Err(bad(
-                key("name"),
-                format!("{:?} names two upstreams; each needs its own name", u.name),
-            ));
-        }
-        if u.default {
-            defaults.push(u.name.as_str());
-        }
-    }
+    })?;
     if !(1..=100).contains(&raw.cache.low_water_percent) {
         return Err(bad(
             "cache.low_water_percent".into(),
             format!("must be 1 to 100, not {}", raw.cache.low_water_percent),
-        ));
-    }
-    if defaults.len() > 1 {
-        let i = raw.upstreams.iter().rposition(|u| u.default).unwrap_or(0);
-        return Err(bad(
-            format!("upstreams.{i}.default"),
-            format!(
-                "only one upstream can be the default, and {} all say default = true",
-                defaults.join(", ")
-            ),
         ));
     }
     let notify = resolve_notify(raw).map_err(|(key, reason)| bad(key, reason))?;
@@ -734,7 +589,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         header_timeout: raw.header_timeout,
         body_timeout: raw.body_timeout,
         log_format: raw.log_format,
-        upstreams: raw.upstreams.clone(),
+        upstreams,
         gc: raw.gc.clone(),
         cache: CacheSettings::resolve(&raw.cache),
         tls: raw.tls.clone(),
@@ -885,7 +740,7 @@ mod tests {
             jail.create_file("w.toml", &up("max_concurrent_fetches = 4\nmax_bytes_per_sec = \"2MiB\""))?;
             let (_, s) = load(Some(Path::new("w.toml")), &Overrides::default()).expect("loads");
             assert_eq!(s.upstreams[0].max_concurrent_fetches, Some(4));
-            assert_eq!(s.upstreams[0].max_bytes_per_sec, Some(ByteSize::mib(2)));
+            assert_eq!(s.upstreams[0].max_bytes_per_sec, Some(2 << 20));
             jail.create_file("none.toml", &up(""))?;
             let (_, s) = load(Some(Path::new("none.toml")), &Overrides::default()).expect("loads");
             assert_eq!(

@@ -461,23 +461,7 @@ impl Meta {
     ) -> Result<Option<(Vec<String>, bool)>, MetaError> {
         let rtx = self.db.begin_read()?;
         let t = rtx.open_table(TAGS)?;
-        let mut out = Vec::new();
-        let mut more = false;
-        for item in t.range((repo, last.unwrap_or(""))..)? {
-            let (k, _) = item?;
-            let (r, tag) = k.value();
-            if r != repo {
-                break;
-            }
-            if Some(tag) == last {
-                continue;
-            }
-            if out.len() == n {
-                more = true;
-                break;
-            }
-            out.push(tag.to_owned());
-        }
+        let (out, more) = tag_page(&t, repo, last, n, |tag, _| Ok(tag.to_owned()))?;
         if out.is_empty() && last.is_none() {
             let known = rtx.open_table(REPOS)?.get(repo)?.is_some()
                 || t.range((repo, "")..)?.next().transpose()?.is_some_and(|(k, _)| k.value().0 == repo);
@@ -1106,6 +1090,34 @@ fn add(t: &mut redb::Table<&str, u64>, key: &str, delta: i64) -> Result<(), Meta
         t.insert(key, n)?;
     }
     Ok(())
+}
+
+/// One page of `repo`'s tags in `TAGS`, in order: those after `last`, at most `n`, each
+/// made a row by `row` (tag, encoded record). The flag says whether more remain. The one
+/// walk behind the tags list and the web page's tag table.
+pub(super) fn tag_page<T>(
+    tags: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    last: Option<&str>,
+    n: usize,
+    mut row: impl FnMut(&str, &[u8]) -> Result<T, MetaError>,
+) -> Result<(Vec<T>, bool), MetaError> {
+    let mut out = Vec::new();
+    for item in tags.range((repo, last.unwrap_or(""))..)? {
+        let (k, v) = item?;
+        let (r, tag) = k.value();
+        if r != repo {
+            break;
+        }
+        if Some(tag) == last {
+            continue;
+        }
+        if out.len() == n {
+            return Ok((out, true));
+        }
+        out.push(row(tag, v.value())?);
+    }
+    Ok((out, false))
 }
 
 #[cfg(test)]

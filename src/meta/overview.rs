@@ -112,22 +112,8 @@ impl Meta {
                 None => 0,
             })
         };
-        let mut out = Vec::new();
-        let mut more = false;
-        for item in tags.range((repo, last.unwrap_or(""))..)? {
-            let (k, v) = item?;
-            let (r, tag) = k.value();
-            if r != repo {
-                break;
-            }
-            if Some(tag) == last {
-                continue;
-            }
-            if out.len() == n {
-                more = true;
-                break;
-            }
-            let rec: TagRecord = decode(v.value())?;
+        super::tag_page(&tags, repo, last, n, |tag, v| {
+            let rec: TagRecord = decode(v)?;
             let manifest: Option<ManifestRecord> =
                 manifests.get(rec.digest.as_str())?.map(|v| decode(v.value())).transpose()?;
             let mut bytes = 0;
@@ -151,8 +137,7 @@ impl Meta {
                     index_body = bodies.get(rec.digest.as_str())?.map(|b| b.value().to_vec());
                 }
             }
-            out.push(TagRow { tag: tag.to_owned(), rec, manifest, index_body, bytes });
-        }
-        Ok((out, more))
+            Ok(TagRow { tag: tag.to_owned(), rec, manifest, index_body, bytes })
+        })
     }
 }

@@ -73,7 +73,7 @@ impl Mirror {
 
     /// A fetch slot under `max_concurrent_fetches`, waiting in FIFO order; a fetch whose
     /// every client went away while it waited leaves the queue with an error nobody sees.
-    async fn slot<P, V>(
+    pub(super) async fn slot<P, V>(
         &self,
         flight: &crate::flight::Progress<P, V>,
     ) -> Result<crate::upstream::limits::Slot, FlightError> {

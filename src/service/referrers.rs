@@ -104,7 +104,9 @@ impl Registry {
         let (res, leader) = self
             .mirrors
             .manifest_flights
-            .run(key, move || async move {
+            .run_with(key, move |flight| async move {
+                // One fetch slot for the whole refresh (the API, then the tag schema).
+                let _slot = m2.slot(&flight).await?;
                 me.refresh_referrers(&m2, &r2, &l2, &s2, &t2, cached_digest, stale_ok).await
             })
             .await;

@@ -87,7 +87,9 @@ impl Registry {
                 let (res, leader) = self
                     .mirrors
                     .manifest_flights
-                    .run(key, move || async move {
+                    .run_with(key, move |flight| async move {
+                        // Queued with the pulls' fetches, as `read_manifest`'s are.
+                        let _slot = m2.slot(&flight).await?;
                         me.revalidate_tag(&m2, &r2, &l2, &t2, Some(cd), m2.stale_if_error).await
                     })
                     .await;

@@ -3,6 +3,18 @@
 //! (tokio's semaphore is fair), and a token bucket that every blob body from the
 //! upstream draws from. A wait here happens before a request is sent: it never counts
 //! against the upstream's deadline or its health.
+//!
+//! A slot is one logical fetch, taken by the flight that does it (`service`): a blob
+//! fill, a manifest fetch or tag revalidation, a referrers refresh, a warm-list
+//! revalidation. Each flight takes one slot, first, and no request inside it takes
+//! another, so a fetch never waits for a slot while holding one (no deadlock at any
+//! `max_concurrent_fetches`, 1 included). Not in the client's send path, because:
+//! - a blob's slot must last for its body, which streams long after `send` returns;
+//! - a fill that resumes (a second GET with `Range`) or a revalidation that follows
+//!   its HEAD with a GET would queue behind newer fetches between its own requests;
+//! - leaving the queue when every client of the fetch went away needs the flight.
+//!
+//! Token requests (`auth.rs`) go to the token realm, not the registry, and take none.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

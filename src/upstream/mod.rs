@@ -115,14 +115,17 @@ pub enum Attempts {
 /// within a second; a refusing one is not asked again and again.
 const CONNECT_RETRIES: u32 = 2;
 
-/// Settings of one upstream, as the config resolves them.
+/// Settings of one upstream, as the config resolves them: nothing here is parsed or
+/// read again.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub url: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub ca_file: Option<std::path::PathBuf>,
+    /// The base URL; API paths (`/v2/…`) are appended to it.
+    pub url: reqwest::Url,
+    /// (username, password) for Basic auth and token requests.
+    pub credentials: Option<(String, String)>,
+    /// Extra CA certificates to trust (DER), already checked as trust anchors.
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Total time one logical request may spend on retries.
     pub deadline: Duration,
     /// A namespace on the upstream that every repository lives under: `docker.io` makes
@@ -191,15 +194,14 @@ impl Upstream {
             .read_timeout(cfg.deadline.clamp(Duration::from_secs(1), Duration::from_secs(30)))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("wharfie/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| UpstreamError::Invalid(format!("ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| UpstreamError::Invalid(format!("ca_file {}: {e}", ca.display())))?;
+        for der in &cfg.ca_certs {
+            let cert = reqwest::Certificate::from_der(der.as_ref())
+                .map_err(|e| UpstreamError::Invalid(format!("a CA certificate: {e}")))?;
             b = b.add_root_certificate(cert);
         }
         let http = b.build().map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-        let auth = Auth::new(cfg.username.clone(), cfg.password.clone());
+        let (username, password) = cfg.credentials.clone().unzip();
+        let auth = Auth::new(username, password);
         let health = health::Health::new(cfg.down_min, cfg.down_max);
         let limits = Arc::new(limits::Limits::new(cfg.max_concurrent_fetches, cfg.max_bytes_per_sec));
         Ok(Upstream { cfg, http, auth, health, limits, on_request: None, on_health: None })
@@ -229,7 +231,7 @@ impl Upstream {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.cfg.url.trim_end_matches('/'), path)
+        format!("{}{}", self.cfg.url.as_str().trim_end_matches('/'), path)
     }
 
     /// The error while the upstream is marked down, or `None` when a request may be
@@ -395,24 +397,10 @@ impl Upstream {
         reference: &str,
         attempts: Attempts,
     ) -> Result<FetchedManifest, UpstreamError> {
-        let repo = &*self.remote(repo);
-        let path = format!("/v2/{repo}/manifests/{reference}");
-        let accept = [(header::ACCEPT, MANIFEST_ACCEPT.into())];
-        let resp = self
-            .send(&Request {
-                kind: "manifest",
-                method: Method::GET,
-                path: &path,
-                repo,
-                headers: &accept,
-                attempts,
-            })
-            .await?;
-        let media_type = content_type(&resp);
-        let digest =
-            resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(cause(&e)))?;
-        Ok(FetchedManifest { bytes, media_type, digest })
+        let (headers, bytes) =
+            self.get_document("manifest", "manifests", repo, reference, MANIFEST_ACCEPT, attempts).await?;
+        let digest = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(FetchedManifest { bytes, media_type: content_type(&headers), digest })
     }
 
     /// GET the referrers API's index for `subject` (the OCI distribution spec's
@@ -424,23 +412,34 @@ impl Upstream {
         subject: &Digest,
         attempts: Attempts,
     ) -> Result<FetchedManifest, UpstreamError> {
-        let repo = &*self.remote(repo);
-        let path = format!("/v2/{repo}/referrers/{subject}");
-        let accept = [(header::ACCEPT, crate::manifest::OCI_INDEX.into())];
-        let resp = self
-            .send(&Request {
-                kind: "referrers",
-                method: Method::GET,
-                path: &path,
-                repo,
-                headers: &accept,
-                attempts,
-            })
+        let subject = subject.to_string();
+        let (headers, bytes) = self
+            .get_document("referrers", "referrers", repo, &subject, crate::manifest::OCI_INDEX, attempts)
             .await?;
-        let media_type = content_type(&resp);
-        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(cause(&e)))?;
         // The answer is built per request: no digest of the upstream's to check it by.
-        Ok(FetchedManifest { bytes, media_type, digest: None })
+        Ok(FetchedManifest { bytes, media_type: content_type(&headers), digest: None })
+    }
+
+    /// GET `/v2/<repo>/<endpoint>/<reference>` (a manifest, a referrers index) with
+    /// `accept`, read whole: the response headers and the body.
+    async fn get_document(
+        &self,
+        kind: &str,
+        endpoint: &str,
+        repo: &str,
+        reference: &str,
+        accept: &str,
+        attempts: Attempts,
+    ) -> Result<(header::HeaderMap, Bytes), UpstreamError> {
+        let repo = &*self.remote(repo);
+        let path = format!("/v2/{repo}/{endpoint}/{reference}");
+        let accept = [(header::ACCEPT, accept.to_owned())];
+        let resp = self
+            .send(&Request { kind, method: Method::GET, path: &path, repo, headers: &accept, attempts })
+            .await?;
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| UpstreamError::Transport(cause(&e)))?;
+        Ok((headers, bytes))
     }
 
     /// HEAD a manifest (free against Docker Hub's pull limit).
@@ -468,7 +467,7 @@ impl Upstream {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        Ok(ManifestHead { digest, media_type: content_type(&resp) })
+        Ok(ManifestHead { digest, media_type: content_type(resp.headers()) })
     }
 
     /// HEAD a blob: does the upstream have it in `repo`? Its size, when it said.
@@ -520,8 +519,8 @@ impl Upstream {
     }
 }
 
-fn content_type(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
+fn content_type(headers: &header::HeaderMap) -> Option<String> {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
