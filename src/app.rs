@@ -116,6 +116,7 @@ pub async fn open_with_seams(
                 .map(|(r, t)| (r.to_owned(), t.to_owned()))
                 .collect(),
             warm_platforms: u.warm_platforms.clone(),
+            counters: metrics.upstream_counters(&u.name),
         }));
     }
     if !mirrors.is_empty() {
