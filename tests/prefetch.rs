@@ -3,7 +3,9 @@
 //! pulled through the mirror ahead of time, the `Wharfie-Cache` header says what was
 //! held and what was fetched, a second run fetches nothing upstream, and everything
 //! prefetched is served with the upstream stopped. Bad names and unknown tags fail
-//! with the reason named and a non-zero exit. The per-upstream counters
+//! with the reason named and a non-zero exit. Against a fake upstream that holds a
+//! blob's body: the header is `miss` for the client that started a fill, `coalesced`
+//! for one that joined it, then `hit`. The per-upstream counters
 //! (`wharfie_upstream_*{upstream}`) are checked against the known sequence of pulls.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
 #![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
@@ -15,6 +17,7 @@ use serde_json::json;
 
 use wharfie_testkit::clients::ReferenceRegistry;
 use wharfie_testkit::common::{bytes_of, sha256, Wharfie};
+use wharfie_testkit::mirror::upstream::FakeUpstream;
 use wharfie_testkit::oci::{Api, Http, Image, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 use wharfie_testkit::ops::{cli, metric_sum, parse_metrics, CliOut};
 
@@ -204,7 +207,7 @@ fn prefetch_fills_an_image_and_an_index_and_a_second_run_fetches_nothing() {
     let layer = &f.app.layers[0].digest;
     let r = api.get(&format!("/v2/up/library/app/blobs/{layer}"));
     assert_eq!((r.status, r.hdr("wharfie-cache")), (200, "hit"), "{}", r.describe());
-    let r = api.head(&format!("/v2/up/library/app/manifests/v1"));
+    let r = api.head("/v2/up/library/app/manifests/v1");
     assert_eq!((r.status, r.hdr("wharfie-cache")), (200, "hit"), "{}", r.describe());
 
     // With the upstream stopped, every prefetched manifest and blob is served.
@@ -288,4 +291,48 @@ fn bad_names_unknown_tags_and_platforms_fail_with_the_reason() {
     assert_eq!(out.code, Some(1), "{}", out.describe());
     assert!(out.stderr.contains("no registry at http://127.0.0.1:9"), "{}", out.describe());
     eprintln!("prefetch errors as printed:\n{}", out.stderr.trim_end());
+}
+
+#[test]
+fn the_cache_header_tells_a_fill_started_from_one_joined_and_a_hit() {
+    let up = FakeUpstream::start();
+    let blob = bytes_of(200_000, 7);
+    let d = up.add_blob(blob.clone());
+    let w = Wharfie::start_with_config(&format!("[[upstreams]]\nname = \"up\"\nurl = \"{}\"\n", up.url()));
+    let path = format!("/v2/up/library/app/blobs/{d}");
+    let get = |url: String| {
+        std::thread::spawn(move || {
+            let c = wharfie_testkit::common::http_client(Duration::from_secs(60));
+            let r = c.get(url).send().expect("an answer");
+            let cache = r.headers().get("wharfie-cache").map(|v| v.to_str().expect("text").to_owned());
+            (r.status().as_u16(), cache, r.bytes().expect("body").to_vec())
+        })
+    };
+    let followers = || {
+        let api = Api::new(&w);
+        metric_sum(&metrics(&api), "wharfie_upstream_coalesced_followers_total", &["upstream=\"up\""]) as u64
+    };
+    up.hold();
+    let first = get(w.url(&path));
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while up.gets_now() < 1 {
+        assert!(std::time::Instant::now() < end, "the fill's GET never reached the upstream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = get(w.url(&path));
+    while followers() < 1 {
+        assert!(std::time::Instant::now() < end, "the second client never joined the fill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.release();
+    let (a, b) = (first.join().expect("first"), second.join().expect("second"));
+    assert_eq!((a.0, a.1.as_deref()), (200, Some("miss")), "the client that started the fill");
+    assert_eq!((b.0, b.1.as_deref()), (200, Some("coalesced")), "the client that joined it");
+    assert!(a.2 == blob && b.2 == blob, "both got the blob's bytes");
+    let c = get(w.url(&path)).join().expect("third");
+    assert_eq!((c.0, c.1.as_deref()), (200, Some("hit")), "served from the cache");
+    eprintln!(
+        "Wharfie-Cache: miss, coalesced, hit ({} upstream blob GET)",
+        up.count("GET", wharfie_testkit::mirror::upstream::Kind::Blob)
+    );
 }

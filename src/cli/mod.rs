@@ -138,8 +138,9 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Pull images through the server's mirror ahead of a deploy, so that the deploy's
-    /// pulls are cache hits: the manifest (every platform of an index, or those
+    /// Pull images through the server's mirror ahead of a deploy.
+    ///
+    /// So that the deploy's pulls are cache hits: the manifest (every platform of an index, or those
     /// --platform names), then every config and layer, read to the end and dropped.
     /// Prints per image what the server already held and what it fetched now (its
     /// `Wharfie-Cache` header); exits 1 when an image failed, naming the OCI error.

@@ -62,6 +62,9 @@ pub struct UpstreamCounters {
     pub served_bytes: AtomicU64,
 }
 
+/// One of an upstream's counters, picked out to render it.
+type CounterOf = fn(&UpstreamCounters) -> &AtomicU64;
+
 /// How the mirror answered a request, as the `Wharfie-Cache` response header says it
 /// (after the `X-Cache-Status` of nginx and Varnish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +336,7 @@ impl Metrics {
         if ups.is_empty() {
             return;
         }
-        let families: [(&str, &str, fn(&UpstreamCounters) -> &AtomicU64); 5] = [
+        let families: [(&str, &str, CounterOf); 5] = [
             (
                 "wharfie_upstream_cache_hits_total",
                 "Requests for the upstream's mirrored content served from the cache.",
