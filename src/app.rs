@@ -111,6 +111,7 @@ pub async fn open_with_seams(
             default: u.default,
             warm: u.warm.clone(),
             warm_platforms: u.warm_platforms.clone(),
+            counters: metrics.upstream_counters(&u.name),
         }));
     }
     if !mirrors.is_empty() {

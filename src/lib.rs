@@ -15,7 +15,7 @@
 //!
 //! | module | owns | may import |
 //! | --- | --- | --- |
-//! | `cli` | the clap commands: `serve`, `gc`, `verify`, `import`, `export`, `inventory`, `client-config`, `config check` | app, airgap, auth, config, meta, service, upstream, names |
+//! | `cli` | the clap commands: `serve`, `gc`, `verify`, `import`, `export`, `inventory`, `prefetch`, `client-config`, `config check` | app, airgap, auth, config, meta, service, upstream, manifest, digest, names |
 //! | `app` | the one bootstrap (`Server`, `run`): open the stores, recover, background tasks (upload expiry, scheduled GC, event delivery, the web page's history), TLS, SIGHUP reload, `sd_notify`, serve | everything (it is the wiring) |
 //! | `config` | figment layering (defaults < TOML < `WHARFIE_*` < flags) → `Settings`, with the typed errors that name a bad key | names |
 //! | `http` | the wire: route parser, authenticate → dispatch → finish, handlers, body draining, the one error → status/OCI code table, accept loop and graceful drain | service, auth, config, events (request context), web, manifest, digest, names |

@@ -7,7 +7,9 @@
 //!   arrive in that order, in Distribution's envelope, through failures and a stall;
 //! - a push completes promptly while the receiver stalls (figures printed);
 //! - SIGKILL with events queued, restart: every event is delivered (at-least-once; the
-//!   test counts duplicates and prints them).
+//!   test counts duplicates and prints them);
+//! - a queue over `notify_queue_max` drops its oldest events, counted per endpoint, and
+//!   delivers the newest in order.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
 #![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
@@ -432,4 +434,50 @@ fn sigkill_with_events_queued_loses_none() {
     );
     assert_eq!(ids.len(), N as usize, "every event at least once, none invented");
     assert_eq!(metric(&w, "wharfie_notify_queue_depth"), 0);
+}
+
+#[test]
+fn a_full_queue_drops_the_oldest_events_and_counts_them() {
+    const N: u64 = 5;
+    const CAP: u64 = 3;
+    let rx = Receiver::start(&[], Answer::Fail);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = config(tmp.path(), &rx.url, "2s");
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    std::fs::write(&cfg, format!("notify_queue_max = {CAP}\n{text}")).expect("write config");
+    let w = start(tmp.path(), Some(&cfg));
+    let api = Api::new(&w);
+    let mut digests = Vec::new();
+    for i in 0..N {
+        let m = image(&api, "full/app", 500 + i);
+        digests.push(api.push_manifest("full/app", &format!("t{i}"), OCI_MANIFEST, &m));
+    }
+    // The receiver refuses everything: the queue holds the newest CAP, the rest dropped.
+    assert_eq!(metric(&w, "wharfie_notify_queue_depth"), CAP);
+    assert_eq!(metric(&w, "wharfie_notify_dropped_total"), N - CAP);
+    // Two more failed attempts: every batch read from then on was read after the last
+    // push (the first may have been read before it), so none can hold a dropped event.
+    let failed = metric(&w, "wharfie_notify_failed_attempts_total");
+    let end = Instant::now() + DEADLINE;
+    while metric(&w, "wharfie_notify_failed_attempts_total") < failed + 2 {
+        assert!(Instant::now() < end, "the endpoint was not retried");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(rx.accepted_events().is_empty());
+
+    rx.set(Answer::Accept);
+    rx.wait_events(CAP as usize);
+    std::thread::sleep(Duration::from_millis(300));
+    let ev = rx.accepted_events();
+    let tags: Vec<&str> = ev.iter().map(|e| e["target"]["tag"].as_str().unwrap_or_default()).collect();
+    let got: Vec<&str> = ev.iter().map(|e| e["target"]["digest"].as_str().unwrap_or_default()).collect();
+    assert_eq!(tags, ["t2", "t3", "t4"], "the newest {CAP} events, in order: the oldest were dropped");
+    assert_eq!(got, digests[(N - CAP) as usize..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(metric(&w, "wharfie_notify_delivered_total"), CAP);
+    assert_eq!(metric(&w, "wharfie_notify_queue_depth"), 0);
+    assert_eq!(metric(&w, "wharfie_notify_dropped_total"), N - CAP, "dropped stays counted");
+    println!(
+        "queue of {CAP}, {N} pushes with the receiver refusing: {} dropped, delivered {tags:?}",
+        N - CAP
+    );
 }

@@ -127,6 +127,29 @@ fn browse(bin: &Path, profile: &Path, args: &[String]) -> String {
     std::fs::read_to_string(out.path()).expect("read chromium's stdout")
 }
 
+/// GET hub/library/hello:v1 and its blobs through the mirror (asserting 200s).
+fn pull_hello(api: &Api, digest: &str) {
+    let r = api.send(api.req("GET", "/v2/hub/library/hello/manifests/v1").header("Accept", OCI_MANIFEST));
+    assert_eq!(r.status, 200, "pull through: {}", r.describe());
+    assert_eq!(sha256(&r.body), digest);
+    let m = r.json();
+    for d in [&m["config"]["digest"], &m["layers"][0]["digest"]] {
+        let d = d.as_str().expect("digest");
+        let r = api.get(&format!("/v2/hub/library/hello/blobs/{d}"));
+        assert_eq!(r.status, 200, "blob {d} through the mirror: {}", r.describe());
+    }
+}
+
+/// The config's and the layer's sizes together, as the manifest gives them.
+fn hello_blob_bytes(m: &serde_json::Value) -> u64 {
+    m["config"]["size"].as_u64().expect("config size") + m["layers"][0]["size"].as_u64().expect("layer size")
+}
+
+fn hello_manifest_len(api: &Api) -> u64 {
+    let r = api.send(api.req("HEAD", "/v2/hub/library/hello/manifests/v1").header("Accept", OCI_MANIFEST));
+    r.hdr("content-length").parse().expect("content-length")
+}
+
 // ---------------------------------------------------------------------------------
 // In a real browser
 
@@ -157,6 +180,8 @@ fn browser_shows_a_pushed_image_a_mirrored_one_and_an_upstream_marked_down() {
         let r = api.get(&format!("/v2/hub/library/hello/blobs/{d}"));
         assert_eq!(r.status, 200, "blob {d} through the mirror: {}", r.describe());
     }
+    // The same pull again: three hits (the first was three misses).
+    pull_hello(&api, &up_digest);
 
     let up_addr = upstream.addr.clone();
     // Stop the upstream; a miss finds it unreachable and marks it down.
@@ -175,6 +200,17 @@ fn browser_shows_a_pushed_image_a_mirrored_one_and_an_upstream_marked_down() {
     let row = section(ups, "<tr data-upstream=\"hub\"", "</tr>");
     assert!(row.contains("data-state=\"down\""), "the stopped upstream is down: {row}");
     assert!(row.contains("unreachable") || row.contains("refused"), "its last error: {row}");
+    // Its own figures: 3 hits; 4 misses (the first pull's 3, and v2 with it stopped).
+    assert!(row.contains("data-hits=\"3\"") && row.contains("data-misses=\"4\""), "hits and misses: {row}");
+    assert!(row.contains("42.9 %"), "its hit ratio: {row}");
+    let blob_bytes = hello_blob_bytes(&m);
+    assert!(
+        row.contains(&format!("class=\"n fetched\" data-bytes=\"{blob_bytes}\"")),
+        "bytes fetched: {row}"
+    );
+    let served = 2 * (blob_bytes + hello_manifest_len(&api));
+    assert!(row.contains(&format!("class=\"n served\" data-bytes=\"{served}\"")), "bytes served: {row}");
+    eprintln!("web page, upstream hub: 3 hits, 4 misses (42.9 %), {blob_bytes} bytes fetched, {served} bytes served");
     assert!(!dom.contains(&up_addr), "the upstream's address is never shown:\n{dom}");
     assert!(dom.contains("id=\"cache-used\""), "the cache bar");
     assert!(dom.contains("<svg") && dom.contains("id=\"chart\""), "the chart");
@@ -209,6 +245,78 @@ fn browser_shows_a_pushed_image_a_mirrored_one_and_an_upstream_marked_down() {
 
 // ---------------------------------------------------------------------------------
 // Over HTTP
+
+#[test]
+fn each_upstream_has_its_own_figures_on_the_page_and_in_metrics() {
+    let upstream = ReferenceRegistry::start();
+    let up_digest = push_upstream(&upstream.addr, "library/hello", "v1", 8);
+    let (w, _dir) = start(&format!(
+        "[[upstreams]]\nname = \"hub\"\nurl = \"http://{0}\"\ntag_ttl = \"5m\"\n\n\
+         [[upstreams]]\nname = \"other\"\nurl = \"http://{0}\"\ntag_ttl = \"5m\"\n",
+        upstream.addr
+    ));
+    let api = Api::new(&w);
+    // Through hub: a cold pull (3 misses), a warm one (3 hits), and one unknown tag
+    // (a miss). Through other: nothing.
+    pull_hello(&api, &up_digest);
+    pull_hello(&api, &up_digest);
+    let r = api.send(api.req("GET", "/v2/hub/library/hello/manifests/nope").header("Accept", OCI_MANIFEST));
+    assert_eq!((r.status, r.code().as_str()), (404, "MANIFEST_UNKNOWN"), "{}", r.describe());
+    assert_eq!(r.hdr("wharfie-cache"), "miss", "the unknown tag was asked upstream");
+    let m = api.send(api.req("GET", "/v2/hub/library/hello/manifests/v1").header("Accept", OCI_MANIFEST));
+    assert_eq!(m.hdr("wharfie-cache"), "hit");
+    let manifest = m.json();
+    let blob_bytes = hello_blob_bytes(&manifest);
+    let manifest_len = m.body.len() as u64;
+
+    let text = get(&api, "/metrics", None).text();
+    let series = |name: &str, up: &str| -> u64 {
+        let start = format!("{name}{{upstream=\"{up}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&start))
+            .unwrap_or_else(|| panic!("no {start} in /metrics:\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    let hub = [
+        series("wharfie_upstream_cache_hits_total", "hub"),
+        series("wharfie_upstream_cache_misses_total", "hub"),
+        series("wharfie_upstream_coalesced_followers_total", "hub"),
+        series("wharfie_upstream_fetched_bytes_total", "hub"),
+        series("wharfie_upstream_served_bytes_total", "hub"),
+    ];
+    // 4 hits: the warm pull's 3 and the manifest GET above; served: three manifest
+    // GETs and two of each blob.
+    assert_eq!(hub, [4, 4, 0, blob_bytes, 3 * manifest_len + 2 * blob_bytes], "hub's series:\n{text}");
+    for name in [
+        "wharfie_upstream_cache_hits_total",
+        "wharfie_upstream_cache_misses_total",
+        "wharfie_upstream_fetched_bytes_total",
+        "wharfie_upstream_served_bytes_total",
+    ] {
+        assert_eq!(series(name, "other"), 0, "{name}{{upstream=\"other\"}}");
+    }
+    assert!(text.contains("\nwharfie_cache_hits_total 4\n"), "the unlabelled total stays:\n{text}");
+    eprintln!(
+        "/metrics, upstream hub: hits {}, misses {}, coalesced {}, fetched {} bytes, served {} bytes",
+        hub[0], hub[1], hub[2], hub[3], hub[4]
+    );
+
+    let html = page(&api, "/ui/upstreams", None);
+    let ups = section(&html, "<table id=\"upstreams\"", "</table>");
+    let row = section(ups, "<tr data-upstream=\"hub\"", "</tr>");
+    assert!(row.contains("data-state=\"up\""), "{row}");
+    assert!(row.contains("data-hits=\"4\" data-misses=\"4\""), "hub's hits and misses: {row}");
+    assert!(row.contains("50.0 %"), "hub's hit ratio: {row}");
+    assert!(row.contains(&format!("data-bytes=\"{blob_bytes}\"")), "hub's bytes fetched: {row}");
+    let other = section(ups, "<tr data-upstream=\"other\"", "</tr>");
+    assert!(other.contains("data-hits=\"0\" data-misses=\"0\"") && other.contains("—"), "other's: {other}");
+    let home = page(&api, "/", None);
+    assert!(
+        section(&home, "<tr data-upstream=\"hub\"", "</tr>").contains("data-hits=\"4\""),
+        "the home page's upstreams"
+    );
+}
 
 #[test]
 fn text_from_the_network_is_escaped() {

@@ -1,10 +1,10 @@
 //! `cli/`: the clap commands. `serve` runs the registry; `gc`, `verify`, `import`,
-//! `export`, `inventory` and `client-config` work on a data directory (through a running
-//! server, or one started in-process); `config check` prints the resolved configuration
-//! or names the source of a bad value.
+//! `export`, `inventory`, `prefetch` and `client-config` work on a data directory
+//! (through a running server, or one started in-process); `config check` prints the
+//! resolved configuration or names the source of a bad value.
 //!
-//! May import: app, airgap, auth, config, meta, service, upstream, names. Nothing
-//! imports it but `main`.
+//! May import: app, airgap, auth, config, meta, service, upstream, manifest, digest,
+//! names. Nothing imports it but `main`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod client_config;
+mod prefetch;
 
 use crate::config::{self, LogFormat, Overrides};
 
@@ -134,6 +135,34 @@ enum Command {
         /// The file to write (`-`: stdout).
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Pull images through the server's mirror ahead of a deploy.
+    ///
+    /// So that the deploy's pulls are cache hits: the manifest (every platform of an index, or those
+    /// --platform names), then every config and layer, read to the end and dropped.
+    /// Prints per image what the server already held and what it fetched now (its
+    /// `Wharfie-Cache` header); exits 1 when an image failed, naming the OCI error.
+    /// Talks to the running server (or --server), else starts one in-process on the
+    /// data directory.
+    Prefetch {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Images as clients name them on this registry: REPO[:TAG] (default tag
+        /// `latest`) or REPO@sha256:…, e.g. docker.io/library/nginx:1.27.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Only this platform of multi-platform images (os/arch[/variant]); repeat
+        /// for more.
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Vec<String>,
+        /// Blobs fetched at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+        jobs: u16,
+        /// No progress bar and no progress lines (the summary still prints).
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -327,6 +356,9 @@ pub fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Prefetch { cfg, images, platform, jobs, quiet, remote } => {
+            run_prefetch(&cfg, &remote, &images, platform, jobs, quiet)
+        }
         Command::Gc { cfg, dry_run, grace } => offline(&cfg, |reg, s| async move {
             let grace = grace.unwrap_or(s.gc.grace);
             let r = reg.gc(grace, dry_run).await?;
@@ -366,6 +398,56 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `prefetch`: names checked before anything is asked, then each image in turn; a
+/// summary line per image on stdout, the reasons of failures on stderr.
+fn run_prefetch(
+    cfg: &ConfigArgs,
+    remote: &RemoteArgs,
+    images: &[String],
+    platforms: Vec<String>,
+    jobs: u16,
+    quiet: bool,
+) -> ExitCode {
+    let parsed: Result<Vec<_>, _> = images.iter().map(|s| prefetch::parse_image(s)).collect();
+    let images = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("wharfie: prefetch: {e} (expected REPO[:TAG] or REPO@sha256:…)");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(p) =
+        platforms.iter().find(|p| !(2..=3).contains(&p.split('/').filter(|s| !s.is_empty()).count()))
+    {
+        eprintln!("wharfie: prefetch: --platform {p}: expected os/arch[/variant], e.g. linux/amd64");
+        return ExitCode::from(2);
+    }
+    let opts = prefetch::Options { platforms, jobs: usize::from(jobs), quiet };
+    with_client(cfg, remote, |client| {
+        let reports = prefetch::prefetch(client, &images, &opts);
+        let mut failed = 0;
+        for r in &reports {
+            if r.manifests.cached + r.manifests.fetched > 0 {
+                println!("{}", r.summary());
+            }
+            if !r.errors.is_empty() {
+                failed += 1;
+                for e in &r.errors {
+                    eprintln!("wharfie: prefetch {}: {e}", r.image);
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(crate::airgap::AirgapError::Format(format!(
+                "{failed} of {} image{} not prefetched (see above)",
+                reports.len(),
+                plural(reports.len())
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// `config check`: the resolved configuration on stdout, or the first bad value.

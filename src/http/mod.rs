@@ -152,8 +152,10 @@ async fn handle(ctx: Arc<Ctx>, head: Head, body: crate::service::Body) -> warp::
     let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
     let family = head.route.as_ref().map_or("unknown", route::Endpoint::family);
     let (method, path) = (head.method.clone(), head.path.clone());
-    let result = dispatch(&ctx, caller, head, body).await;
-    finish(&ctx, Done { started, method, path, family, user }, result)
+    // Boxed: the dispatch future is large, and the scope takes it by value.
+    let (result, cache) =
+        crate::service::metrics::with_cache_outcome(Box::pin(dispatch(&ctx, caller, head, body))).await;
+    finish(&ctx, Done { started, method, path, family, user, cache }, result)
 }
 
 /// Every `/v2` request is authenticated before anything else (a wrong password is a
@@ -218,7 +220,13 @@ struct Done {
     path: String,
     family: &'static str,
     user: String,
+    /// What the mirror counted for it (`Wharfie-Cache`).
+    cache: crate::service::metrics::CacheOutcome,
 }
+
+/// How the mirror answered: `hit`, `miss` or `coalesced` (on mirrored repositories'
+/// responses only; hosted content has nothing to say).
+const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("wharfie-cache");
 
 /// Render the answer, stamp the common headers, count it, log one line.
 #[allow(clippy::needless_pass_by_value)] // the request ends here: its bookkeeping is consumed
@@ -235,6 +243,9 @@ fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError
         }
     };
     resp.headers_mut().insert("docker-distribution-api-version", API_VERSION);
+    if let Some(c) = done.cache.status {
+        resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static(c.as_str()));
+    }
     let bytes = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -245,6 +256,14 @@ fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError
         .unwrap_or(0);
     let status = resp.status().as_u16();
     ctx.reg.metrics.http_request(done.family, done.method.as_str(), status, bytes);
+    if let Some(up) = &done.cache.upstream {
+        if done.method == Method::GET
+            && resp.status().is_success()
+            && matches!(done.family, "blob" | "manifest")
+        {
+            up.served_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let micros = u64::try_from(done.started.elapsed().as_micros()).unwrap_or(u64::MAX);
     ctx.reg.metrics.observe_latency(micros);
     tracing::info!(

@@ -1,9 +1,17 @@
 //! Counters the registry keeps, rendered in the Prometheus text format by `/metrics`.
+//!
+//! The mirror's cache counters are kept twice: in total, and per upstream
+//! ([`UpstreamCounters`], a few atomics each `Mirror` holds, so the hot path takes no lock
+//! and looks nothing up). Where the service counts a hit, a miss or a coalesced follower
+//! it also notes it as the request's [`CacheStatus`] (a task-local the HTTP layer opens
+//! around each request, [`with_cache_outcome`]): the `Wharfie-Cache` header and the
+//! counters come from the same decision, so they cannot disagree.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -34,6 +42,81 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     /// Families other parts render themselves (the notification endpoints').
     renderers: Mutex<Vec<Renderer>>,
+    /// Each upstream's counters, in configuration order (read only to render).
+    upstreams: Mutex<Vec<(String, Arc<UpstreamCounters>)>>,
+}
+
+/// One upstream's share of the cache counters (each also counts in the totals).
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    /// Requests for its mirrored content answered from what is held here.
+    pub hits: AtomicU64,
+    /// Requests that needed the upstream (a fetch, a fill, a tag revalidation).
+    pub misses: AtomicU64,
+    /// Requests that joined one of its fetches already in flight.
+    pub coalesced: AtomicU64,
+    /// Blob bytes received from it.
+    pub fetched_bytes: AtomicU64,
+    /// Response bytes of manifest and blob GETs of its mirrored repositories (as
+    /// `Content-Length` announces them).
+    pub served_bytes: AtomicU64,
+}
+
+/// One of an upstream's counters, picked out to render it.
+type CounterOf = fn(&UpstreamCounters) -> &AtomicU64;
+
+/// How the mirror answered a request, as the `Wharfie-Cache` response header says it
+/// (after the `X-Cache-Status` of nginx and Varnish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from what is held here.
+    Hit,
+    /// This request went to the upstream (it started the fetch or fill).
+    Miss,
+    /// This request joined a fetch or fill already in flight.
+    Coalesced,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// What one request learned about the cache: the last status counted for it (a miss
+/// that then joins a fill in flight ends coalesced), and whose upstream it was.
+#[derive(Debug, Default)]
+pub struct CacheOutcome {
+    pub status: Option<CacheStatus>,
+    pub upstream: Option<Arc<UpstreamCounters>>,
+}
+
+tokio::task_local! {
+    static OUTCOME: RefCell<CacheOutcome>;
+}
+
+/// Run `f` (one request) and return what it counted of the cache. Counting outside
+/// such a scope (the warm lists' background rounds) records no outcome.
+pub async fn with_cache_outcome<F: std::future::Future>(f: F) -> (F::Output, CacheOutcome) {
+    OUTCOME
+        .scope(RefCell::new(CacheOutcome::default()), async move {
+            let out = f.await;
+            let outcome = OUTCOME.try_with(RefCell::take).unwrap_or_default();
+            (out, outcome)
+        })
+        .await
+}
+
+fn note(status: CacheStatus, up: &Arc<UpstreamCounters>) {
+    let _ = OUTCOME.try_with(|o| {
+        let mut o = o.borrow_mut();
+        o.status = Some(status);
+        o.upstream = Some(up.clone());
+    });
 }
 
 /// Appends metric families to the `/metrics` text.
@@ -46,6 +129,41 @@ pub use crate::meta::StoreStats;
 const LATENCY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 impl Metrics {
+    /// The counters of upstream `name`, registered for `/metrics` (call once per
+    /// upstream, at startup).
+    pub fn upstream_counters(&self, name: &str) -> Arc<UpstreamCounters> {
+        let c = Arc::new(UpstreamCounters::default());
+        self.upstreams.lock().unwrap_or_else(PoisonError::into_inner).push((name.to_owned(), c.clone()));
+        c
+    }
+
+    /// A mirrored request served from what is held here.
+    pub fn hit(&self, up: &Arc<UpstreamCounters>) {
+        self.cache_hits.fetch_add(1, Relaxed);
+        up.hits.fetch_add(1, Relaxed);
+        note(CacheStatus::Hit, up);
+    }
+
+    /// A mirrored request that needs the upstream.
+    pub fn miss(&self, up: &Arc<UpstreamCounters>) {
+        self.cache_misses.fetch_add(1, Relaxed);
+        up.misses.fetch_add(1, Relaxed);
+        note(CacheStatus::Miss, up);
+    }
+
+    /// A request that joined a fetch in flight.
+    pub fn follower(&self, up: &Arc<UpstreamCounters>) {
+        self.coalesced_followers.fetch_add(1, Relaxed);
+        up.coalesced.fetch_add(1, Relaxed);
+        note(CacheStatus::Coalesced, up);
+    }
+
+    /// Blob bytes received from an upstream.
+    pub fn fetched(&self, up: &UpstreamCounters, bytes: u64) {
+        self.upstream_bytes.fetch_add(bytes, Relaxed);
+        up.fetched_bytes.fetch_add(bytes, Relaxed);
+    }
+
     pub fn upstream_request(&self, upstream: &str, kind: &str, status: u16) {
         let mut m = self.upstream_requests.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry((upstream.to_owned(), kind.to_owned(), status)).or_default() += 1;
@@ -205,10 +323,50 @@ impl Metrics {
             let _ =
                 writeln!(o, "wharfie_http_requests_total{{route=\"{r}\",method=\"{m}\",status=\"{s}\"}} {n}");
         }
+        self.render_upstreams(&mut o);
         for r in self.renderers.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             r(&mut o);
         }
         o
+    }
+
+    /// The per-upstream cache families (their unlabelled totals are rendered above).
+    fn render_upstreams(&self, o: &mut String) {
+        let ups = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        if ups.is_empty() {
+            return;
+        }
+        let families: [(&str, &str, CounterOf); 5] = [
+            (
+                "wharfie_upstream_cache_hits_total",
+                "Requests for the upstream's mirrored content served from the cache.",
+                |c| &c.hits,
+            ),
+            (
+                "wharfie_upstream_cache_misses_total",
+                "Requests for the upstream's mirrored content that needed the upstream.",
+                |c| &c.misses,
+            ),
+            (
+                "wharfie_upstream_coalesced_followers_total",
+                "Requests that joined a fetch from the upstream already in flight.",
+                |c| &c.coalesced,
+            ),
+            ("wharfie_upstream_fetched_bytes_total", "Blob bytes received from the upstream.", |c| {
+                &c.fetched_bytes
+            }),
+            (
+                "wharfie_upstream_served_bytes_total",
+                "Manifest and blob bytes served to clients from the upstream's mirrored repositories.",
+                |c| &c.served_bytes,
+            ),
+        ];
+        for (name, help, field) in families {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (u, c) in ups.iter() {
+                let _ = writeln!(o, "{name}{{upstream=\"{u}\"}} {}", field(c).load(Relaxed));
+            }
+        }
     }
 }
 

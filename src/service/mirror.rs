@@ -39,6 +39,8 @@ pub struct Mirror {
     pub warm: Vec<(String, String)>,
     /// Platforms (`os/arch[/variant]`) of a warm index to fill; all when empty.
     pub warm_platforms: Vec<String>,
+    /// Its share of the cache counters (`Metrics::upstream_counters`).
+    pub counters: Arc<super::metrics::UpstreamCounters>,
 }
 
 impl Mirror {
@@ -314,13 +316,13 @@ impl Registry {
                 match self.entitled(loc, d, Content::Manifest)? {
                     Entitlement::Linked(r) => {
                         if let Ok(out) = self.manifests.get(&r, reference, with_body) {
-                            self.metrics.cache_hits.fetch_add(1, Relaxed);
+                            self.metrics.hit(&m.counters);
                             return Ok(out);
                         }
                     }
                     Entitlement::Referenced => {
                         if self.meta.link_manifest(local.as_str().to_owned(), d.clone()).await? {
-                            self.metrics.cache_hits.fetch_add(1, Relaxed);
+                            self.metrics.hit(&m.counters);
                             return self.manifests.get(local, reference, with_body);
                         }
                     }
@@ -331,7 +333,7 @@ impl Registry {
                 if m.offline {
                     return Err(Error::ManifestUnknown);
                 }
-                self.metrics.cache_misses.fetch_add(1, Relaxed);
+                self.metrics.miss(&m.counters);
                 m.check_up()?;
                 let key = format!("m {} {remote} {d}", m.name());
                 let (me, m2, r2, l2, d2) =
@@ -344,7 +346,7 @@ impl Registry {
                         me.fetch_manifest(&m2, &r2, &l2, d2.as_str(), Some(&d2), None, Attempts::Retry).await
                     })
                     .await;
-                self.count_follower(leader);
+                self.count_follower(m, leader);
                 let digest = res
                     .map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?
                     .map_err(|e| e.into_error(Error::ManifestUnknown))?;
@@ -358,14 +360,14 @@ impl Registry {
                 });
                 if fresh {
                     if let Ok(out) = self.manifests.get(local, reference, with_body) {
-                        self.metrics.cache_hits.fetch_add(1, Relaxed);
+                        self.metrics.hit(&m.counters);
                         return Ok(out);
                     }
                 }
                 if m.offline {
                     return Err(Error::ManifestUnknown);
                 }
-                self.metrics.cache_misses.fetch_add(1, Relaxed);
+                self.metrics.miss(&m.counters);
                 let stale_ok = m.stale_if_error && cached.is_some();
                 if let Err(e) = m.check_up() {
                     // Down: the cached tag answers without asking the upstream.
@@ -390,7 +392,7 @@ impl Registry {
                         me.revalidate_tag(&m2, &r2, &l2, &t2, cached_digest, stale_ok).await
                     })
                     .await;
-                self.count_follower(leader);
+                self.count_follower(m, leader);
                 let res = res.map_err(|l| Error::Internal(format!("manifest fetch: {l}")))?;
                 match res {
                     Ok(digest) => self.manifests.get(local, &Reference::Digest(digest), with_body),
@@ -405,9 +407,9 @@ impl Registry {
         }
     }
 
-    pub(super) fn count_follower(&self, leader: bool) {
+    pub(super) fn count_follower(&self, m: &Mirror, leader: bool) {
         if !leader {
-            self.metrics.coalesced_followers.fetch_add(1, Relaxed);
+            self.metrics.follower(&m.counters);
         }
     }
 
@@ -536,7 +538,7 @@ impl Registry {
                 // Unlinked since (a DELETE, GC): ask again, as for any unlinked blob.
                 Err(Error::BlobUnknown) => false,
                 r => {
-                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    self.metrics.hit(&m.counters);
                     return r;
                 }
             },
@@ -553,14 +555,14 @@ impl Registry {
                 confirmed = true;
             }
             if self.stored.link_entitled(local, digest).await? {
-                self.metrics.cache_hits.fetch_add(1, Relaxed);
+                self.metrics.hit(&m.counters);
                 return stored(local);
             }
         }
         if m.offline {
             return Err(Error::BlobUnknown);
         }
-        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        self.metrics.miss(&m.counters);
         m.check_up()?;
         let fill = match self.join_fill(m, remote, local, digest, confirmed) {
             Some(f) => f,
@@ -625,7 +627,7 @@ impl Registry {
             Joined::Leader(rx) => Some(rx),
             Joined::Refused => None,
             Joined::Follower(rx) => {
-                self.metrics.coalesced_followers.fetch_add(1, Relaxed);
+                self.metrics.follower(&m.counters);
                 // Link the blob into this repository too once the fill commits: the fill
                 // does it, unless it is already past that point.
                 let links = rx.borrow().progress.links.clone();
@@ -752,10 +754,10 @@ impl Registry {
             }
             // An upstream that ignored our Range resends from 0: skip what we have.
             let skip = if stream.partial { 0 } else { offset };
-            let metrics = self.metrics.clone();
+            let (metrics, counters) = (self.metrics.clone(), m.counters.clone());
             let body: super::Body = Box::pin(skip_prefix(stream.body, skip).map(move |r| {
                 if let Ok(b) = &r {
-                    metrics.upstream_bytes.fetch_add(b.len() as u64, Relaxed);
+                    metrics.fetched(&counters, b.len() as u64);
                 }
                 r.map_err(io::Error::other)
             }));

@@ -84,11 +84,11 @@ impl Registry {
         });
         if fresh || m.offline {
             if cached.is_some() {
-                self.metrics.cache_hits.fetch_add(1, Relaxed);
+                self.metrics.hit(&m.counters);
             }
             return self.cached_listing(local, &tag);
         }
-        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        self.metrics.miss(&m.counters);
         let stale_ok = m.stale_if_error && cached.is_some();
         if let Err(e) = m.check_up() {
             if stale_ok {
@@ -110,7 +110,7 @@ impl Registry {
                 me.refresh_referrers(&m2, &r2, &l2, &s2, &t2, cached_digest, stale_ok).await
             })
             .await;
-        self.count_follower(leader);
+        self.count_follower(m, leader);
         match res.map_err(|l| Error::Internal(format!("referrers fetch: {l}")))? {
             Ok(_) => self.cached_listing(local, &tag),
             Err(e) if e.transient() && stale_ok => {

@@ -93,7 +93,7 @@ impl Registry {
                         me.revalidate_tag(&m2, &r2, &l2, &t2, Some(cd), m2.stale_if_error).await
                     })
                     .await;
-                self.count_follower(leader);
+                self.count_follower(m, leader);
                 let d = res
                     .map_err(|l| Error::Internal(format!("warm revalidation: {l}")))?
                     .map_err(|e| e.into_error(Error::ManifestUnknown))?;

@@ -1,5 +1,5 @@
-//! A blocking client for one registry's push and pull API — what `wharfie import` and
-//! `wharfie export` use to talk to a wharfie server (a running one, or one started
+//! A blocking client for one registry's push and pull API — what `wharfie import`,
+//! `wharfie export` and `wharfie prefetch` use to talk to a wharfie server (a running one, or one started
 //! in-process on the data directory). Blocking, because archives are read and written
 //! with `std::io` (tar), and bodies stream through `Read`.
 
@@ -200,7 +200,50 @@ impl RegistryClient {
     }
 }
 
+/// What a GET answered, whatever its status, the body still to be read (`Read`).
+pub struct Answer(Response);
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        self.0.status().as_u16()
+    }
+
+    /// A response header's value, when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.0.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// An error answer's first OCI error code and message (the code is `UNKNOWN`, and
+    /// the message the start of the body, when it is no OCI error JSON).
+    pub fn oci_error(self) -> (String, String) {
+        let mut text = String::new();
+        let _ = self.0.take(64 * 1024).read_to_string(&mut text);
+        let first = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| {
+            let e = v.get("errors")?.get(0)?;
+            let code = e.get("code")?.as_str()?.to_owned();
+            Some((code, e.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned()))
+        });
+        first.unwrap_or_else(|| ("UNKNOWN".into(), text.chars().take(200).collect()))
+    }
+}
+
+impl Read for Answer {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 impl RegistryClient {
+    /// `GET path` (with `Accept: accept`): the answer whatever its status, for callers
+    /// that read its headers, stream its body, or name an error's OCI code.
+    pub fn get_answer(&self, path: &str, accept: Option<&str>) -> Result<Answer, UpstreamError> {
+        let mut b = self.req(reqwest::Method::GET, path);
+        if let Some(a) = accept {
+            b = b.header(header::ACCEPT, a);
+        }
+        b.send().map(Answer).map_err(transport)
+    }
+
     /// Every tag of `repo`, following `Link` pages.
     pub fn list_tags(&self, repo: &str) -> Result<Vec<String>, UpstreamError> {
         let mut url = format!("/v2/{repo}/tags/list?n=1000");

@@ -42,6 +42,18 @@ pub struct Counters {
     pub gc_runs: u64,
     /// Requests sent, per upstream.
     pub upstream_requests: BTreeMap<String, u64>,
+    /// The cache counters, per upstream.
+    pub per_upstream: BTreeMap<String, UpstreamFigures>,
+}
+
+/// One upstream's cache counters (`wharfie_upstream_*{upstream}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamFigures {
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub fetched_bytes: u64,
+    pub served_bytes: u64,
 }
 
 impl Counters {
@@ -66,6 +78,22 @@ impl Counters {
                     if let Some(u) = label(labels, "upstream") {
                         *c.upstream_requests.entry(u.to_owned()).or_default() += v;
                     }
+                }
+                "wharfie_upstream_cache_hits_total"
+                | "wharfie_upstream_cache_misses_total"
+                | "wharfie_upstream_coalesced_followers_total"
+                | "wharfie_upstream_fetched_bytes_total"
+                | "wharfie_upstream_served_bytes_total" => {
+                    let Some(u) = label(labels, "upstream") else { continue };
+                    let f = c.per_upstream.entry(u.to_owned()).or_default();
+                    let field = match name {
+                        "wharfie_upstream_cache_hits_total" => &mut f.hits,
+                        "wharfie_upstream_cache_misses_total" => &mut f.misses,
+                        "wharfie_upstream_coalesced_followers_total" => &mut f.coalesced,
+                        "wharfie_upstream_fetched_bytes_total" => &mut f.fetched_bytes,
+                        _ => &mut f.served_bytes,
+                    };
+                    *field = v;
                 }
                 _ => {}
             }
@@ -197,10 +225,19 @@ mod tests {
                     wharfie_http_response_bytes_total{route=\"blob\"} 1000\n\
                     wharfie_cache_hits_total 7\nwharfie_gc_runs_total 1\n\
                     wharfie_upstream_requests_total{upstream=\"hub\",kind=\"blob\",status=\"200\"} 4\n\
-                    wharfie_upstream_requests_total{upstream=\"hub\",kind=\"manifest\",status=\"200\"} 1\n";
+                    wharfie_upstream_requests_total{upstream=\"hub\",kind=\"manifest\",status=\"200\"} 1\n\
+                    wharfie_upstream_cache_hits_total{upstream=\"hub\"} 3\n\
+                    wharfie_upstream_cache_misses_total{upstream=\"hub\"} 4\n\
+                    wharfie_upstream_coalesced_followers_total{upstream=\"hub\"} 1\n\
+                    wharfie_upstream_fetched_bytes_total{upstream=\"hub\"} 500\n\
+                    wharfie_upstream_served_bytes_total{upstream=\"hub\"} 900\n\
+                    wharfie_upstream_cache_hits_total{upstream=\"ghcr\"} 2\n";
         let c = Counters::parse(text);
         assert_eq!((c.requests, c.bytes_served, c.cache_hits, c.gc_runs), (5, 1000, 7, 1));
         assert_eq!(c.upstream_requests.get("hub"), Some(&5));
+        let hub = UpstreamFigures { hits: 3, misses: 4, coalesced: 1, fetched_bytes: 500, served_bytes: 900 };
+        assert_eq!(c.per_upstream.get("hub"), Some(&hub));
+        assert_eq!(c.per_upstream.get("ghcr").map(|f| f.hits), Some(2));
     }
 
     #[test]

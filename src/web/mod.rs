@@ -244,9 +244,13 @@ fn upstreams(reg: &Arc<Registry>, c: &Counters) -> Markup {
             p .muted #upstreams-none { "No upstream is configured: this registry only hosts." }
         } @else {
             table #upstreams {
-                tr { th { "upstream" } th { "state" } th { "last error" } th { "requests sent" } th { "policy" } }
+                tr {
+                    th { "upstream" } th { "state" } th { "last error" } th { "requests sent" }
+                    th { "hit ratio" } th { "fetched" } th { "served" } th { "coalesced" } th { "policy" }
+                }
                 @for m in ups {
                     @let down = m.up.down_now();
+                    @let f = c.per_upstream.get(m.name()).copied().unwrap_or_default();
                     tr data-upstream=(m.name()) data-state=(if down.is_some() { "down" } else { "up" }) {
                         td { (m.name()) @if m.default { " " span .muted { "(default)" } } }
                         @match &down {
@@ -256,7 +260,14 @@ fn upstreams(reg: &Arc<Registry>, c: &Counters) -> Markup {
                             Some(e) => { td .down { "down" } td .error { (scrub(&e.to_string())) } }
                             None => { td .up { "up" } td .muted { "—" } }
                         }
-                        td .n { (c.upstream_requests.get(m.name()).copied().unwrap_or(0)) }
+                        td .n .requests { (c.upstream_requests.get(m.name()).copied().unwrap_or(0)) }
+                        td .n .hit-ratio data-hits=(f.hits) data-misses=(f.misses) {
+                            (ratio(f.hits, f.misses)) br;
+                            span .muted { (f.hits) " hits, " (f.misses) " misses" }
+                        }
+                        td .n .fetched data-bytes=(f.fetched_bytes) { (size(f.fetched_bytes)) }
+                        td .n .served data-bytes=(f.served_bytes) { (size(f.served_bytes)) }
+                        td .n .coalesced { (f.coalesced) }
                         td {
                             "tag TTL " (humantime::format_duration(m.tag_ttl))
                             @if m.offline { ", offline" }
