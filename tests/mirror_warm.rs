@@ -9,11 +9,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
-
 use wharfie_testkit::clients::ReferenceRegistry;
-use wharfie_testkit::common::{bytes_of, Wharfie};
-use wharfie_testkit::oci::{Api, Http, Image, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use wharfie_testkit::common::Wharfie;
+use wharfie_testkit::oci::{Api, Http};
 use wharfie_testkit::ops::{metric_sum, parse_metrics, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -37,42 +35,11 @@ fn counts(api: &Api) -> (u64, u64, u64, u64) {
     (upstream(&m, "manifest"), upstream(&m, "manifest_head"), upstream(&m, "blob"), all)
 }
 
-/// Push an index of an amd64 and an arm64 image under `repo:tag`; returns both images.
-fn push_index(up: &Http, repo: &str, tag: &str, seed: u64) -> (Image, Image, Vec<u8>) {
-    let mut imgs = Vec::new();
-    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let config = format!(r#"{{"architecture":"{arch}","os":"linux","seed":{seed}}}"#);
-        let layer = bytes_of(20_000 + i * 100, seed * 10 + i as u64);
-        imgs.push(up.push_manifest_of(
-            repo,
-            None,
-            (OCI_CONFIG, config.as_bytes()),
-            &[(OCI_LAYER, &layer)],
-            json!({}),
-        ));
-    }
-    let entries: Vec<_> = imgs
-        .iter()
-        .zip(["amd64", "arm64"])
-        .map(|(img, arch)| {
-            json!({ "mediaType": OCI_MANIFEST, "digest": img.digest, "size": img.manifest.len(),
-                    "platform": { "os": "linux", "architecture": arch } })
-        })
-        .collect();
-    let index =
-        serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries }))
-            .expect("json");
-    up.push_manifest(repo, tag, OCI_INDEX, &index);
-    let arm = imgs.pop().expect("arm64");
-    let amd = imgs.pop().expect("amd64");
-    (amd, arm, index)
-}
-
 #[test]
 fn warm_list_fills_the_configured_platform_and_an_unchanged_refresh_costs_one_head() {
     let reg = ReferenceRegistry::start();
     let up = Http::new(&format!("http://{}", reg.addr), Duration::from_secs(30));
-    let (amd, arm, index) = push_index(&up, "library/multi", "v1", 1);
+    let (amd, arm, index) = up.push_two_arch_index("library/multi", "v1", 1, [20_000, 20_100]);
 
     let w = Wharfie::start_with_config(&format!(
         "[[upstreams]]\nname = \"docker.io\"\nurl = \"http://{}\"\ntag_ttl = \"2s\"\ntimeout = \"10s\"\n\
@@ -129,7 +96,7 @@ fn warm_list_fills_the_configured_platform_and_an_unchanged_refresh_costs_one_he
     assert_eq!(counts(&api).2, blobs_before + 1, "the arm64 layer was not warm: one GET on demand");
 
     // The tag moves upstream: the next round GETs the new index and fills the new image.
-    let (amd2, _, index2) = push_index(&up, "library/multi", "v1", 2);
+    let (amd2, _, index2) = up.push_two_arch_index("library/multi", "v1", 2, [20_000, 20_100]);
     let moved = counts(&api);
     wait_for("a warm round to follow the moved tag", DEADLINE, || {
         let c = counts(&api);

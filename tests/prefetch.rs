@@ -40,37 +40,6 @@ fn per_up(api: &Api, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}{{upstream=\"up\"}} in /metrics")) as u64
 }
 
-/// An index of an amd64 and an arm64 image under `repo:tag` at the upstream.
-fn push_index(up: &Http, repo: &str, tag: &str, seed: u64) -> (Image, Image, Vec<u8>) {
-    let mut imgs = Vec::new();
-    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
-        let config = format!(r#"{{"architecture":"{arch}","os":"linux","seed":{seed}}}"#);
-        let layer = bytes_of(40_000 + i * 1000, seed * 10 + i as u64);
-        imgs.push(up.push_manifest_of(
-            repo,
-            None,
-            (OCI_CONFIG, config.as_bytes()),
-            &[(OCI_LAYER, &layer)],
-            json!({}),
-        ));
-    }
-    let entries: Vec<_> = imgs
-        .iter()
-        .zip(["amd64", "arm64"])
-        .map(|(img, arch)| {
-            json!({ "mediaType": OCI_MANIFEST, "digest": img.digest, "size": img.manifest.len(),
-                    "platform": { "os": "linux", "architecture": arch } })
-        })
-        .collect();
-    let index =
-        serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries }))
-            .expect("json");
-    up.push_manifest(repo, tag, OCI_INDEX, &index);
-    let arm = imgs.pop().expect("arm64");
-    let amd = imgs.pop().expect("amd64");
-    (amd, arm, index)
-}
-
 fn blob_bytes(img: &Image) -> u64 {
     (img.config.size + img.layers.iter().map(|l| l.size).sum::<usize>()) as u64
 }
@@ -132,7 +101,7 @@ fn fixture() -> Fixture {
         &[(OCI_LAYER, &bytes_of(300_000, 1)), (OCI_LAYER, &bytes_of(70_000, 2))],
         json!({}),
     );
-    let (amd, arm, index) = push_index(&up, "library/multi", "v1", 3);
+    let (amd, arm, index) = up.push_two_arch_index("library/multi", "v1", 3, [40_000, 41_000]);
     let w = Wharfie::start_with_config(&format!(
         "[[upstreams]]\nname = \"up\"\nurl = \"http://{}\"\ntag_ttl = \"5m\"\ntimeout = \"10s\"\n",
         reg.addr

@@ -211,6 +211,44 @@ impl Http {
         self.push_manifest(name, &reference, OCI_MANIFEST, &manifest);
         Image { config, layers: ls, manifest, digest }
     }
+
+    /// An OCI index of a linux/amd64 and a linux/arm64 image (one layer each, of
+    /// `layer_sizes`, contents from `seed`), tagged `tag`; returns (amd64, arm64, index).
+    pub fn push_two_arch_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        seed: u64,
+        layer_sizes: [usize; 2],
+    ) -> (Image, Image, Vec<u8>) {
+        let mut imgs = Vec::new();
+        for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+            let config = format!(r#"{{"architecture":"{arch}","os":"linux","seed":{seed}}}"#);
+            let layer = crate::common::bytes_of(layer_sizes[i], seed * 10 + i as u64);
+            imgs.push(self.push_manifest_of(
+                repo,
+                None,
+                (OCI_CONFIG, config.as_bytes()),
+                &[(OCI_LAYER, &layer)],
+                json!({}),
+            ));
+        }
+        let entries: Vec<_> = imgs
+            .iter()
+            .zip(["amd64", "arm64"])
+            .map(|(img, arch)| {
+                json!({ "mediaType": OCI_MANIFEST, "digest": img.digest, "size": img.manifest.len(),
+                        "platform": { "os": "linux", "architecture": arch } })
+            })
+            .collect();
+        let index =
+            serde_json::to_vec(&json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries }))
+                .expect("json");
+        self.push_manifest(repo, tag, OCI_INDEX, &index);
+        let arm = imgs.pop().expect("arm64");
+        let amd = imgs.pop().expect("amd64");
+        (amd, arm, index)
+    }
 }
 
 /// A blocking client over one server; never follows redirects.
