@@ -447,18 +447,16 @@ fn spawn_background(reg: &Arc<Registry>, s: &Settings) -> Background {
         // tick catches anything else (a lowered cap after a restart).
         let mut tick = tokio::time::interval(cache.check_interval.max(Duration::from_millis(100)));
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = reg.until_stop() => {
-                    // The last access times noted in memory (they order eviction).
-                    if let Err(e) = reg.flush_access().await {
-                        tracing::warn!(error = %e, "cannot persist access times");
-                    }
-                    break;
-                }
-            }
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                () = reg.until_stop() => true,
+            };
+            // On the way out too: the last access times noted in memory order eviction.
             if let Err(e) = reg.flush_access().await {
                 tracing::warn!(error = %e, "cannot persist access times");
+            }
+            if stopping {
+                break;
             }
             if let Err(e) = reg.enforce_cap().await {
                 tracing::warn!(error = %e, "eviction failed");
