@@ -9,7 +9,9 @@
 //! - SIGKILL with events queued, restart: every event is delivered (at-least-once; the
 //!   test counts duplicates and prints them);
 //! - a queue over `notify_queue_max` drops its oldest events, counted per endpoint, and
-//!   delivers the newest in order.
+//!   delivers the newest in order;
+//! - an endpoint's `actions` and `repositories` filters: it receives exactly the events
+//!   they match, while an unfiltered endpoint beside it receives every one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
 #![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
@@ -223,10 +225,15 @@ fn start(dir: &Path, cfg: Option<&Path>) -> Wharfie {
     }
 }
 
-/// The value of an unlabelled-but-for-endpoint metric line.
+/// The value of an unlabelled-but-for-endpoint metric line, for the endpoint `ci`.
 fn metric(w: &Wharfie, name: &str) -> u64 {
+    metric_of(w, name, "ci")
+}
+
+/// The value of `name{endpoint="<endpoint>"}`.
+fn metric_of(w: &Wharfie, name: &str, endpoint: &str) -> u64 {
     let text = reqwest::blocking::get(w.url("/metrics")).expect("metrics").text().expect("text");
-    let prefix = format!("{name}{{endpoint=\"ci\"}} ");
+    let prefix = format!("{name}{{endpoint=\"{endpoint}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
@@ -480,4 +487,90 @@ fn a_full_queue_drops_the_oldest_events_and_counts_them() {
         "queue of {CAP}, {N} pushes with the receiver refusing: {} dropped, delivered {tags:?}",
         N - CAP
     );
+}
+
+#[test]
+fn filtered_endpoints_receive_exactly_the_actions_and_repositories_they_name() {
+    let team = Receiver::start(&[], Answer::Accept);
+    let deletes = Receiver::start(&[], Answer::Accept);
+    let all = Receiver::start(&[], Answer::Accept);
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(tmp.path()).expect("mkdir");
+    let cfg = tmp.path().join("wharfie.toml");
+    let endpoint = |name: &str, url: &str, filters: &str| {
+        format!(
+            "[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"2s\"\nbackoff_min = \"50ms\"\n\
+             backoff_max = \"200ms\"\n{filters}"
+        )
+    };
+    let text = [
+        endpoint("team", &team.url, "actions = [\"push\"]\nrepositories = [\"team/**\"]\n"),
+        endpoint("deletes", &deletes.url, "actions = [\"delete\"]\nrepositories = [\"*/app\"]\n"),
+        endpoint("all", &all.url, ""),
+    ]
+    .join("\n");
+    std::fs::write(&cfg, text).expect("write config");
+    let w = start(tmp.path(), Some(&cfg));
+    let api = Api::new(&w);
+
+    // (action, repository, tag) in push order.
+    let steps = [
+        ("push", "team/app", "v1"),
+        ("push", "other/app", "v1"),
+        ("push", "team/sub/tool", "v1"),
+        ("push", "teamster/app", "v1"), // `team/**` is a path prefix, not a string prefix
+        ("delete", "team/app", "v1"),
+        ("delete", "other/app", "v1"),
+        ("delete", "team/sub/tool", "v1"), // `*/app` names one component before `app`
+    ];
+    for (i, (action, repo, tag)) in steps.iter().enumerate() {
+        match *action {
+            "push" => {
+                let m = image(&api, repo, 700 + i as u64);
+                api.push_manifest(repo, tag, OCI_MANIFEST, &m);
+            }
+            _ => assert_eq!(api.delete(&format!("/v2/{repo}/manifests/{tag}")).status, 202),
+        }
+    }
+
+    // The unfiltered endpoint is the barrier: every event was committed and delivered there.
+    let every = all.wait_events(steps.len());
+    let seen = |ev: &[Value]| -> Vec<(String, String)> {
+        ev.iter()
+            .map(|e| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                (s(&e["action"]), s(&e["target"]["repository"]))
+            })
+            .collect()
+    };
+    let want = |f: &dyn Fn(&str, &str) -> bool| -> Vec<(String, String)> {
+        steps.iter().filter(|(a, r, _)| f(a, r)).map(|(a, r, _)| ((*a).to_owned(), (*r).to_owned())).collect()
+    };
+    assert_eq!(seen(&every), want(&|_, _| true), "the unfiltered endpoint gets every event in order");
+    // Each filtered endpoint has moved past every event (delivered or skipped) once its
+    // queue is empty: only then is "it got nothing else" a fact, not a race.
+    let end = Instant::now() + DEADLINE;
+    for name in ["team", "deletes", "all"] {
+        while metric_of(&w, "wharfie_notify_queue_depth", name) != 0 {
+            assert!(Instant::now() < end, "endpoint {name} never emptied its queue");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(
+        seen(&team.accepted_events()),
+        want(&|a, r| a == "push" && (r == "team/app" || r == "team/sub/tool")),
+        "team: pushes under team/ only"
+    );
+    assert_eq!(
+        seen(&deletes.accepted_events()),
+        want(&|a, r| a == "delete" && r.ends_with("/app") && r.matches('/').count() == 1),
+        "deletes: deletes of <one component>/app only"
+    );
+    assert_eq!(metric_of(&w, "wharfie_notify_delivered_total", "team"), 2);
+    assert_eq!(metric_of(&w, "wharfie_notify_delivered_total", "deletes"), 2);
+    assert_eq!(metric_of(&w, "wharfie_notify_delivered_total", "all"), steps.len() as u64);
+    // Skipped events are not failures and are not retried.
+    for name in ["team", "deletes", "all"] {
+        assert_eq!(metric_of(&w, "wharfie_notify_failed_attempts_total", name), 0, "{name}");
+    }
 }
