@@ -210,6 +210,8 @@ fn browser_shows_a_pushed_image_a_mirrored_one_and_an_upstream_marked_down() {
     );
     let served = 2 * (blob_bytes + hello_manifest_len(&api));
     assert!(row.contains(&format!("class=\"n served\" data-bytes=\"{served}\"")), "bytes served: {row}");
+    // The all-upstreams line sums the upstreams' figures (hosted bytes are not theirs).
+    assert!(dom.contains(&format!("id=\"served\" data-bytes=\"{served}\"")), "mirrors' bytes served in all");
     eprintln!("web page, upstream hub: 3 hits, 4 misses (42.9 %), {blob_bytes} bytes fetched, {served} bytes served");
     assert!(!dom.contains(&up_addr), "the upstream's address is never shown:\n{dom}");
     assert!(dom.contains("id=\"cache-used\""), "the cache bar");

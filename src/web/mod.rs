@@ -280,7 +280,9 @@ fn upstreams(reg: &Arc<Registry>, c: &Counters) -> Markup {
                 "All upstreams together: hit ratio " span #hit-ratio { (ratio(c.cache_hits, c.cache_misses)) }
                 " (" (c.cache_hits) " hits, " (c.cache_misses) " misses), "
                 span #fetched { (size(c.upstream_bytes)) } " fetched vs "
-                span #served { (size(c.bytes_served)) } " served, "
+                // What the mirrors served (hosted repositories' bytes are not the upstreams').
+                @let served = c.per_upstream.values().map(|f| f.served_bytes).sum::<u64>();
+                span #served data-bytes=(served) { (size(served)) } " served, "
                 span #coalesced { (c.coalesced) } " coalesced followers."
             }
         }
