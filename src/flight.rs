@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 /// The leader task ended without a value (it panicked or was cancelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lost;
+pub(crate) struct Lost;
 
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,16 +29,16 @@ impl std::fmt::Display for Lost {
 
 /// What every caller of a flight sees: the leader's progress, then its result.
 #[derive(Debug, Clone)]
-pub struct State<P, V> {
+pub(crate) struct State<P, V> {
     pub progress: P,
     pub done: Option<Result<V, Lost>>,
 }
 
 /// A caller's view of a flight.
-pub type Watch<P, V> = watch::Receiver<State<P, V>>;
+pub(crate) type Watch<P, V> = watch::Receiver<State<P, V>>;
 
 /// The leader's handle for publishing progress.
-pub struct Progress<P, V> {
+pub(crate) struct Progress<P, V> {
     tx: Arc<watch::Sender<State<P, V>>>,
 }
 
@@ -50,24 +50,24 @@ impl<P, V> Clone for Progress<P, V> {
 
 impl<P, V> Progress<P, V> {
     /// Change the progress and wake every watcher.
-    pub fn update(&self, f: impl FnOnce(&mut P)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut P)) {
         self.tx.send_modify(|s| f(&mut s.progress));
     }
 
     /// Read the current progress.
-    pub fn read<T>(&self, f: impl FnOnce(&P) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&P) -> T) -> T {
         f(&self.tx.borrow().progress)
     }
 
     /// Resolves once no caller watches the flight any more (every client went away):
     /// work that has not begun yet (a queued fetch) may then give up.
-    pub async fn abandoned(&self) {
+    pub(crate) async fn abandoned(&self) {
         self.tx.closed().await;
     }
 }
 
 /// How a caller joined.
-pub enum Joined<P, V> {
+pub(crate) enum Joined<P, V> {
     /// It started the flight.
     Leader(Watch<P, V>),
     /// It joined a flight in progress.
@@ -84,7 +84,7 @@ struct Entry<P, V> {
 }
 
 /// A map from key to the flight in progress for it.
-pub struct Flights<K, P, V> {
+pub(crate) struct Flights<K, P, V> {
     map: Mutex<HashMap<K, Entry<P, V>>>,
     next_id: AtomicU64,
 }
@@ -130,7 +130,7 @@ where
 {
     /// Join the flight for `key` if `admit` accepts its progress, or start one: `init`
     /// is its first progress and `work` runs detached, publishing through `Progress`.
-    pub fn join<F, Fut>(
+    pub(crate) fn join<F, Fut>(
         self: &Arc<Self>,
         key: K,
         admit: impl FnOnce(&P) -> bool,
@@ -166,12 +166,12 @@ where
 
     /// Flights in progress (the unit tests' view of the map).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -184,7 +184,7 @@ where
     /// Run `work` for `key` unless a flight for it is already in progress, and return
     /// its value. The flag is true for the caller that started the flight. `work` gets
     /// the flight's handle (to see `abandoned`: every upstream fetch queues for a slot).
-    pub async fn run_with<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Result<V, Lost>, bool)
+    pub(crate) async fn run_with<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Result<V, Lost>, bool)
     where
         F: FnOnce(Progress<(), V>) -> Fut,
         Fut: Future<Output = V> + Send + 'static,
@@ -199,7 +199,7 @@ where
 }
 
 /// Wait for a flight's result.
-pub async fn finished<P, V: Clone>(mut rx: Watch<P, V>) -> Result<V, Lost> {
+pub(crate) async fn finished<P, V: Clone>(mut rx: Watch<P, V>) -> Result<V, Lost> {
     match rx.wait_for(|s| s.done.is_some()).await {
         Ok(s) => s.done.clone().unwrap_or(Err(Lost)),
         Err(_) => Err(Lost),

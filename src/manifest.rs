@@ -15,37 +15,37 @@ use serde::Deserialize;
 
 use crate::digest::{Digest, DigestError};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 #[allow(dead_code)] // the vocabulary is complete; nothing matches on config types yet
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub(crate) const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub(crate) const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub(crate) const DOCKER_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Every manifest type we store, for an upstream request's `Accept`.
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+pub(crate) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// Is `media_type` an index (its references are child manifests)?
-pub fn is_index(media_type: &str) -> bool {
+pub(crate) fn is_index(media_type: &str) -> bool {
     matches!(media_type, OCI_INDEX | DOCKER_LIST)
 }
 
 /// Is `media_type` an image manifest (config and layers)?
-pub fn is_image(media_type: &str) -> bool {
+pub(crate) fn is_image(media_type: &str) -> bool {
     matches!(media_type, OCI_MANIFEST | DOCKER_MANIFEST)
 }
 
 /// The parts of a manifest the registry and the air-gap tools look at.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub schema_version: Option<u64>,
     pub media_type: Option<String>,
     pub config: Option<Descriptor>,
@@ -59,7 +59,7 @@ pub struct Manifest {
 /// A reference to other content, as a manifest spells it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     pub media_type: Option<String>,
     /// As written: [`Descriptor::digest`] parses it (a missing one parses as invalid).
     #[serde(default, rename = "digest")]
@@ -73,7 +73,7 @@ pub struct Descriptor {
 
 /// An index entry's platform.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Platform {
+pub(crate) struct Platform {
     pub os: Option<String>,
     pub architecture: Option<String>,
     pub variant: Option<String>,
@@ -81,7 +81,7 @@ pub struct Platform {
 
 /// What a reference points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefKind {
+pub(crate) enum RefKind {
     Config,
     Layer,
     /// A child manifest of an index.
@@ -91,7 +91,7 @@ pub enum RefKind {
 
 impl RefKind {
     /// In words, for error messages.
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             RefKind::Config => "config",
             RefKind::Layer => "layer",
@@ -101,23 +101,23 @@ impl RefKind {
     }
 
     /// A blob (config, layer) rather than a manifest (child, subject)?
-    pub fn is_blob(self) -> bool {
+    pub(crate) fn is_blob(self) -> bool {
         matches!(self, RefKind::Config | RefKind::Layer)
     }
 }
 
 impl Descriptor {
-    pub fn digest(&self) -> Result<Digest, DigestError> {
+    pub(crate) fn digest(&self) -> Result<Digest, DigestError> {
         self.digest_text.parse()
     }
 
     /// A non-distributable layer: it lives elsewhere (`urls`), not in a registry.
-    pub fn foreign(&self) -> bool {
+    pub(crate) fn foreign(&self) -> bool {
         !self.urls.is_empty()
     }
 
     /// Does this (index entry's) platform match `os/arch[/variant]`?
-    pub fn platform_matches(&self, want: &str) -> bool {
+    pub(crate) fn platform_matches(&self, want: &str) -> bool {
         let Some(p) = &self.platform else { return false };
         let mut parts = want.split('/');
         let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
@@ -129,12 +129,12 @@ impl Descriptor {
 
 impl Manifest {
     /// Read a manifest's JSON.
-    pub fn from_slice(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 
     /// Looks like an image manifest or index (not a config or any other JSON blob)?
-    pub fn looks_like_manifest(bytes: &[u8]) -> bool {
+    pub(crate) fn looks_like_manifest(bytes: &[u8]) -> bool {
         bytes.starts_with(b"{")
             && Manifest::from_slice(bytes).is_ok_and(|m| {
                 m.schema_version == Some(2)
@@ -143,12 +143,12 @@ impl Manifest {
     }
 
     /// The media type the manifest names, else the one its shape implies.
-    pub fn media_type_or_guess(&self) -> Option<&str> {
+    pub(crate) fn media_type_or_guess(&self) -> Option<&str> {
         self.media_type.as_deref().or_else(|| self.guessed_media_type())
     }
 
     /// The media type its shape implies (an index has `manifests`, an image `config`).
-    pub fn guessed_media_type(&self) -> Option<&'static str> {
+    pub(crate) fn guessed_media_type(&self) -> Option<&'static str> {
         if self.manifests.is_some() {
             Some(OCI_INDEX)
         } else if self.config.is_some() {
@@ -160,7 +160,7 @@ impl Manifest {
 
     /// The one walk over a manifest's references, in order: subject, config, layers,
     /// index children. Foreign layers are included (see [`Descriptor::foreign`]).
-    pub fn references(&self) -> impl Iterator<Item = (RefKind, &Descriptor)> {
+    pub(crate) fn references(&self) -> impl Iterator<Item = (RefKind, &Descriptor)> {
         fn one(k: RefKind, d: Option<&Descriptor>) -> impl Iterator<Item = (RefKind, &Descriptor)> {
             d.map(move |d| (k, d)).into_iter()
         }
@@ -174,12 +174,12 @@ impl Manifest {
     }
 
     /// The blobs an image needs from a registry: config and distributable layers.
-    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+    pub(crate) fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         self.references().filter(|(k, d)| k.is_blob() && !d.foreign()).map(|(_, d)| d)
     }
 
     /// An index's child manifests.
-    pub fn children(&self) -> impl Iterator<Item = &Descriptor> {
+    pub(crate) fn children(&self) -> impl Iterator<Item = &Descriptor> {
         self.references().filter(|(k, _)| *k == RefKind::Child).map(|(_, d)| d)
     }
 }

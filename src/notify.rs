@@ -13,18 +13,18 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
 /// Tell the service manager the server is up and accepting connections.
-pub fn ready() {
+pub(crate) fn ready() {
     send_logged("READY=1\n");
 }
 
 /// Tell the service manager the server is shutting down (draining connections).
-pub fn stopping() {
+pub(crate) fn stopping() {
     send_logged("STOPPING=1\n");
 }
 
 /// Send `state` (newline-separated `KEY=VALUE` assignments) to `$NOTIFY_SOCKET`.
 /// `Ok(false)`: the variable is unset or empty, nothing was sent.
-pub fn notify(state: &str) -> io::Result<bool> {
+pub(crate) fn notify(state: &str) -> io::Result<bool> {
     notify_to(std::env::var_os("NOTIFY_SOCKET").as_deref(), state)
 }
 
@@ -35,7 +35,7 @@ fn send_logged(state: &str) {
 }
 
 /// `notify` with the socket given explicitly (tests use this: no environment races).
-pub fn notify_to(socket: Option<&OsStr>, state: &str) -> io::Result<bool> {
+pub(crate) fn notify_to(socket: Option<&OsStr>, state: &str) -> io::Result<bool> {
     let Some(socket) = socket.filter(|s| !s.is_empty()) else {
         return Ok(false);
     };

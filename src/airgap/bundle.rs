@@ -16,16 +16,16 @@ use super::{io_err, AirgapError};
 use crate::digest::Digest;
 
 /// The file of an incremental bundle that lists what was left out.
-pub const BUNDLE_FILE: &str = "wharfie-bundle.json";
+pub(crate) const BUNDLE_FILE: &str = "wharfie-bundle.json";
 /// index.json annotation: the digest of the inventory an incremental bundle was made against.
-pub const ANN_INVENTORY: &str = "io.wharfie.bundle.inventory";
+pub(crate) const ANN_INVENTORY: &str = "io.wharfie.bundle.inventory";
 /// index.json annotation: the file listing what was left out.
-pub const ANN_LEFT_OUT: &str = "io.wharfie.bundle.left-out";
+pub(crate) const ANN_LEFT_OUT: &str = "io.wharfie.bundle.left-out";
 
 /// Digests (as `sha256:…` strings) with sizes, and for a located inventory the
 /// repository that links each.
 #[derive(Debug, Default)]
-pub struct Held {
+pub(crate) struct Held {
     pub blobs: HashMap<String, (u64, Option<String>)>,
     pub manifests: HashMap<String, (u64, Option<String>)>,
     /// sha256 of the inventory's bytes: what a bundle says it was made against.
@@ -33,7 +33,7 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn parse(bytes: &[u8], what: &str) -> Result<Held, AirgapError> {
+    pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<Held, AirgapError> {
         let bad = |m: String| AirgapError::Format(format!("{what}: {m}"));
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         if v["wharfie_inventory"].as_u64() != Some(1) {
@@ -55,7 +55,7 @@ impl Held {
         Ok(Held { blobs: list("blobs")?, manifests: list("manifests")?, id: Some(Digest::of(bytes)) })
     }
 
-    pub fn read(path: &Path) -> Result<Held, AirgapError> {
+    pub(crate) fn read(path: &Path) -> Result<Held, AirgapError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         Held::parse(&bytes, &path.display().to_string())
     }
@@ -63,14 +63,14 @@ impl Held {
 
 /// What an incremental bundle left out (`wharfie-bundle.json`).
 #[derive(Debug, Default, Clone)]
-pub struct LeftOut {
+pub(crate) struct LeftOut {
     pub inventory: Option<String>,
     pub blobs: HashSet<String>,
     pub manifests: HashSet<String>,
 }
 
 impl LeftOut {
-    pub fn to_json(&self, sizes: &HashMap<String, u64>) -> Vec<u8> {
+    pub(crate) fn to_json(&self, sizes: &HashMap<String, u64>) -> Vec<u8> {
         let list = |s: &HashSet<String>| -> Vec<Value> {
             let mut v: Vec<&String> = s.iter().collect();
             v.sort();
@@ -84,7 +84,7 @@ impl LeftOut {
         serde_json::to_vec(&j).unwrap_or_default()
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<LeftOut, AirgapError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<LeftOut, AirgapError> {
         let v: Value = serde_json::from_slice(bytes)
             .map_err(|e| AirgapError::Format(format!("{BUNDLE_FILE}: not JSON: {e}")))?;
         let set = |k: &str| -> HashSet<String> {
@@ -105,7 +105,7 @@ impl LeftOut {
 
 /// How a bundle file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     None,
     Gzip,
     Zstd,
@@ -113,7 +113,7 @@ pub enum Compression {
 
 impl Compression {
     /// From the file name: `.tar.zst`/`.tzst`, `.tar.gz`/`.tgz`, else none.
-    pub fn of_name(p: &Path) -> Compression {
+    pub(crate) fn of_name(p: &Path) -> Compression {
         let n = p.to_string_lossy();
         if n.ends_with(".zst") || n.ends_with(".tzst") {
             Compression::Zstd
@@ -127,7 +127,10 @@ impl Compression {
 
 /// Open a tar stream (`-` is stdin), decompressing gzip or zstd by their magic; the
 /// bytes read from the file advance `bar` (its length is set when the size is known).
-pub fn open_tar(path: &Path, bar: &indicatif::ProgressBar) -> Result<Box<dyn Read + Send>, AirgapError> {
+pub(crate) fn open_tar(
+    path: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<Box<dyn Read + Send>, AirgapError> {
     let raw: Box<dyn Read + Send> = if path == Path::new("-") {
         Box::new(io::stdin())
     } else {

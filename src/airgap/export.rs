@@ -22,7 +22,7 @@ use crate::upstream::UpstreamError;
 
 /// What to export and how.
 #[derive(Default)]
-pub struct ExportOptions {
+pub(crate) struct ExportOptions {
     /// Only this platform of an index (`os/arch[/variant]`); the image is then that
     /// platform's manifest.
     pub platform: Option<String>,
@@ -36,7 +36,7 @@ pub struct ExportOptions {
 
 /// What an export wrote.
 #[derive(Debug, Default)]
-pub struct ExportSummary {
+pub(crate) struct ExportSummary {
     pub images: Vec<(String, String, Digest)>,
     pub blobs: usize,
     pub bytes: u64,
@@ -54,7 +54,7 @@ struct Image {
 }
 
 /// Split an image argument into repository and reference (`None`: every tag).
-pub fn parse_image(s: &str) -> (String, Option<String>) {
+pub(super) fn parse_image(s: &str) -> (String, Option<String>) {
     if let Some((r, d)) = s.split_once('@') {
         return (r.to_owned(), Some(d.to_owned()));
     }
@@ -215,7 +215,7 @@ fn resolve(client: &RegistryClient, images: &[String]) -> Result<Vec<(String, St
 }
 
 /// Export `images` into the bundle `out`.
-pub fn export(
+pub(crate) fn export(
     client: &RegistryClient,
     images: &[String],
     out: &Path,

@@ -22,7 +22,7 @@ const MAX_META: u64 = 16 << 20;
 
 /// Where imported images go: a repository, and optionally one tag for all of them.
 #[derive(Debug, Clone)]
-pub struct ImportTarget {
+pub(crate) struct ImportTarget {
     pub repo: RepoName,
     pub tag: Option<Tag>,
 }
@@ -177,14 +177,14 @@ const SMALL: u64 = 4 << 20;
 
 /// One image, imported, skipped (already there) or refused.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Imported {
+pub(crate) struct Imported {
     pub repo: String,
     pub reference: String,
     pub digest: Digest,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub repo: String,
     pub reference: String,
     pub digest: Option<Digest>,
@@ -196,7 +196,7 @@ pub struct Refused {
 
 /// What an import did.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct ImportReport {
+pub(crate) struct ImportReport {
     pub imported: Vec<Imported>,
     pub skipped: Vec<Imported>,
     pub refused: Vec<Refused>,
@@ -213,7 +213,7 @@ pub struct ImportReport {
 /// Progress: an overall bar (bytes of the input), one for the member in flight, and
 /// lines. Hidden with `quiet` or when stderr is not a terminal (lines still print
 /// then, unless `quiet`).
-pub struct Ui {
+pub(crate) struct Ui {
     quiet: bool,
     mp: indicatif::MultiProgress,
     overall: indicatif::ProgressBar,
@@ -221,7 +221,7 @@ pub struct Ui {
 }
 
 impl Ui {
-    pub fn new(quiet: bool) -> Ui {
+    pub(crate) fn new(quiet: bool) -> Ui {
         let mp = if quiet {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
         } else {
@@ -242,7 +242,7 @@ impl Ui {
         Ui { quiet, mp, overall, member }
     }
 
-    pub fn line(&self, m: &str) {
+    pub(crate) fn line(&self, m: &str) {
         if self.quiet {
             return;
         }
@@ -924,7 +924,7 @@ fn name_for(
 /// needs has arrived (verified), and one that cannot be completed is refused without
 /// touching the others. Images already in place (an earlier, interrupted run) are
 /// skipped, and so are the blobs only they need.
-pub fn import(
+pub(crate) fn import(
     client: &RegistryClient,
     inputs: &[PathBuf],
     target: Option<&ImportTarget>,

@@ -11,17 +11,17 @@
 //!
 //! May import: upstream (its client), manifest, digest, names.
 
-pub mod bundle;
+pub(crate) mod bundle;
 mod export;
 mod import;
 
-pub use export::{export, ExportOptions};
-pub use import::{import, ImportTarget, Ui};
+pub(crate) use export::{export, ExportOptions};
+pub(crate) use import::{import, ImportTarget, Ui};
 
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AirgapError {
+pub(crate) enum AirgapError {
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
@@ -30,11 +30,11 @@ pub enum AirgapError {
     Registry(#[from] UpstreamError),
 }
 
-pub fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AirgapError + '_ {
     move |source| AirgapError::Io { path: path.display().to_string(), source }
 }
 
 /// `org.opencontainers.image.ref.name`
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's full image name annotation
-pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";

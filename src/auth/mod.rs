@@ -74,9 +74,9 @@
 //!   ignored (and dropped).
 //! - A failed reload keeps the previous users.
 
-pub mod htpasswd;
-pub mod rules;
-pub mod scope;
+pub(crate) mod htpasswd;
+pub(crate) mod rules;
+pub(crate) mod scope;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -95,8 +95,8 @@ use subtle::ConstantTimeEq;
 use crate::names::RepoName;
 
 use self::rules::CompiledRule;
-pub use self::scope::Grants;
-pub use crate::config::auth::{Access, Anonymous, AuthConfig, Rule};
+pub(crate) use self::scope::Grants;
+pub(crate) use crate::config::auth::{Access, Anonymous, AuthConfig, Rule};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -19,11 +19,11 @@ use std::collections::HashSet;
 use super::{Access, Principal, Rule};
 use crate::config::auth::{check_rule, AuthConfigError};
 
-pub use crate::config::auth::{Pattern, ANONYMOUS, ANY_USER};
+pub(crate) use crate::config::auth::{Pattern, ANONYMOUS, ANY_USER};
 
 /// A set of [`Access`] kinds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AccessSet(u8);
+pub(crate) struct AccessSet(u8);
 
 impl AccessSet {
     fn bit(a: Access) -> u8 {
@@ -34,11 +34,11 @@ impl AccessSet {
         }
     }
 
-    pub fn with(self, a: Access) -> AccessSet {
+    pub(crate) fn with(self, a: Access) -> AccessSet {
         AccessSet(self.0 | Self::bit(a))
     }
 
-    pub fn contains(self, a: Access) -> bool {
+    pub(crate) fn contains(self, a: Access) -> bool {
         self.0 & Self::bit(a) != 0
     }
 }

@@ -122,7 +122,7 @@ impl Grants {
 /// The `scope` a request for `access` on `name` needs, as a 401 challenge names it:
 /// `repository:NAME:pull`, `repository:NAME:pull,push` (a push reads back what exists) or
 /// `repository:NAME:delete`.
-pub fn repository_scope(name: &RepoName, access: Access) -> String {
+pub(crate) fn repository_scope(name: &RepoName, access: Access) -> String {
     let actions = match access {
         Access::Pull => "pull",
         Access::Push => "pull,push",
@@ -132,4 +132,4 @@ pub fn repository_scope(name: &RepoName, access: Access) -> String {
 }
 
 /// The scope of the catalog.
-pub const CATALOG_SCOPE: &str = "registry:catalog:*";
+pub(crate) const CATALOG_SCOPE: &str = "registry:catalog:*";

@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 
 /// Bytes of recently written chunks a fill keeps for its readers.
-pub const WINDOW: u64 = 8 << 20;
+pub(super) const WINDOW: u64 = 8 << 20;
 
 /// A read handle on a staging area's data file. It stays valid across the rename at
 /// commit (it is the same inode), so a reader never sees the file disappear.

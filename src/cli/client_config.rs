@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::config::Settings;
 
 /// Render the three snippets for a server reachable at `host` (host:port).
-pub fn render(settings: &Settings, host: &str) -> String {
+pub(super) fn render(settings: &Settings, host: &str) -> String {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let insecure = settings.tls.is_none();
     let mut o = String::new();

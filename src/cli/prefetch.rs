@@ -17,7 +17,7 @@ use crate::upstream::client::{Answer, RegistryClient};
 
 /// An image as the command line names it: `REPO[:TAG]` or `REPO@DIGEST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
+pub(super) struct ImageRef {
     pub repo: RepoName,
     /// A tag (`latest` when none is given) or a digest.
     pub reference: String,
@@ -31,7 +31,7 @@ impl std::fmt::Display for ImageRef {
 }
 
 /// Parse `REPO[:TAG]` or `REPO@sha256:…` (a name as clients use it on this registry).
-pub fn parse_image(s: &str) -> Result<ImageRef, String> {
+pub(super) fn parse_image(s: &str) -> Result<ImageRef, String> {
     let (name, reference) = if let Some((n, d)) = s.split_once('@') {
         let d: Digest = d.parse().map_err(|e| format!("{s}: {e}"))?;
         (n, d.to_string())
@@ -47,7 +47,7 @@ pub fn parse_image(s: &str) -> Result<ImageRef, String> {
     Ok(ImageRef { repo, reference })
 }
 
-pub struct Options {
+pub(super) struct Options {
     /// Only these platforms of an index (`os/arch[/variant]`); all when empty.
     pub platforms: Vec<String>,
     /// Blobs fetched at once.
@@ -58,7 +58,7 @@ pub struct Options {
 
 /// Answers counted by how the server said it served them.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
+pub(super) struct Tally {
     pub cached: u64,
     pub cached_bytes: u64,
     /// Fetched from the upstream for this run (`miss` or `coalesced`).
@@ -102,7 +102,7 @@ fn cache_of(a: &Answer) -> Cache {
 
 /// How one image went.
 #[derive(Debug)]
-pub struct ImageReport {
+pub(super) struct ImageReport {
     pub image: ImageRef,
     pub manifests: Tally,
     pub blobs: Tally,
@@ -112,7 +112,7 @@ pub struct ImageReport {
 
 impl ImageReport {
     /// The line the command prints for it.
-    pub fn summary(&self) -> String {
+    pub(super) fn summary(&self) -> String {
         let (b, m) = (&self.blobs, &self.manifests);
         let joined =
             if b.joined > 0 { format!(" ({} joined a fill in flight)", b.joined) } else { String::new() };
@@ -149,7 +149,7 @@ fn plural(n: u64) -> &'static str {
 const MAX_DEPTH: usize = 4;
 
 /// Prefetch every image in turn.
-pub fn prefetch(client: &RegistryClient, images: &[ImageRef], opts: &Options) -> Vec<ImageReport> {
+pub(super) fn prefetch(client: &RegistryClient, images: &[ImageRef], opts: &Options) -> Vec<ImageReport> {
     images.iter().map(|img| prefetch_one(client, img, opts)).collect()
 }
 

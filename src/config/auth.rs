@@ -108,9 +108,9 @@ pub enum AuthConfigError {
 }
 
 /// The `users` entry that matches every authenticated user.
-pub const ANY_USER: &str = "*";
+pub(crate) const ANY_USER: &str = "*";
 /// The `users` entry that matches the anonymous principal.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// One component of a compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +211,7 @@ fn glob_component(pat: &[u8], s: &[u8]) -> bool {
 
 /// Check rule `i` (0-based) and return its compiled pattern; errors name the rule
 /// (1-based) and its pattern.
-pub fn check_rule(i: usize, r: &Rule) -> Result<Pattern, AuthConfigError> {
+pub(crate) fn check_rule(i: usize, r: &Rule) -> Result<Pattern, AuthConfigError> {
     let bad = |reason: String| AuthConfigError::Rule { number: i + 1, repos: r.repos.clone(), reason };
     let pattern = Pattern::parse(&r.repos).map_err(bad)?;
     if r.users.is_empty() {

@@ -26,7 +26,7 @@ use crate::service::Metrics;
 use crate::upstream::webhook::{Webhook, WebhookError};
 
 /// The envelope's media type.
-pub const EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
+pub(crate) const EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
 
 /// At most this many events go in one POST.
 const MAX_BATCH: usize = 32;
@@ -40,7 +40,7 @@ tokio::task_local! {
 
 /// Who made the request that causes an event, and how.
 #[derive(Debug, Clone)]
-pub struct RequestContext {
+pub(crate) struct RequestContext {
     id: String,
     actor: Option<String>,
     method: String,
@@ -49,7 +49,7 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub fn of(actor: Option<&str>, method: &str, headers: &HeaderMap) -> Self {
+    pub(crate) fn of(actor: Option<&str>, method: &str, headers: &HeaderMap) -> Self {
         let h = |n: http::header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         RequestContext {
             id: uuid::Uuid::new_v4().to_string(),
@@ -62,7 +62,7 @@ impl RequestContext {
 }
 
 /// Run `f` (a handler that may push or delete) with `ctx` as the events' request.
-pub async fn scope<F: Future>(ctx: RequestContext, f: F) -> F::Output {
+pub(crate) async fn scope<F: Future>(ctx: RequestContext, f: F) -> F::Output {
     REQUEST.scope(ctx, f).await
 }
 
@@ -89,7 +89,7 @@ fn draft(action: &str, repository: &str) -> EventRecord {
 }
 
 /// The event of a manifest push (meta records it only when an endpoint is configured).
-pub fn push(
+pub(crate) fn push(
     repository: &str,
     digest: &crate::digest::Digest,
     media_type: &str,
@@ -105,13 +105,13 @@ pub fn push(
 }
 
 /// The event of a manifest or tag delete; meta fills in the target from the rows.
-pub fn delete(repository: &str) -> EventRecord {
+pub(crate) fn delete(repository: &str) -> EventRecord {
     draft("delete", repository)
 }
 
 /// This process, as the envelope's `source` names it.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// `host:port` the server listens on.
     pub addr: String,
     /// `http` or `https`.
@@ -121,7 +121,7 @@ pub struct Source {
 }
 
 /// Render `events` as Distribution's envelope.
-pub fn envelope(events: &[EventRecord], source: &Source) -> serde_json::Value {
+pub(crate) fn envelope(events: &[EventRecord], source: &Source) -> serde_json::Value {
     use serde_json::{json, Map, Value};
     let list: Vec<Value> = events
         .iter()
@@ -177,7 +177,7 @@ pub fn envelope(events: &[EventRecord], source: &Source) -> serde_json::Value {
 
 /// One endpoint's counters since the process started.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub delivered: AtomicU64,
     pub failed_attempts: AtomicU64,
 }
@@ -196,7 +196,7 @@ enum DeliveryError {
 
 /// Turn the queue on, register the endpoints' cursors, and start one delivery task per
 /// endpoint. Call before serving.
-pub async fn start(
+pub(crate) async fn start(
     meta: &Meta,
     endpoints: &[NotifySettings],
     queue_max: u64,

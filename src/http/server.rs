@@ -24,7 +24,7 @@ use crate::service::Registry;
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Build a TLS acceptor from PEM files: HTTP/2 and HTTP/1.1 offered through ALPN.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -46,7 +46,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// HTTP/1 request headers must arrive within this.
@@ -56,7 +56,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn of(s: &crate::config::Settings) -> Self {
+    pub(crate) fn of(s: &crate::config::Settings) -> Self {
         Limits {
             max_connections: s.max_connections,
             header_timeout: s.header_timeout,
@@ -67,7 +67,7 @@ impl Limits {
 
 /// Serve `listeners` until `shutdown` resolves, then drain; with TLS on every listener
 /// when `tls` is given.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     listeners: Vec<TcpListener>,
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,

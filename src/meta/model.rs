@@ -139,7 +139,7 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, super::MetaErro
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

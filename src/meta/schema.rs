@@ -5,56 +5,56 @@
 use redb::TableDefinition;
 
 /// digest → `BlobRecord`
-pub const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+pub(super) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// (repo, digest) → () — a blob is visible in a repository only through this link.
-pub const REPO_BLOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_blobs");
+pub(super) const REPO_BLOBS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_blobs");
 /// digest → `ManifestRecord`
-pub const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+pub(super) const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
 /// digest → the exact pushed bytes
-pub const MANIFEST_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_bodies");
+pub(super) const MANIFEST_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_bodies");
 /// (repo, digest) → ()
-pub const REPO_MANIFESTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_manifests");
+pub(super) const REPO_MANIFESTS: TableDefinition<(&str, &str), ()> = TableDefinition::new("repo_manifests");
 /// repo → number of manifests linked (the catalog lists repos with at least one)
-pub const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
+pub(super) const REPOS: TableDefinition<&str, u64> = TableDefinition::new("repos");
 /// (repo, tag) → `TagRecord`
-pub const TAGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tags");
+pub(super) const TAGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tags");
 /// (repo, subject digest, referrer digest) → `Descriptor`
-pub const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+pub(super) const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
 /// upload id → `UploadRecord`
-pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+pub(super) const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// key → `LeaseRecord` (in-flight fills, GC marks)
-pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+pub(super) const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// digest → how many manifest rows reference it (as a blob or a child manifest).
 /// Maintained in the transaction that adds or removes the referencing row, so GC's
 /// check of it is exact.
-pub const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
+pub(super) const REFS: TableDefinition<&str, u64> = TableDefinition::new("refs");
 /// manifest digest → how many repositories link it.
-pub const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
+pub(super) const MANIFEST_LINKS: TableDefinition<&str, u64> = TableDefinition::new("manifest_links");
 /// (digest, repo) → () — the reverse of `REPO_BLOBS`, so GC can unlink a blob everywhere.
-pub const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
+pub(super) const BLOB_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_links");
 /// `pushed_blobs`, `pushed_bytes`, `mirrored_blobs`, `mirrored_bytes` → the count and
 /// bytes of live blob rows (not `deleting`) by origin. Changed by every transaction that
 /// writes a blob row (`put_blob_row`), so it is exactly as fresh as `BLOBS`; computed once
 /// from a scan when an older `meta.redb` lacks it.
-pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+pub(super) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// blob digest → last access (unix milliseconds), persisted in batches for eviction.
-pub const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
+pub(super) const ACCESS: TableDefinition<&str, u64> = TableDefinition::new("access");
 /// seq → `EventRecord`: the notification queue, in commit order. Rows are written in
 /// the transaction that commits the change they announce, and removed from the front
 /// only (delivered to every endpoint, or dropped when the queue is full), so the keys
 /// are contiguous.
-pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `seq` → the last sequence number given out; `cursor/<endpoint>` → the last one that
 /// endpoint has taken; `dropped/<endpoint>` → events it lost to a full queue.
-pub const EVENT_STATE: TableDefinition<&str, u64> = TableDefinition::new("event_state");
+pub(super) const EVENT_STATE: TableDefinition<&str, u64> = TableDefinition::new("event_state");
 /// (last access in unix milliseconds, digest) → () for every live mirrored blob row: the
 /// eviction order. The time is the blob's `ACCESS` entry, else its `created` × 1000.
 /// Changed in the transactions that write a blob row (`put_blob_row`) or an access time
 /// (`record_access`), so eviction reads the oldest entries instead of sorting every row.
-pub const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("lru");
+pub(super) const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("lru");
 /// (referenced digest, manifest digest) → () for every manifest row and each entry of its
 /// `refs`: the reverse of `ManifestRecord::refs`, so eviction finds the manifests a blob
 /// (or a child manifest) breaks without reading every manifest.
-pub const REFERENCED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("referenced_by");
+pub(super) const REFERENCED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("referenced_by");
 /// (manifest digest, repo) → () — the reverse of `REPO_MANIFESTS`.
-pub const MANIFEST_REPOS: TableDefinition<(&str, &str), ()> = TableDefinition::new("manifest_repos");
+pub(super) const MANIFEST_REPOS: TableDefinition<(&str, &str), ()> = TableDefinition::new("manifest_repos");

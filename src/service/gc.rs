@@ -53,7 +53,7 @@ pub struct CorruptBlob {
 }
 
 /// An origin as an operator reads it.
-pub fn origin_word(o: Origin) -> &'static str {
+pub(crate) fn origin_word(o: Origin) -> &'static str {
     match o {
         Origin::Pushed => "pushed",
         Origin::Mirrored => "mirrored",

@@ -68,7 +68,7 @@ type CounterOf = fn(&UpstreamCounters) -> &AtomicU64;
 /// How the mirror answered a request, as the `Wharfie-Cache` response header says it
 /// (after the `X-Cache-Status` of nginx and Varnish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// Served from what is held here.
     Hit,
     /// This request went to the upstream (it started the fetch or fill).
@@ -78,7 +78,7 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
@@ -90,7 +90,7 @@ impl CacheStatus {
 /// What one request learned about the cache: the last status counted for it (a miss
 /// that then joins a fill in flight ends coalesced), and whose upstream it was.
 #[derive(Debug, Default)]
-pub struct CacheOutcome {
+pub(crate) struct CacheOutcome {
     pub status: Option<CacheStatus>,
     pub upstream: Option<Arc<UpstreamCounters>>,
 }
@@ -101,7 +101,7 @@ tokio::task_local! {
 
 /// Run `f` (one request) and return what it counted of the cache. Counting outside
 /// such a scope (the warm lists' background rounds) records no outcome.
-pub async fn with_cache_outcome<F: std::future::Future>(f: F) -> (F::Output, CacheOutcome) {
+pub(crate) async fn with_cache_outcome<F: std::future::Future>(f: F) -> (F::Output, CacheOutcome) {
     OUTCOME
         .scope(RefCell::new(CacheOutcome::default()), async move {
             let out = f.await;
@@ -120,10 +120,10 @@ fn note(status: CacheStatus, up: &Arc<UpstreamCounters>) {
 }
 
 /// Appends metric families to the `/metrics` text.
-pub type Renderer = Box<dyn Fn(&mut String) + Send + Sync>;
+pub(crate) type Renderer = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// What the blob rows hold, per origin (the store-size gauges), kept as counters in meta.
-pub use crate::meta::StoreStats;
+pub(crate) use crate::meta::StoreStats;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
@@ -372,7 +372,10 @@ impl Metrics {
 
 /// The upstreams' fetch queues (`max_concurrent_fetches`): how many wait now, and how
 /// long the fetches waited for a slot (a summary: sum and count).
-pub fn render_queues(queues: &[(String, std::sync::Arc<crate::upstream::limits::Limits>)], o: &mut String) {
+pub(crate) fn render_queues(
+    queues: &[(String, std::sync::Arc<crate::upstream::limits::Limits>)],
+    o: &mut String,
+) {
     let stats: Vec<_> = queues.iter().map(|(n, l)| (n, l.stats())).collect();
     let _ = writeln!(
         o,

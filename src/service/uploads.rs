@@ -198,7 +198,7 @@ impl Uploads {
     }
 
     /// POST: open a session. Returns its id.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<String, Error> {
+    pub(super) async fn start_upload(&self, repo: &RepoName) -> Result<String, Error> {
         let id = Self::new_upload_id();
         let staging = self.blobs.create_staging_blocking(id.clone()).await?;
         let rec = UploadRecord { repo: repo.as_str().to_owned(), started: now() };
@@ -213,7 +213,12 @@ impl Uploads {
 
     /// POST `?digest=` with the whole blob as the body (no session row: a crash leaves
     /// only staging, which startup removes).
-    pub async fn upload_monolithic(&self, repo: &RepoName, digest: &Digest, body: Body) -> Result<(), Error> {
+    pub(super) async fn upload_monolithic(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: Body,
+    ) -> Result<(), Error> {
         let id = Self::new_upload_id();
         let staging = self.blobs.create_staging_blocking(id.clone()).await?;
         let outcome = pump(staging, body).await;
@@ -323,7 +328,7 @@ impl Uploads {
 
     /// POST `?mount=&from=`: link an existing blob. `Ok(false)` means the caller should
     /// open a session instead.
-    pub async fn mount(
+    pub(super) async fn mount(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -386,7 +391,7 @@ impl Uploads {
 
     /// PATCH: append `body`; with `Content-Range` its start must equal the current
     /// offset. Returns the new length.
-    pub async fn patch_upload(
+    pub(super) async fn patch_upload(
         &self,
         repo: &RepoName,
         id: &str,
@@ -434,7 +439,7 @@ impl Uploads {
     }
 
     /// PUT `?digest=`: append the optional last chunk, verify and commit.
-    pub async fn finish_upload(
+    pub(super) async fn finish_upload(
         &self,
         repo: &RepoName,
         id: &str,
@@ -486,13 +491,13 @@ impl Uploads {
     }
 
     /// GET on a session: the bytes received so far.
-    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<u64, Error> {
+    pub(super) async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<u64, Error> {
         let guard = self.session(repo, id).await?;
         guard.staging.as_ref().map(Staging::len).ok_or(Error::BlobUploadUnknown)
     }
 
     /// DELETE on a session: cancel it.
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), Error> {
+    pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), Error> {
         let mut guard = self.session(repo, id).await?;
         guard.closed = true;
         guard.staging = None;
@@ -501,7 +506,7 @@ impl Uploads {
     }
 
     /// Remove sessions idle for longer than the upload TTL, with their staging.
-    pub async fn expire_uploads(&self) -> Result<usize, Error> {
+    pub(super) async fn expire_uploads(&self) -> Result<usize, Error> {
         let ttl = self.ttl.as_secs();
         let mut n = 0;
         for (id, rec) in self.meta.uploads()? {

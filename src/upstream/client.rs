@@ -12,7 +12,7 @@ use reqwest::{header, StatusCode};
 use super::UpstreamError;
 use crate::digest::Digest;
 
-pub struct RegistryClient {
+pub(crate) struct RegistryClient {
     base: String,
     http: Client,
     auth: Option<(String, String)>,
@@ -38,7 +38,7 @@ fn transport(e: reqwest::Error) -> UpstreamError {
 impl RegistryClient {
     /// `base` like `http://127.0.0.1:5000`; `ca_file`: extra CA certificates (PEM) to
     /// trust for an `https://` base.
-    pub fn new(
+    pub(crate) fn new(
         base: &str,
         auth: Option<(String, String)>,
         ca_file: Option<&std::path::Path>,
@@ -66,13 +66,13 @@ impl RegistryClient {
     }
 
     /// `GET /v2/`: is the server there?
-    pub fn ping(&self) -> Result<(), UpstreamError> {
+    pub(crate) fn ping(&self) -> Result<(), UpstreamError> {
         let r = self.req(reqwest::Method::GET, "/v2/").send().map_err(transport)?;
         check(r, "GET /v2/").map(|_| ())
     }
 
     /// Upload a blob of known digest and size in one request.
-    pub fn put_blob(
+    pub(crate) fn put_blob(
         &self,
         repo: &str,
         digest: &Digest,
@@ -90,7 +90,7 @@ impl RegistryClient {
 
     /// Upload a blob whose digest is known only at the end: open a session, stream the
     /// body with PATCH, then finish with the digest `digest_after` returns.
-    pub fn put_blob_streamed(
+    pub(crate) fn put_blob_streamed(
         &self,
         repo: &str,
         body: impl Read + Send + 'static,
@@ -126,7 +126,7 @@ impl RegistryClient {
 
     /// Cross-repository mount; false when the server opened a session instead (which
     /// is then cancelled).
-    pub fn mount(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool, UpstreamError> {
+    pub(crate) fn mount(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool, UpstreamError> {
         let r = self
             .req(reqwest::Method::POST, &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"))
             .send()
@@ -141,7 +141,7 @@ impl RegistryClient {
         Ok(false)
     }
 
-    pub fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), UpstreamError> {
+    pub(crate) fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), UpstreamError> {
         let r = self
             .req(reqwest::Method::DELETE, &format!("/v2/{repo}/blobs/{digest}"))
             .send()
@@ -150,7 +150,7 @@ impl RegistryClient {
     }
 
     /// A blob as a reader, with its length.
-    pub fn get_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, Response), UpstreamError> {
+    pub(crate) fn get_blob(&self, repo: &str, digest: &Digest) -> Result<(u64, Response), UpstreamError> {
         let r = self
             .req(reqwest::Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
             .send()
@@ -161,7 +161,7 @@ impl RegistryClient {
         Ok((len, r))
     }
 
-    pub fn put_manifest(
+    pub(crate) fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
@@ -178,7 +178,7 @@ impl RegistryClient {
     }
 
     /// A manifest: bytes, media type and digest.
-    pub fn get_manifest(
+    pub(crate) fn get_manifest(
         &self,
         repo: &str,
         reference: &str,
@@ -201,21 +201,21 @@ impl RegistryClient {
 }
 
 /// What a GET answered, whatever its status, the body still to be read (`Read`).
-pub struct Answer(Response);
+pub(crate) struct Answer(Response);
 
 impl Answer {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.0.status().as_u16()
     }
 
     /// A response header's value, when it is text.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.0.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
     /// An error answer's first OCI error code and message (the code is `UNKNOWN`, and
     /// the message the start of the body, when it is no OCI error JSON).
-    pub fn oci_error(self) -> (String, String) {
+    pub(crate) fn oci_error(self) -> (String, String) {
         let mut text = String::new();
         let _ = self.0.take(64 * 1024).read_to_string(&mut text);
         let first = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| {
@@ -236,7 +236,7 @@ impl Read for Answer {
 impl RegistryClient {
     /// `GET path` (with `Accept: accept`): the answer whatever its status, for callers
     /// that read its headers, stream its body, or name an error's OCI code.
-    pub fn get_answer(&self, path: &str, accept: Option<&str>) -> Result<Answer, UpstreamError> {
+    pub(crate) fn get_answer(&self, path: &str, accept: Option<&str>) -> Result<Answer, UpstreamError> {
         let mut b = self.req(reqwest::Method::GET, path);
         if let Some(a) = accept {
             b = b.header(header::ACCEPT, a);
@@ -245,7 +245,7 @@ impl RegistryClient {
     }
 
     /// Every tag of `repo`, following `Link` pages.
-    pub fn list_tags(&self, repo: &str) -> Result<Vec<String>, UpstreamError> {
+    pub(crate) fn list_tags(&self, repo: &str) -> Result<Vec<String>, UpstreamError> {
         let mut url = format!("/v2/{repo}/tags/list?n=1000");
         let mut out = Vec::new();
         for _ in 0..10_000 {
@@ -269,7 +269,7 @@ impl RegistryClient {
 
     /// `GET /v2/_wharfie/inventory` (wharfie only): `None` when the server is not a
     /// wharfie that has it.
-    pub fn inventory(&self, locate: bool) -> Result<Option<Vec<u8>>, UpstreamError> {
+    pub(crate) fn inventory(&self, locate: bool) -> Result<Option<Vec<u8>>, UpstreamError> {
         let q = if locate { "?locate=1" } else { "" };
         let r = self
             .req(reqwest::Method::GET, &format!("/v2/_wharfie/inventory{q}"))

@@ -11,10 +11,10 @@
 //! May import: reqwest, digest, names, manifest. Only this module names reqwest.
 
 mod auth;
-pub mod client;
+pub(crate) mod client;
 mod health;
-pub mod limits;
-pub mod webhook;
+pub(crate) mod limits;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,10 +168,10 @@ pub struct BlobStream {
 }
 
 /// Called with (kind, status) for every request sent.
-pub type RequestHook = Arc<dyn Fn(&str, u16) + Send + Sync>;
+pub(crate) type RequestHook = Arc<dyn Fn(&str, u16) + Send + Sync>;
 
 /// Called with `true` when the upstream comes up, `false` when it goes down.
-pub type HealthHook = Arc<dyn Fn(bool) + Send + Sync>;
+pub(crate) type HealthHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// One upstream registry.
 pub struct Upstream {

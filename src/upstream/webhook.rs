@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Why a POST got no answer.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum WebhookError {
+pub(crate) enum WebhookError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Connect, TLS, or the connection broke; the cause carries no URL.
@@ -17,14 +17,14 @@ pub enum WebhookError {
 }
 
 /// One receiver's client (its connections are reused between posts).
-pub struct Webhook {
+pub(crate) struct Webhook {
     http: reqwest::Client,
     timeout: Duration,
 }
 
 impl Webhook {
     /// A client whose every POST ends within `timeout` (connect, send, answer).
-    pub fn new(timeout: Duration) -> Result<Self, WebhookError> {
+    pub(crate) fn new(timeout: Duration) -> Result<Self, WebhookError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(concat!("wharfie/", env!("CARGO_PKG_VERSION")))
@@ -36,7 +36,7 @@ impl Webhook {
     /// POST `body` as `content_type` with `headers`; the receiver's status (any status:
     /// the caller decides what counts as accepted). The answer's body is read and dropped
     /// so that the connection can be reused.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         url: &str,
         content_type: &str,

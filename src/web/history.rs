@@ -15,13 +15,13 @@ use crate::service::metrics::StoreStats;
 use crate::service::{Metrics, Registry};
 
 /// How often the sampler reads the counters.
-pub const INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
 /// Samples kept: one hour.
-pub const SAMPLES: usize = 360;
+pub(crate) const SAMPLES: usize = 360;
 
 /// Traffic in one interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Unix seconds at the end of the interval.
     pub at: u64,
     pub requests: u64,
@@ -30,7 +30,7 @@ pub struct Sample {
 
 /// The counters the page shows, as `/metrics` has them now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub requests: u64,
     pub bytes_served: u64,
     pub cache_hits: u64,
@@ -48,7 +48,7 @@ pub struct Counters {
 
 /// One upstream's cache counters (`wharfie_upstream_*{upstream}`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UpstreamFigures {
+pub(crate) struct UpstreamFigures {
     pub hits: u64,
     pub misses: u64,
     pub coalesced: u64,
@@ -58,7 +58,7 @@ pub struct UpstreamFigures {
 
 impl Counters {
     /// Read the Prometheus text format `Metrics::render` writes.
-    pub fn parse(text: &str) -> Counters {
+    pub(crate) fn parse(text: &str) -> Counters {
         let mut c = Counters::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
@@ -101,7 +101,7 @@ impl Counters {
         c
     }
 
-    pub fn of(m: &Metrics) -> Counters {
+    pub(crate) fn of(m: &Metrics) -> Counters {
         Counters::parse(&m.render(&StoreStats::default()))
     }
 }
@@ -126,13 +126,13 @@ struct Inner {
 /// The ring and the latest store totals. The mutex guards a few field writes per
 /// interval and a copy per page view; never held across an await.
 #[derive(Default)]
-pub struct History {
+pub(crate) struct History {
     inner: Mutex<Inner>,
 }
 
 /// What the page reads from the history.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub samples: Vec<Sample>,
     pub store: Option<StoreStats>,
     pub gc_seen: Option<u64>,
@@ -144,7 +144,7 @@ impl History {
     }
 
     /// Record the counters' totals at `at` (the first call only sets the baseline).
-    pub fn record(&self, at: u64, c: &Counters, store: Option<StoreStats>) {
+    pub(crate) fn record(&self, at: u64, c: &Counters, store: Option<StoreStats>) {
         let mut g = self.lock();
         if let Some((r, b)) = g.last {
             let s = Sample {
@@ -169,7 +169,7 @@ impl History {
         }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let g = self.lock();
         Snapshot { samples: g.ring.iter().copied().collect(), store: g.store.clone(), gc_seen: g.gc_seen }
     }
@@ -182,7 +182,7 @@ impl History {
 static HISTORIES: Mutex<Vec<(Weak<Metrics>, Arc<History>)>> = Mutex::new(Vec::new());
 
 /// The history of the registry whose counters are `m`.
-pub fn history_of(m: &Arc<Metrics>) -> Arc<History> {
+pub(crate) fn history_of(m: &Arc<Metrics>) -> Arc<History> {
     let mut all = HISTORIES.lock().unwrap_or_else(PoisonError::into_inner);
     all.retain(|(w, _)| w.strong_count() > 0);
     if let Some((_, h)) = all.iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(m))) {
@@ -194,7 +194,7 @@ pub fn history_of(m: &Arc<Metrics>) -> Arc<History> {
 }
 
 /// The sampler: every [`INTERVAL`], the counters and the store totals into the ring.
-pub async fn sample(reg: Arc<Registry>) {
+pub(crate) async fn sample(reg: Arc<Registry>) {
     let history = history_of(&reg.metrics);
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

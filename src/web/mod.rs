@@ -11,7 +11,7 @@
 //! repository page for one the viewer may not pull looks exactly like one for a name
 //! that does not exist. Every list is capped (see `PAGE_*`): a view costs its caps.
 
-pub mod history;
+pub(crate) mod history;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,14 +24,14 @@ use crate::service::{Error, Registry, RepoFilter};
 use history::{Counters, Sample, Snapshot};
 
 /// Repositories named on the front page (hosted and mirrored together).
-pub const PAGE_REPOS: usize = 50;
+pub(crate) const PAGE_REPOS: usize = 50;
 /// Tags per repository page.
-pub const PAGE_TAGS: usize = 100;
+pub(crate) const PAGE_TAGS: usize = 100;
 /// Platforms listed per index.
 const MAX_PLATFORMS: usize = 8;
 
 /// Who is looking.
-pub struct Viewer {
+pub(crate) struct Viewer {
     /// Which repositories they may pull; `None`: all (auth off).
     pub filter: Option<RepoFilter>,
     /// Their user name, when logged in.
@@ -52,7 +52,7 @@ impl Viewer {
 
 /// What a request for a page comes to.
 #[derive(Debug)]
-pub enum Page {
+pub(crate) enum Page {
     Html {
         status: u16,
         body: String,
@@ -72,7 +72,7 @@ fn query<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 /// Render the page at `path` (`/`, `/ui/…`) for `viewer`.
-pub fn render(
+pub(crate) fn render(
     reg: &Arc<Registry>,
     viewer: &Viewer,
     path: &str,

@@ -28,7 +28,7 @@ fn html(status: StatusCode, body: String) -> Response<Bytes> {
     r
 }
 
-pub fn page(reg: &Arc<Registry>, caller: &Caller, req: &Req) -> Result<Response<Bytes>, ApiError> {
+pub(super) fn page(reg: &Arc<Registry>, caller: &Caller, req: &Req) -> Result<Response<Bytes>, ApiError> {
     let viewer = Viewer {
         filter: caller.scoped_pull_filter(),
         user: caller.who.user().map(str::to_owned),
