@@ -152,9 +152,10 @@ async fn handle(ctx: Arc<Ctx>, head: Head, body: crate::service::Body) -> warp::
     let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
     let family = head.route.as_ref().map_or("unknown", route::Endpoint::family);
     let (method, path) = (head.method.clone(), head.path.clone());
-    // Boxed: the dispatch future is large, and the scope takes it by value.
+    // Not boxed: the writes box their own (large) futures in `handlers::dispatch`, so
+    // this one is a pull's size.
     let (result, cache) =
-        crate::service::metrics::with_cache_outcome(Box::pin(dispatch(&ctx, caller, head, body))).await;
+        crate::service::metrics::with_cache_outcome(dispatch(&ctx, caller, head, body)).await;
     finish(&ctx, Done { started, method, path, family, user, cache }, result)
 }
 

@@ -12,6 +12,7 @@ mod events;
 mod gc;
 mod inventory;
 mod lease;
+mod memo;
 pub(crate) mod model;
 mod overview;
 mod schema;
@@ -126,7 +127,7 @@ pub struct ServedManifest {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
-    pub body: Option<Vec<u8>>,
+    pub body: Option<bytes::Bytes>,
 }
 
 /// The metadata store.
@@ -135,6 +136,8 @@ pub struct Meta {
     db: Arc<Database>,
     writer: Arc<writer::Handle>,
     events: Arc<events::Queue>,
+    /// Served manifests, valid until the next commit (`memo.rs`).
+    memo: Arc<memo::Memo>,
 }
 
 /// At most this many manifest rows are read by one [`Meta::references`] walk.
@@ -252,8 +255,9 @@ impl Meta {
             }
         }
         txn.commit()?;
-        let writer = Arc::new(writer::spawn(db.clone()).map_err(MetaError::storage)?);
-        Ok(Meta { db, writer, events: Arc::default() })
+        let memo = Arc::new(memo::Memo::default());
+        let writer = Arc::new(writer::spawn(db.clone(), memo.clone()).map_err(MetaError::storage)?);
+        Ok(Meta { db, writer, events: Arc::default(), memo })
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
@@ -363,6 +367,14 @@ impl Meta {
         key: ManifestKey<'_>,
         with_body: bool,
     ) -> Result<Option<ServedManifest>, MetaError> {
+        // Loaded before the read begins: see `memo.rs` for why that makes a hit exact.
+        let generation = self.memo.generation();
+        if let Some(mut hit) = self.memo.get(generation, repo, &key) {
+            if !with_body {
+                hit.body = None;
+            }
+            return Ok(Some(hit));
+        }
         let rtx = self.db.begin_read()?;
         let digest = match key {
             ManifestKey::Digest(d) => d.clone(),
@@ -378,12 +390,23 @@ impl Meta {
             return Ok(None);
         };
         let head: model::ManifestHead = decode(rec.value())?;
-        let body = if with_body {
-            rtx.open_table(MANIFEST_BODIES)?.get(digest.as_str())?.map(|b| b.value().to_vec())
+        // A HEAD reads the body too when the memo can keep it: the GET that follows is a hit.
+        let memoise = head.size <= memo::MAX_BODY;
+        let body = if with_body || memoise {
+            rtx.open_table(MANIFEST_BODIES)?
+                .get(digest.as_str())?
+                .map(|b| bytes::Bytes::copy_from_slice(b.value()))
         } else {
             None
         };
-        Ok(Some(ServedManifest { digest, media_type: head.media_type, size: head.size, body }))
+        let mut served = ServedManifest { digest, media_type: head.media_type, size: head.size, body };
+        if memoise {
+            self.memo.put(generation, repo, &key, &served);
+        }
+        if !with_body {
+            served.body = None;
+        }
+        Ok(Some(served))
     }
 
     /// The manifest record (and, when `with_body`, its bytes) if `repo` links it.
@@ -1209,6 +1232,62 @@ mod tests {
         }
         assert!(meta.serve_manifest("app", ManifestKey::Tag("v2"), true).unwrap().is_none());
         assert!(meta.serve_manifest("app", ManifestKey::Digest(&d("x")), true).unwrap().is_none());
+    }
+
+    /// The memo (`memo.rs`) never answers from before an acknowledged commit: a tag
+    /// moved, a manifest unlinked or a tag deleted is seen by the very next read, in
+    /// the same task, with no wait.
+    #[tokio::test]
+    async fn memoised_answers_are_exactly_as_fresh_as_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let put = |n: u8, tag: &str| {
+            let body = format!(r#"{{"schemaVersion":2,"n":{n}}}"#).into_bytes();
+            PutManifest {
+                repo: "app".into(),
+                digest: Digest::of(&body),
+                record: ManifestRecord {
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    size: body.len() as u64,
+                    subject: None,
+                    artifact_type: None,
+                    annotations: None,
+                    created: 1,
+                    origin: Origin::Pushed,
+                    refs: Vec::new(),
+                },
+                body,
+                blobs: Vec::new(),
+                manifests: Vec::new(),
+                tag: Some(tag.into()),
+                tag_checked: None,
+                referrer: None,
+                check_refs: false,
+                event: None,
+            }
+        };
+        let served = |key: ManifestKey<'_>| meta.serve_manifest("app", key, true).unwrap().map(|m| m.digest);
+        let (a, b) = (put(1, "v1"), put(2, "v1"));
+        let (da, db) = (a.digest.clone(), b.digest.clone());
+        meta.put_manifest(a).await.unwrap();
+        // Twice: the second is a memo hit, and a HEAD takes the memoised answer too.
+        assert_eq!(served(ManifestKey::Tag("v1")), Some(da.clone()));
+        assert_eq!(served(ManifestKey::Tag("v1")), Some(da.clone()));
+        let head = meta.serve_manifest("app", ManifestKey::Tag("v1"), false).unwrap().unwrap();
+        assert!(head.body.is_none());
+        // The tag moves: the next read sees b.
+        meta.put_manifest(b).await.unwrap();
+        assert_eq!(served(ManifestKey::Tag("v1")), Some(db.clone()));
+        assert_eq!(served(ManifestKey::Digest(&da)), Some(da.clone()), "a is still linked by digest");
+        assert_eq!(served(ManifestKey::Digest(&da)), Some(da.clone()));
+        // a is unlinked: gone at once, though it was just memoised.
+        meta.delete_manifest("app".into(), da.clone(), None).await.unwrap();
+        assert_eq!(served(ManifestKey::Digest(&da)), None);
+        assert_eq!(served(ManifestKey::Tag("v1")), Some(db.clone()));
+        // The tag is deleted: gone at once.
+        meta.delete_tag("app".into(), "v1".into(), None).await.unwrap();
+        assert_eq!(served(ManifestKey::Tag("v1")), None);
+        assert_eq!(served(ManifestKey::Digest(&db)), Some(db));
     }
 
     /// The counters equal a scan of the rows after each kind of change: push, fill, a

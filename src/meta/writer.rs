@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::memo::Memo;
 use super::MetaError;
 
 /// At most this many jobs share one transaction.
@@ -73,14 +74,14 @@ impl Drop for Handle {
     }
 }
 
-pub(super) fn spawn(db: Arc<Database>) -> std::io::Result<Handle> {
+pub(super) fn spawn(db: Arc<Database>, memo: Arc<Memo>) -> std::io::Result<Handle> {
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
     let thread =
-        std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx))?;
+        std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx, &memo))?;
     Ok(Handle { tx: Some(tx), thread: Some(thread) })
 }
 
-fn run(db: &Database, rx: &Receiver<Job>) {
+fn run(db: &Database, rx: &Receiver<Job>, memo: &Memo) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -112,6 +113,8 @@ fn run(db: &Database, rx: &Receiver<Job>) {
         } else {
             txn.commit().map_err(MetaError::storage)
         };
+        // Before anyone learns of this commit, no memoised read from before it is served.
+        memo.bump();
         if let Err(e) = &result {
             tracing::error!(error = %e, batch = finishes.len(), "meta: commit failed");
         }

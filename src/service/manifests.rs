@@ -184,12 +184,7 @@ impl Manifests {
             Reference::Tag(t) => ManifestKey::Tag(t.as_str()),
         };
         let m = self.meta.serve_manifest(repo.as_str(), key, with_body)?.ok_or(Error::ManifestUnknown)?;
-        Ok(ManifestOut {
-            digest: m.digest,
-            media_type: m.media_type,
-            size: m.size,
-            body: m.body.map(Bytes::from),
-        })
+        Ok(ManifestOut { digest: m.digest, media_type: m.media_type, size: m.size, body: m.body })
     }
 
     /// The declared maximum manifest size.
