@@ -104,14 +104,26 @@ struct Guard<K: Hash + Eq, P, V> {
     tx: Arc<watch::Sender<State<P, V>>>,
 }
 
+impl<K: Hash + Eq, P, V> Guard<K, P, V> {
+    /// Leave the map (if this flight is still the one there).
+    fn leave(&self) {
+        let mut map = self.flights.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(&self.key).is_some_and(|e| e.id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+
+    /// The work's result: leave the map first, then publish, so that no request that
+    /// arrives after a waiter has seen the result can join this finished flight.
+    fn complete(self, v: V) {
+        self.leave();
+        self.tx.send_modify(|s| s.done = Some(Ok(v)));
+    }
+}
+
 impl<K: Hash + Eq, P, V> Drop for Guard<K, P, V> {
     fn drop(&mut self) {
-        {
-            let mut map = self.flights.map.lock().unwrap_or_else(PoisonError::into_inner);
-            if map.get(&self.key).is_some_and(|e| e.id == self.id) {
-                map.remove(&self.key);
-            }
-        }
+        self.leave();
         self.tx.send_if_modified(|s| {
             if s.done.is_some() {
                 return false;
@@ -142,7 +154,10 @@ where
         Fut: Future<Output = V> + Send + 'static,
     {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = map.get(&key) {
+        // A flight that has its result is over, even while its entry is still being
+        // removed: a request that comes after must do the work again, not take an old
+        // answer (a 404 from before the content existed, say).
+        if let Some(e) = map.get(&key).filter(|e| e.tx.borrow().done.is_none()) {
             let rx = e.tx.subscribe();
             let admitted = admit(&rx.borrow().progress);
             return if admitted { Joined::Follower(rx) } else { Joined::Refused };
@@ -158,8 +173,7 @@ where
         tokio::spawn(async move {
             let guard = guard;
             let v = fut.await;
-            guard.tx.send_modify(|s| s.done = Some(Ok(v)));
-            drop(guard);
+            guard.complete(v);
         });
         Joined::Leader(rx)
     }
@@ -244,6 +258,22 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(leaders, 1);
         assert!(flights.is_empty());
+    }
+
+    /// A finished flight is out of the map before anyone sees its result, so a request
+    /// made after that (the same client's next one) runs the work again instead of
+    /// taking the old answer. Before, the result was published first: on a multi-thread
+    /// runtime the waiter could answer its client, and the client's next request join
+    /// the finished entry, in the moment before it was removed (a mirror then answered
+    /// a repeated manifest GET with the previous 404 without asking the upstream).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finished_flight_is_gone_before_its_result_is_seen() {
+        let flights: Arc<Flights<&'static str, (), u32>> = Arc::new(Flights::default());
+        for i in 0..200u32 {
+            let (v, leader) = flights.run_with("k", move |_| async move { i }).await;
+            assert_eq!((v, leader), (Ok(i), true), "round {i}: a new flight, its own result");
+            assert!(flights.is_empty(), "round {i}: the finished flight left the map first");
+        }
     }
 
     /// A leader that panics: every waiter gets `Lost` (none hangs), the entry is gone,
