@@ -1,10 +1,12 @@
-//! A memo of served manifests (`Meta::serve_manifest`), exactly as fresh as redb.
+//! Memos of pull-path reads (`Meta::serve_manifest`, `Meta::repo_blob`), exactly as
+//! fresh as redb.
 //!
 //! A manifest GET by tag costs four table opens, three B-tree lookups and a JSON
-//! decode in redb (~26k instructions of ~76k per request, callgrind); a registry under
-//! pull load answers the same few (repository, reference) pairs over and over. The
-//! memo keeps their answers in memory, each stamped with the commit generation it was
-//! read at, and serves one only while that generation is still current.
+//! decode in redb (~26k instructions of ~76k per request, callgrind), a blob GET three
+//! `repo_blob` reads (~39k of ~79k); a registry under pull load answers the same few
+//! (repository, reference) pairs over and over. A memo keeps their answers in memory,
+//! each stamped with the commit generation it was read at, and serves one only while
+//! that generation is still current.
 //!
 //! The generation is bumped by the writer thread after every commit (or abort) and
 //! before any caller of that transaction is answered (`writer::run`). A reader loads
@@ -15,101 +17,137 @@
 //! moment. Any commit invalidates every entry — coarse, but pulls are reads, and a
 //! read-mostly registry is where the memo pays.
 //!
-//! Bounded: at most `MAX_ENTRIES` entries and `MAX_BYTES` of bodies; bodies over
-//! `MAX_BODY` are never memoised. Misses (404) are not memoised.
+//! Bounded: at most `MAX_ENTRIES` entries and `MAX_BYTES` (by each value's weight)
+//! per memo; manifest bodies over `MAX_BODY` are never memoised. Misses (404) are not
+//! memoised.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
-use super::{ManifestKey, ServedManifest};
+use super::{BlobRecord, ManifestKey, ServedManifest};
 
 const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: usize = 32 << 20;
-/// Larger bodies (big indexes) are read from redb each time.
+/// Larger manifest bodies (big indexes) are read from redb each time.
 pub(super) const MAX_BODY: u64 = 1 << 20;
 
+/// The commit generation every memo's entries are stamped with.
 #[derive(Default)]
-pub(super) struct Memo {
-    generation: AtomicU64,
-    inner: RwLock<Inner>,
-    hasher: std::collections::hash_map::RandomState,
-}
+pub(super) struct Generation(AtomicU64);
 
-#[derive(Default)]
-struct Inner {
-    /// Keyed by the hash of (repository, reference); the entry holds both to rule out
-    /// a collision.
-    map: HashMap<u64, Entry>,
-    bytes: usize,
-}
-
-struct Entry {
-    generation: u64,
-    repo: Box<str>,
-    /// `t` + tag or `d` + digest.
-    key: Box<str>,
-    served: ServedManifest,
-}
-
-fn key_parts<'a>(key: &ManifestKey<'a>) -> (char, &'a str) {
-    match key {
-        ManifestKey::Tag(t) => ('t', t),
-        ManifestKey::Digest(d) => ('d', d.as_str()),
-    }
-}
-
-impl Entry {
-    fn is(&self, repo: &str, kind: char, name: &str) -> bool {
-        self.repo.as_ref() == repo && self.key.starts_with(kind) && &self.key[1..] == name
-    }
-}
-
-impl Memo {
-    /// The current commit generation: load it before beginning the read whose answer
-    /// is to be memoised.
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+impl Generation {
+    /// The current generation: load it before beginning the read whose answer is to be
+    /// memoised.
+    pub(super) fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
 
     /// Called by the writer thread after each commit, before its callers are answered.
     pub(super) fn bump(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What a memoised value costs to keep, in bytes (roughly).
+pub(super) trait Weigh: Clone {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for ServedManifest {
+    fn weight(&self) -> usize {
+        self.body.as_ref().map_or(0, bytes::Bytes::len) + self.media_type.len() + 128
+    }
+}
+
+impl Weigh for BlobRecord {
+    fn weight(&self) -> usize {
+        self.blake3.len() + 64
+    }
+}
+
+/// A memo key: a repository and a reference within it (`t` + tag, `d` + digest).
+#[derive(Clone, Copy)]
+pub(super) struct Key<'a> {
+    repo: &'a str,
+    kind: char,
+    name: &'a str,
+}
+
+impl<'a> Key<'a> {
+    pub(super) fn manifest(repo: &'a str, key: &ManifestKey<'a>) -> Self {
+        match key {
+            ManifestKey::Tag(t) => Key { repo, kind: 't', name: t },
+            ManifestKey::Digest(d) => Key { repo, kind: 'd', name: d.as_str() },
+        }
     }
 
-    fn hash(&self, repo: &str, kind: char, name: &str) -> u64 {
+    pub(super) fn blob(repo: &'a str, digest: &'a crate::digest::Digest) -> Self {
+        Key { repo, kind: 'd', name: digest.as_str() }
+    }
+}
+
+pub(super) struct Memo<V> {
+    inner: RwLock<Inner<V>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<V> Default for Memo<V> {
+    fn default() -> Self {
+        Memo {
+            inner: RwLock::new(Inner { map: HashMap::new(), bytes: 0 }),
+            hasher: std::collections::hash_map::RandomState::default(),
+        }
+    }
+}
+
+struct Inner<V> {
+    /// Keyed by the hash of the key; the entry holds the key to rule out a collision.
+    map: HashMap<u64, Entry<V>>,
+    bytes: usize,
+}
+
+struct Entry<V> {
+    generation: u64,
+    repo: Box<str>,
+    kind: char,
+    name: Box<str>,
+    value: V,
+}
+
+impl<V: Weigh> Memo<V> {
+    fn hash(&self, k: Key<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
-        repo.hash(&mut h);
-        kind.hash(&mut h);
-        name.hash(&mut h);
+        k.repo.hash(&mut h);
+        k.kind.hash(&mut h);
+        k.name.hash(&mut h);
         h.finish()
     }
 
-    /// The memoised answer for (`repo`, `key`) if it was read at generation `now`.
-    pub(super) fn get(&self, now: u64, repo: &str, key: &ManifestKey<'_>) -> Option<ServedManifest> {
-        let (kind, name) = key_parts(key);
-        let h = self.hash(repo, kind, name);
+    /// The memoised value for `k` if it was read at generation `now`.
+    pub(super) fn get(&self, now: u64, k: Key<'_>) -> Option<V> {
+        let h = self.hash(k);
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let e = inner.map.get(&h)?;
-        (e.generation == now && e.is(repo, kind, name)).then(|| e.served.clone())
+        (e.generation == now && e.kind == k.kind && *e.name == *k.name && *e.repo == *k.repo)
+            .then(|| e.value.clone())
     }
 
-    /// Remember `served` (with its body) for (`repo`, `key`), read at generation `read_at`.
-    pub(super) fn put(&self, read_at: u64, repo: &str, key: &ManifestKey<'_>, served: &ServedManifest) {
-        let size = served.body.as_ref().map_or(0, bytes::Bytes::len);
-        if served.body.is_none() || size as u64 > MAX_BODY || read_at != self.generation() {
+    /// Remember `value` for `k`, read at generation `read_at` (dropped when a commit
+    /// has happened since: it could not be served anyway).
+    pub(super) fn put(&self, gen: &Generation, read_at: u64, k: Key<'_>, value: &V) {
+        if read_at != gen.now() {
             return;
         }
-        let (kind, name) = key_parts(key);
-        let h = self.hash(repo, kind, name);
+        let size = value.weight();
+        let h = self.hash(k);
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         if inner.map.len() >= MAX_ENTRIES || inner.bytes + size > MAX_BYTES {
             // Stale entries first; if the current ones alone fill it, start over.
-            let now = self.generation();
+            let now = gen.now();
             inner.map.retain(|_, e| e.generation == now);
-            inner.bytes =
-                inner.map.values().map(|e| e.served.body.as_ref().map_or(0, bytes::Bytes::len)).sum();
+            inner.bytes = inner.map.values().map(|e| e.value.weight()).sum();
             if inner.map.len() >= MAX_ENTRIES || inner.bytes + size > MAX_BYTES {
                 inner.map.clear();
                 inner.bytes = 0;
@@ -117,12 +155,13 @@ impl Memo {
         }
         let entry = Entry {
             generation: read_at,
-            repo: repo.into(),
-            key: format!("{kind}{name}").into_boxed_str(),
-            served: served.clone(),
+            repo: k.repo.into(),
+            kind: k.kind,
+            name: k.name.into(),
+            value: value.clone(),
         };
         if let Some(old) = inner.map.insert(h, entry) {
-            inner.bytes -= old.served.body.as_ref().map_or(0, bytes::Bytes::len);
+            inner.bytes = inner.bytes.saturating_sub(old.value.weight());
         }
         inner.bytes += size;
     }

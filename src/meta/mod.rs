@@ -136,8 +136,11 @@ pub struct Meta {
     db: Arc<Database>,
     writer: Arc<writer::Handle>,
     events: Arc<events::Queue>,
-    /// Served manifests, valid until the next commit (`memo.rs`).
-    memo: Arc<memo::Memo>,
+    /// The commit generation, and the pull-path reads memoised until the next commit
+    /// (`memo.rs`).
+    generation: Arc<memo::Generation>,
+    served: Arc<memo::Memo<ServedManifest>>,
+    blobs: Arc<memo::Memo<BlobRecord>>,
 }
 
 /// At most this many manifest rows are read by one [`Meta::references`] walk.
@@ -255,9 +258,16 @@ impl Meta {
             }
         }
         txn.commit()?;
-        let memo = Arc::new(memo::Memo::default());
-        let writer = Arc::new(writer::spawn(db.clone(), memo.clone()).map_err(MetaError::storage)?);
-        Ok(Meta { db, writer, events: Arc::default(), memo })
+        let generation = Arc::new(memo::Generation::default());
+        let writer = Arc::new(writer::spawn(db.clone(), generation.clone()).map_err(MetaError::storage)?);
+        Ok(Meta {
+            db,
+            writer,
+            events: Arc::default(),
+            generation,
+            served: Arc::default(),
+            blobs: Arc::default(),
+        })
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, MetaError>
@@ -343,13 +353,23 @@ impl Meta {
 
     /// The blob row if `repo` links the blob.
     pub fn repo_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        // Loaded before the read begins: see `memo.rs` for why that makes a hit exact.
+        let generation = self.generation.now();
+        let key = memo::Key::blob(repo, digest);
+        if let Some(hit) = self.blobs.get(generation, key) {
+            return Ok(Some(hit));
+        }
         let rtx = self.db.begin_read()?;
         if rtx.open_table(REPO_BLOBS)?.get((repo, digest.as_str()))?.is_none() {
             return Ok(None);
         }
         let t = rtx.open_table(BLOBS)?;
         let rec: Option<BlobRecord> = t.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-        Ok(rec.filter(|r| !r.deleting))
+        let rec = rec.filter(|r| !r.deleting);
+        if let Some(r) = &rec {
+            self.blobs.put(&self.generation, generation, key, r);
+        }
+        Ok(rec)
     }
 
     /// Resolve a tag to a digest.
@@ -368,8 +388,9 @@ impl Meta {
         with_body: bool,
     ) -> Result<Option<ServedManifest>, MetaError> {
         // Loaded before the read begins: see `memo.rs` for why that makes a hit exact.
-        let generation = self.memo.generation();
-        if let Some(mut hit) = self.memo.get(generation, repo, &key) {
+        let generation = self.generation.now();
+        let memo_key = memo::Key::manifest(repo, &key);
+        if let Some(mut hit) = self.served.get(generation, memo_key) {
             if !with_body {
                 hit.body = None;
             }
@@ -400,8 +421,8 @@ impl Meta {
             None
         };
         let mut served = ServedManifest { digest, media_type: head.media_type, size: head.size, body };
-        if memoise {
-            self.memo.put(generation, repo, &key, &served);
+        if memoise && served.body.is_some() {
+            self.served.put(&self.generation, generation, memo_key, &served);
         }
         if !with_body {
             served.body = None;
@@ -1288,6 +1309,16 @@ mod tests {
         meta.delete_tag("app".into(), "v1".into(), None).await.unwrap();
         assert_eq!(served(ManifestKey::Tag("v1")), None);
         assert_eq!(served(ManifestKey::Digest(&db)), Some(db));
+
+        // Blob rows: memoised on read, gone at once when unlinked.
+        let blob = d("layer");
+        meta.commit_blob("app".into(), blob.clone(), rec(7, Origin::Pushed, 1), None, None).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(meta.repo_blob("app", &blob).unwrap().map(|r| r.size), Some(7));
+        }
+        assert!(meta.repo_blob("other", &blob).unwrap().is_none(), "a memo hit never crosses repositories");
+        meta.delete_blob("app".into(), blob.clone()).await.unwrap();
+        assert!(meta.repo_blob("app", &blob).unwrap().is_none());
     }
 
     /// The counters equal a scan of the rows after each kind of change: push, fill, a

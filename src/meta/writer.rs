@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::memo::Memo;
+use super::memo::Generation;
 use super::MetaError;
 
 /// At most this many jobs share one transaction.
@@ -74,14 +74,15 @@ impl Drop for Handle {
     }
 }
 
-pub(super) fn spawn(db: Arc<Database>, memo: Arc<Memo>) -> std::io::Result<Handle> {
+pub(super) fn spawn(db: Arc<Database>, generation: Arc<Generation>) -> std::io::Result<Handle> {
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    let thread =
-        std::thread::Builder::new().name("wharfie-meta-writer".into()).spawn(move || run(&db, &rx, &memo))?;
+    let thread = std::thread::Builder::new()
+        .name("wharfie-meta-writer".into())
+        .spawn(move || run(&db, &rx, &generation))?;
     Ok(Handle { tx: Some(tx), thread: Some(thread) })
 }
 
-fn run(db: &Database, rx: &Receiver<Job>, memo: &Memo) {
+fn run(db: &Database, rx: &Receiver<Job>, generation: &Generation) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -114,7 +115,7 @@ fn run(db: &Database, rx: &Receiver<Job>, memo: &Memo) {
             txn.commit().map_err(MetaError::storage)
         };
         // Before anyone learns of this commit, no memoised read from before it is served.
-        memo.bump();
+        generation.bump();
         if let Err(e) = &result {
             tracing::error!(error = %e, batch = finishes.len(), "meta: commit failed");
         }
