@@ -13,8 +13,10 @@
 //! cap check a fill commit makes (`enforce_cap`, cap on, store under it), manifest GET by
 //! tag and by digest (p50/p99 of 2000 each), an eviction pass that frees 1 % of the
 //! mirrored bytes (with the manifests it breaks), a GC pass with no grace (it collects
-//! every unreferenced blob) and a second one (nothing left to collect), the size of
-//! `meta.redb` and the process's peak RSS (VmHWM; cumulative over the Ns run before).
+//! every unreferenced blob) and a second one (nothing left to collect), a manifest
+//! DELETE by digest with its tags (p50/p99 of 200, each its own commit, in pushed
+//! repositories of N/50 tags each), the size of `meta.redb` and the process's peak RSS
+//! (VmHWM; cumulative over the Ns run before).
 //! Verify is left out: these blobs have no files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking, helpers too
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use wharfie::digest::Digest;
-use wharfie::meta::{BlobRecord, ManifestRecord, Meta, Origin, PutManifest};
+use wharfie::meta::{BlobRecord, Meta, Origin, PutManifest};
 use wharfie::names::{Reference, RepoName};
 
 /// Repositories per kind (pushed `bench/rJ`, mirrored `hub/lib/rJ`).
@@ -32,6 +34,8 @@ const REPOS: usize = 50;
 /// Tags per manifest.
 const TAGS: usize = 10;
 const GETS: usize = 2000;
+/// Pushed manifests deleted by digest (each with its `TAGS` tags).
+const DELETES: usize = 200;
 const CHUNK: usize = 4096;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -101,28 +105,7 @@ fn manifest(m: usize, tag: usize) -> PutManifest {
         (format!("hub/lib/r{}", m % REPOS), Origin::Mirrored)
     };
     let refs = vec![Digest::of(format!("blob {}", 2 * m + m % 2).as_bytes())];
-    PutManifest {
-        repo,
-        digest: Digest::of(&body),
-        record: ManifestRecord {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            size: body.len() as u64,
-            subject: None,
-            artifact_type: None,
-            annotations: None,
-            created: 1,
-            origin,
-            refs: refs.clone(),
-        },
-        body,
-        blobs: refs,
-        manifests: Vec::new(),
-        tag: Some(format!("t{m}-{tag}")),
-        tag_checked: None,
-        referrer: None,
-        check_refs: false,
-        event: None,
-    }
+    PutManifest::image(&repo, &body, refs, origin, Some(&format!("t{m}-{tag}")))
 }
 
 fn vm_hwm_mib() -> f64 {
@@ -196,10 +179,28 @@ async fn run(n: usize) -> Res<()> {
     let t = Instant::now();
     let gc2 = reg.gc(Duration::ZERO, false).await?;
     let gc_again = t.elapsed();
+
+    // Manifest delete by digest, with its tags: pushed manifests m = 0, 2, 4, …, spread
+    // over the pushed repositories (each holds N / 50 tags of other manifests).
+    let mut delete = Vec::new();
+    for m in (0..DELETES.min((n / 10).max(1) / 2)).map(|k| 2 * k) {
+        let p = manifest(m, 0);
+        let (repo, r) = (RepoName::parse(&p.repo)?, Reference::parse(p.digest.as_str())?);
+        let t = Instant::now();
+        reg.delete_manifest(&repo, &r).await?;
+        delete.push(t.elapsed());
+    }
+    // Its tags went with it; those of a manifest kept in the same repository stay.
+    let r0 = RepoName::parse("bench/r0")?;
+    assert!(reg.manifest(&r0, &Reference::parse(&format!("t0-{}", TAGS - 1))?, false).is_err());
+    if 2 * DELETES < n / 10 {
+        // Manifest 2 × DELETES = 400 is pushed into bench/r0 too, and not deleted.
+        assert!(reg.manifest(&r0, &Reference::parse(&format!("t{}-0", 2 * DELETES))?, false).is_ok());
+    }
     drop(reg);
     let size = std::fs::metadata(tmp.path().join("meta.redb"))?.len();
     println!(
-        "| {n:>8} | {:>7.1} s | {:>9.1} ms | {:>11} | {:>11} | {:>10} / {:>10} | {:>10} / {:>10} | {:>10} | {:>7.1} ms ({evicted}) | {:>7.1} s ({}+{}) | {:>7.1} ms ({}) | {:>7.1} MiB | {:>6.0} MiB |",
+        "| {n:>8} | {:>7.1} s | {:>9.1} ms | {:>11} | {:>11} | {:>10} / {:>10} | {:>10} / {:>10} | {:>10} | {:>10} / {:>10} | {:>7.1} ms ({evicted}) | {:>7.1} s ({}+{}) | {:>7.1} ms ({}) | {:>7.1} MiB | {:>6.0} MiB |",
         built.as_secs_f64(),
         startup.as_secs_f64() * 1e3,
         us(pct(&mut render, 0.5)),
@@ -209,6 +210,8 @@ async fn run(n: usize) -> Res<()> {
         us(pct(&mut by_digest, 0.5)),
         us(pct(&mut by_digest, 0.99)),
         us(pct(&mut commit, 0.5)),
+        us(pct(&mut delete, 0.5)),
+        us(pct(&mut delete, 0.99)),
         evict.as_secs_f64() * 1e3,
         gc_first.as_secs_f64(),
         gc1.manifests,
@@ -228,8 +231,8 @@ fn main() -> Res<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("| N blobs | build | startup | /metrics render p50 | cap check after commit p50 | manifest by tag p50 / p99 | by digest p50 / p99 | blob commit p50 | evict 1 % (blobs) | GC pass (manifests+blobs) | GC again (blobs) | meta.redb | VmHWM |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N blobs | build | startup | /metrics render p50 | cap check after commit p50 | manifest by tag p50 / p99 | by digest p50 / p99 | blob commit p50 | manifest delete (with its tags) p50 / p99 | evict 1 % (blobs) | GC pass (manifests+blobs) | GC again (blobs) | meta.redb | VmHWM |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in ns {
         rt.block_on(run(n))?;
     }

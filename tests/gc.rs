@@ -26,16 +26,16 @@ use ops::*;
 
 const DAY: u64 = 24 * 3600;
 
-/// Push `config` and `layers` into `repo`, then an OCI manifest (tagged, or by digest).
 /// The counters and indexes meta keeps in its write transactions (blob counts and bytes,
-/// the eviction order, blob → manifests, manifest → repositories) equal a scan of the
-/// rows, read by opening the stopped server's `meta.redb` again.
+/// the eviction order, blob → manifests, manifest → repositories, digest → tags) equal
+/// a scan of the rows, read by opening the stopped server's `meta.redb` again.
 fn assert_indexes_exact(dir: &Path) {
     let meta = wharfie::meta::Meta::open(&dir.join("meta.redb")).expect("open meta.redb");
     let drift = meta.index_drift().expect("index_drift");
     assert!(drift.is_empty(), "counters or indexes differ from a scan of the rows: {drift:?}");
 }
 
+/// Push `config` and `layers` into `repo`, then an OCI manifest (tagged, or by digest).
 fn push_with(
     api: &Api,
     repo: &str,

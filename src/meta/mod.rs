@@ -110,6 +110,36 @@ pub struct PutManifest {
     pub event: Option<EventRecord>,
 }
 
+impl PutManifest {
+    /// An OCI image manifest stored as is: `body` in `repo`, its blobs `refs`, no
+    /// subject or artifact type, tagged `tag` when given, its references unchecked, no
+    /// event. How tests and benches seed a store directly, without a parser.
+    pub fn image(repo: &str, body: &[u8], refs: Vec<Digest>, origin: Origin, tag: Option<&str>) -> Self {
+        PutManifest {
+            repo: repo.to_owned(),
+            digest: Digest::of(body),
+            record: ManifestRecord {
+                media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                size: body.len() as u64,
+                subject: None,
+                artifact_type: None,
+                annotations: None,
+                created: model::now(),
+                origin,
+                refs: refs.clone(),
+            },
+            body: body.to_vec(),
+            blobs: refs,
+            manifests: Vec::new(),
+            tag: tag.map(str::to_owned),
+            tag_checked: None,
+            referrer: None,
+            check_refs: false,
+            event: None,
+        }
+    }
+}
+
 /// A manifest row and, when asked for, its exact bytes.
 pub type StoredManifest = (ManifestRecord, Option<Vec<u8>>);
 
@@ -208,11 +238,14 @@ impl Meta {
         // And before the eviction indexes existed: build each once.
         let (no_lru, no_refby, no_mrepos) =
             (absent(LRU.name())?, absent(REFERENCED_BY.name())?, absent(MANIFEST_REPOS.name())?);
+        // And before the tag → digest reverse existed.
+        let no_tag_digests = absent(TAG_DIGESTS.name())?;
         {
             txn.open_table(STATS)?;
             txn.open_table(LRU)?;
             txn.open_table(REFERENCED_BY)?;
             txn.open_table(MANIFEST_REPOS)?;
+            txn.open_table(TAG_DIGESTS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(REPO_BLOBS)?;
             txn.open_table(MANIFESTS)?;
@@ -256,6 +289,14 @@ impl Meta {
             for (m, r) in &want {
                 t.insert((m.as_str(), r.as_str()), ())?;
             }
+        }
+        if no_tag_digests {
+            let want = scan_tag_digests(&txn.open_table(TAGS)?)?;
+            let mut t = txn.open_table(TAG_DIGESTS)?;
+            for (r, d, tag) in &want {
+                t.insert((r.as_str(), d.as_str(), tag.as_str()), ())?;
+            }
+            tracing::info!(tags = want.len(), "meta: built the tag index");
         }
         txn.commit()?;
         let generation = Arc::new(memo::Generation::default());
@@ -302,9 +343,9 @@ impl Meta {
     }
 
     /// Where the counters and indexes kept in the write transactions (`STATS`, `LRU`,
-    /// `REFERENCED_BY`, `MANIFEST_REPOS`) differ from what a scan of the rows they
-    /// summarise gives, in words; empty when they are exact. One snapshot, every row
-    /// read: for tests and an operator's check, never a request path.
+    /// `REFERENCED_BY`, `MANIFEST_REPOS`, `TAG_DIGESTS`) differ from what a scan of the
+    /// rows they summarise gives, in words; empty when they are exact. One snapshot,
+    /// every row read: for tests and an operator's check, never a request path.
     pub fn index_drift(&self) -> Result<Vec<String>, MetaError> {
         let rtx = self.db.begin_read()?;
         let mut out = Vec::new();
@@ -340,6 +381,18 @@ impl Meta {
             let extra: Vec<_> = mr.difference(&want).take(5).collect();
             let missing: Vec<_> = want.difference(&mr).take(5).collect();
             out.push(format!("manifest_repos: extra {extra:?}, missing {missing:?}"));
+        }
+        let mut td = std::collections::BTreeSet::new();
+        for item in rtx.open_table(TAG_DIGESTS)?.iter()? {
+            let (k, _) = item?;
+            let (r, d, t) = k.value();
+            td.insert((r.to_owned(), d.to_owned(), t.to_owned()));
+        }
+        let want = scan_tag_digests(&rtx.open_table(TAGS)?)?;
+        if td != want {
+            let extra: Vec<_> = td.difference(&want).take(5).collect();
+            let missing: Vec<_> = want.difference(&td).take(5).collect();
+            out.push(format!("tag_digests: extra {extra:?}, missing {missing:?}"));
         }
         Ok(out)
     }
@@ -794,7 +847,7 @@ impl Meta {
             if let Some(tag) = &m.tag {
                 let rec =
                     TagRecord { digest: m.digest.clone(), updated: model::now(), checked: m.tag_checked };
-                txn.open_table(TAGS)?.insert((repo, tag.as_str()), encode(&rec).as_slice())?;
+                put_tag(txn, repo, tag, &rec)?;
             }
             if let (Some(desc), Some(subject)) = (&m.referrer, &m.record.subject) {
                 txn.open_table(REFERRERS)?.insert((repo, subject.as_str(), d), encode(desc).as_slice())?;
@@ -829,12 +882,14 @@ impl Meta {
     /// Record that the mirror confirmed `tag` upstream at `checked`.
     pub async fn touch_tag(&self, repo: String, tag: String, checked: u64) -> Result<(), MetaError> {
         self.write(move |txn| {
-            let mut t = txn.open_table(TAGS)?;
-            let rec: Option<TagRecord> =
-                t.get((repo.as_str(), tag.as_str()))?.map(|v| decode(v.value())).transpose()?;
+            let rec: Option<TagRecord> = txn
+                .open_table(TAGS)?
+                .get((repo.as_str(), tag.as_str()))?
+                .map(|v| decode(v.value()))
+                .transpose()?;
             if let Some(mut rec) = rec {
                 rec.checked = Some(checked);
-                t.insert((repo.as_str(), tag.as_str()), encode(&rec).as_slice())?;
+                put_tag(txn, &repo, &tag, &rec)?;
             }
             Ok(())
         })
@@ -888,12 +943,9 @@ impl Meta {
     ) -> Result<(), MetaError> {
         let queue = self.events.clone();
         self.write(move |txn| {
-            let removed =
-                txn.open_table(TAGS)?.remove((repo.as_str(), tag.as_str()))?.map(|v| v.value().to_vec());
-            let Some(removed) = removed else {
+            let Some(rec) = remove_tag(txn, &repo, &tag)? else {
                 return Err(MetaError::NotFound);
             };
-            let rec: TagRecord = decode(&removed)?;
             let event = event.map(|e| EventRecord { tag: Some(tag.clone()), digest: Some(rec.digest), ..e });
             events::enqueue(txn, &queue, event)
         })
@@ -956,21 +1008,17 @@ pub(crate) fn unlink_manifest(
     add(&mut txn.open_table(REPOS)?, r, -1)?;
     add(&mut txn.open_table(MANIFEST_LINKS)?, d, -1)?;
     txn.open_table(MANIFEST_REPOS)?.remove((d, r))?;
-    let mut tags = txn.open_table(TAGS)?;
     let mut doomed = Vec::new();
-    for item in tags.range((r, "")..)? {
-        let (k, v) = item?;
-        let (kr, kt) = k.value();
-        if kr != r {
+    for item in txn.open_table(TAG_DIGESTS)?.range((r, d, "")..)? {
+        let (k, _) = item?;
+        let (kr, kd, kt) = k.value();
+        if (kr, kd) != (r, d) {
             break;
         }
-        let rec: TagRecord = decode(v.value())?;
-        if rec.digest == *digest {
-            doomed.push(kt.to_owned());
-        }
+        doomed.push(kt.to_owned());
     }
     for t in doomed {
-        tags.remove((r, t.as_str()))?;
+        remove_tag(txn, r, &t)?;
     }
     let subject = txn
         .open_table(MANIFESTS)?
@@ -982,6 +1030,33 @@ pub(crate) fn unlink_manifest(
         txn.open_table(REFERRERS)?.remove((r, s.as_str(), d))?;
     }
     Ok(true)
+}
+
+/// Point `tag` in `repo` at `rec.digest`, keeping `TAG_DIGESTS` the exact reverse of
+/// `TAGS`: a tag that pointed elsewhere loses that entry. Every write of a tag row goes
+/// through here (and every removal through `remove_tag`), so the two cannot drift.
+fn put_tag(txn: &WriteTransaction, repo: &str, tag: &str, rec: &TagRecord) -> Result<(), MetaError> {
+    let old: Option<model::TagHead> = txn
+        .open_table(TAGS)?
+        .insert((repo, tag), encode(rec).as_slice())?
+        .map(|v| decode(v.value()))
+        .transpose()?;
+    let mut rev = txn.open_table(TAG_DIGESTS)?;
+    if let Some(old) = old.filter(|o| o.digest != rec.digest) {
+        rev.remove((repo, old.digest.as_str(), tag))?;
+    }
+    rev.insert((repo, rec.digest.as_str(), tag), ())?;
+    Ok(())
+}
+
+/// Remove `tag` from `repo` and its `TAG_DIGESTS` entry; the row it held, if any.
+fn remove_tag(txn: &WriteTransaction, repo: &str, tag: &str) -> Result<Option<TagRecord>, MetaError> {
+    let old: Option<TagRecord> =
+        txn.open_table(TAGS)?.remove((repo, tag))?.map(|v| decode(v.value())).transpose()?;
+    if let Some(old) = &old {
+        txn.open_table(TAG_DIGESTS)?.remove((repo, old.digest.as_str(), tag))?;
+    }
+    Ok(old)
 }
 
 /// Write a blob row, replacing `old` (what the row held, if any), and keep `STATS`
@@ -1087,6 +1162,20 @@ fn scan_manifest_repos(
         let (k, _) = item?;
         let (r, d) = k.value();
         out.insert((d.to_owned(), r.to_owned()));
+    }
+    Ok(out)
+}
+
+/// What `TAG_DIGESTS` must hold, from a scan of `TAGS`.
+fn scan_tag_digests(
+    tags: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+) -> Result<std::collections::BTreeSet<(String, String, String)>, MetaError> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in tags.iter()? {
+        let (k, v) = item?;
+        let (r, t) = k.value();
+        let head: model::TagHead = decode(v.value())?;
+        out.insert((r.to_owned(), head.digest.as_str().to_owned(), t.to_owned()));
     }
     Ok(out)
 }
@@ -1321,6 +1410,103 @@ mod tests {
         assert!(meta.repo_blob("app", &blob).unwrap().is_none());
     }
 
+    /// `index_drift` is empty: every kept index equals a scan of its rows.
+    fn assert_exact(meta: &Meta) {
+        let drift = meta.index_drift().unwrap();
+        assert!(drift.is_empty(), "indexes differ from a scan: {drift:?}");
+    }
+
+    /// A pushed image manifest `body` (no references) in `repo`, tagged `tag`.
+    fn tagged(repo: &str, body: &str, tag: &str) -> PutManifest {
+        PutManifest::image(repo, body.as_bytes(), Vec::new(), Origin::Pushed, Some(tag))
+    }
+
+    /// Put every manifest at once (one group commit, not one fsync each).
+    async fn put_all(meta: &Meta, puts: Vec<PutManifest>) {
+        for r in futures_util::future::join_all(puts.into_iter().map(|p| meta.put_manifest(p))).await {
+            r.unwrap();
+        }
+    }
+
+    /// Deleting a manifest takes exactly the tags that point at it (found through
+    /// `TAG_DIGESTS`): not the many tags of other manifests in its repository, sorted
+    /// before and after its own, not a tag moved from it to another manifest, not its
+    /// tag in another repository. The index stays the exact reverse of `TAGS` through
+    /// each kind of tag write: new, moved, touched, deleted, deleted with its manifest.
+    #[tokio::test]
+    async fn deleting_a_manifest_takes_exactly_its_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let mut puts: Vec<PutManifest> =
+            ["a", "b", "c", "moved"].iter().map(|t| tagged("app", "doomed", t)).collect();
+        puts.push(tagged("other", "doomed", "a"));
+        put_all(&meta, puts).await;
+        let keep = |k: usize| format!("keep {k}");
+        let puts = (0..300)
+            .flat_map(|k| [format!("0{k:03}"), format!("z{k:03}")].map(|t| tagged("app", &keep(k), &t)));
+        put_all(&meta, puts.collect()).await;
+        assert_exact(&meta);
+        // "moved" goes to another manifest; touching a tag keeps it where it is.
+        meta.put_manifest(tagged("app", &keep(0), "moved")).await.unwrap();
+        meta.touch_tag("app".into(), "a".into(), 7).await.unwrap();
+        assert_eq!(meta.tag("app", "a").unwrap().unwrap().checked, Some(7));
+        assert_exact(&meta);
+
+        meta.delete_manifest("app".into(), d("doomed"), None).await.unwrap();
+        for t in ["a", "b", "c"] {
+            assert!(meta.tag("app", t).unwrap().is_none(), "tag {t} of the deleted manifest stays");
+        }
+        assert_eq!(meta.tag("app", "moved").unwrap().unwrap().digest, d(&keep(0)));
+        assert_eq!(meta.tag("other", "a").unwrap().unwrap().digest, d("doomed"));
+        let (tags, more) = meta.tags("app", None, 1000).unwrap().unwrap();
+        assert_eq!((tags.len(), more), (601, false));
+        assert_exact(&meta);
+        assert!(matches!(
+            meta.delete_manifest("app".into(), d("doomed"), None).await,
+            Err(MetaError::NotFound)
+        ));
+
+        // A deleted tag leaves the index; so do the tags of the next manifest deleted.
+        meta.delete_tag("app".into(), "moved".into(), None).await.unwrap();
+        assert_exact(&meta);
+        meta.delete_manifest("app".into(), d(&keep(0)), None).await.unwrap();
+        let (tags, _) = meta.tags("app", None, 1000).unwrap().unwrap();
+        assert_eq!(tags.len(), 598);
+        assert!(!tags.iter().any(|t| t == "0000" || t == "z000"));
+        assert_exact(&meta);
+    }
+
+    /// A `meta.redb` from before `TAG_DIGESTS` gets it built from `TAGS` once, at open:
+    /// exact, and a manifest delete then finds its tags through it.
+    #[tokio::test]
+    async fn an_older_database_gets_the_tag_index_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let meta = Meta::open(&path).unwrap();
+        let mut puts: Vec<PutManifest> =
+            (0..50).map(|k| tagged("app", &format!("m{}", k % 5), &format!("t{k:02}"))).collect();
+        puts.push(tagged("other", "m0", "t00"));
+        put_all(&meta, puts).await;
+        drop(meta);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(TAG_DIGESTS).unwrap());
+            txn.commit().unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        assert_exact(&meta);
+        meta.delete_manifest("app".into(), d("m0"), None).await.unwrap();
+        let (tags, _) = meta.tags("app", None, 100).unwrap().unwrap();
+        assert_eq!(tags.len(), 40, "the ten tags of m0 go: {tags:?}");
+        assert!(tags.iter().all(|t| meta.tag("app", t).unwrap().unwrap().digest != d("m0")));
+        assert_eq!(meta.tag("other", "t00").unwrap().unwrap().digest, d("m0"));
+        assert_exact(&meta);
+        // Reopened as is: not rebuilt, still exact.
+        drop(meta);
+        assert_exact(&Meta::open(&path).unwrap());
+    }
+
     /// The counters equal a scan of the rows after each kind of change: push, fill, a
     /// push of a mirrored blob (origin upgrade), a mount into a hosted repository, GC's
     /// mark and row removal, eviction — and the migration of a file without them.
@@ -1378,27 +1564,8 @@ mod tests {
         );
         // Manifests: a mirrored image on m3 under an index, both in hub/lib/y, and the
         // index also linked in a hosted repository; a pushed image on p2.
-        let man = |repo: &str, body: &str, refs: Vec<Digest>, origin: Origin| PutManifest {
-            repo: repo.into(),
-            digest: d(body),
-            record: ManifestRecord {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                size: body.len() as u64,
-                subject: None,
-                artifact_type: None,
-                annotations: None,
-                created: 1,
-                origin,
-                refs: refs.clone(),
-            },
-            body: body.as_bytes().to_vec(),
-            blobs: refs,
-            manifests: Vec::new(),
-            tag: Some("t".into()),
-            tag_checked: None,
-            referrer: None,
-            check_refs: false,
-            event: None,
+        let man = |repo: &str, body: &str, refs: Vec<Digest>, origin: Origin| {
+            PutManifest::image(repo, body.as_bytes(), refs, origin, Some("t"))
         };
         meta.put_manifest(man("hub/lib/y", "img", vec![d("m3")], Origin::Mirrored)).await.unwrap();
         meta.put_manifest(man("hub/lib/y", "idx", vec![d("img")], Origin::Mirrored)).await.unwrap();

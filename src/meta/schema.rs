@@ -58,3 +58,9 @@ pub(super) const LRU: TableDefinition<(u64, &str), ()> = TableDefinition::new("l
 pub(super) const REFERENCED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("referenced_by");
 /// (manifest digest, repo) → () — the reverse of `REPO_MANIFESTS`.
 pub(super) const MANIFEST_REPOS: TableDefinition<(&str, &str), ()> = TableDefinition::new("manifest_repos");
+/// (repo, digest, tag) → () for every `TAGS` row: the reverse of `TAGS`, so unlinking a
+/// manifest reads the tags that point at it instead of decoding every tag of the
+/// repository. Every write of a `TAGS` row goes through `put_tag` or `remove_tag`, which
+/// change this in the same transaction (a tag moved to another digest loses its old
+/// entry); built once from a scan when an older `meta.redb` lacks it.
+pub(super) const TAG_DIGESTS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("tag_digests");
