@@ -111,9 +111,19 @@ fn open_db(dir: &Path) -> redb::Database {
 
 /// Every blob row: digest → record (JSON).
 pub fn blob_rows(dir: &Path) -> BTreeMap<String, Value> {
-    let db = open_db(dir);
+    blob_rows_of(&dir.join("meta.redb"))
+}
+
+/// Every blob row of the redb file `file` (a copy of a crashed image, say): digest →
+/// record (JSON); none when the table was never created.
+pub fn blob_rows_of(file: &Path) -> BTreeMap<String, Value> {
+    let db = redb::Database::create(file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
     let rtx = db.begin_read().expect("read txn");
-    let t = rtx.open_table(BLOBS).expect("blobs table");
+    let t = match rtx.open_table(BLOBS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return BTreeMap::new(),
+        Err(e) => panic!("blobs table of {}: {e}", file.display()),
+    };
     let mut out = BTreeMap::new();
     for item in t.iter().expect("iter") {
         let (k, v) = item.expect("row");
