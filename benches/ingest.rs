@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use wharfie_testkit::bench::{fail, port, start_wharfie, wait_ready, Proc, Res};
+use wharfie_testkit::bench::{self, fail, port, start_wharfie, wait_ready, Proc, Res};
 
 const PARALLEL: usize = 8;
 const REPO: &str = "bench/ingest";
@@ -309,11 +309,5 @@ fn run() -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ingest bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("ingest bench", run())
 }

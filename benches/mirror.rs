@@ -390,11 +390,5 @@ fn real_main() -> Res<()> {
 }
 
 fn main() -> ExitCode {
-    match real_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mirror bench: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("mirror bench", real_main())
 }

@@ -8,13 +8,25 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::common::built_wharfie;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 pub type Res<T> = Result<T, Box<dyn Error>>;
 
 pub fn fail<T>(msg: impl Into<String>) -> Res<T> {
     Err(msg.into().into())
+}
+
+/// A bench's `main` ends here: success, or the error on stderr (after the bench's
+/// `name`) and exit 1.
+pub fn exit(name: &str, r: Res<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A child process killed (SIGKILL) when dropped, and when we die (PDEATHSIG).
