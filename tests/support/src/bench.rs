@@ -1,5 +1,6 @@
 //! What the side-by-side benchmarks share: child processes that die with the bench,
-//! ephemeral ports, curl for small requests, and starting the wharfie under test.
+//! ephemeral ports, curl for small requests, and starting the wharfie under test and
+//! Distribution beside it.
 
 use std::error::Error;
 use std::fs::{self, File};
@@ -127,6 +128,22 @@ pub fn wait_ready(p: &mut Proc, url: &str) -> Res<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     fail(format!("{url} did not answer 200 within 30 s"))
+}
+
+/// Distribution (`/usr/bin/docker-registry serve`) on 127.0.0.1 with its storage in
+/// `dir/storage`; `config` writes its YAML, given the port to listen on and the storage
+/// directory. Returns the process and its base URL once `/v2/` answers.
+pub fn start_distribution(dir: &Path, config: impl FnOnce(u16, &Path) -> String) -> Res<(Proc, String)> {
+    let port = port()?;
+    let storage = dir.join("storage");
+    fs::create_dir_all(&storage)?;
+    fs::write(dir.join("config.yml"), config(port, &storage))?;
+    let mut cmd = Command::new("/usr/bin/docker-registry");
+    cmd.arg("serve").arg(dir.join("config.yml"));
+    let mut p = Proc::spawn(cmd, dir)?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&mut p, &format!("{base}/v2/"))?;
+    Ok((p, base))
 }
 
 /// The wharfie under test: `$WHARFIE_BIN`, else the one cargo built ([`built_wharfie`]).
