@@ -139,11 +139,5 @@ fn run() -> Res<()> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airgap bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("airgap bench", run())
 }

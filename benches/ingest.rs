@@ -34,12 +34,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use wharfie_testkit::bench::{fail, port, start_wharfie, wait_ready, Proc, Res};
+use wharfie_testkit::bench::{self, fail, start_wharfie, Proc, Res};
 
 const PARALLEL: usize = 8;
 const REPO: &str = "bench/ingest";
@@ -289,22 +289,14 @@ fn round(host: &str, pid: u32, base: &Arc<Vec<u8>>, blobs: Vec<Blob>, chunk: Opt
 }
 
 fn start_distribution(dir: &Path) -> Res<(Proc, String)> {
-    let port = port()?;
-    let storage = dir.join("storage");
-    fs::create_dir_all(&storage)?;
-    let config = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-         storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
-        storage.display()
-    );
-    fs::write(dir.join("config.yml"), config)?;
-    let mut cmd = Command::new("/usr/bin/docker-registry");
-    cmd.arg("serve").arg(dir.join("config.yml"));
-    let mut p = Proc::spawn(cmd, dir)?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&mut p, &format!("{base}/v2/"))?;
-    Ok((p, base))
+    bench::start_distribution(dir, |port, storage| {
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        )
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -384,11 +376,5 @@ fn run() -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ingest bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("ingest bench", run())
 }

@@ -40,9 +40,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use bench::{
-    access_log_count, curl, fail, location, port, start_wharfie, status, wait_ready, wharfie_bin, Proc, Res,
-};
+use bench::{access_log_count, curl, fail, location, start_wharfie, status, wharfie_bin, Proc, Res};
 use wharfie_testkit::bench;
 
 const REPO: &str = "bench/cold";
@@ -53,22 +51,16 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const TAG_GETS: usize = 20;
 
 fn distribution(dir: &Path, proxy_of: Option<&str>, access_log: bool) -> Res<(Proc, String)> {
-    fs::create_dir_all(dir.join("storage"))?;
-    let port = port()?;
-    let mut y = String::from("version: 0.1\nlog:\n  level: error\n");
-    let _ = writeln!(y, "  accesslog:\n    disabled: {}", !access_log);
-    let _ = writeln!(y, "storage:\n  filesystem:\n    rootdirectory: {}", dir.join("storage").display());
-    let _ = writeln!(y, "http:\n  addr: 127.0.0.1:{port}");
-    if let Some(up) = proxy_of {
-        let _ = writeln!(y, "proxy:\n  remoteurl: {up}");
-    }
-    fs::write(dir.join("config.yml"), y)?;
-    let mut cmd = Command::new("/usr/bin/docker-registry");
-    cmd.arg("serve").arg(dir.join("config.yml"));
-    let mut p = Proc::spawn(cmd, dir)?;
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&mut p, &format!("{base}/v2/"))?;
-    Ok((p, base))
+    bench::start_distribution(dir, |port, storage| {
+        let mut y = String::from("version: 0.1\nlog:\n  level: error\n");
+        let _ = writeln!(y, "  accesslog:\n    disabled: {}", !access_log);
+        let _ = writeln!(y, "storage:\n  filesystem:\n    rootdirectory: {}", storage.display());
+        let _ = writeln!(y, "http:\n  addr: 127.0.0.1:{port}");
+        if let Some(up) = proxy_of {
+            let _ = writeln!(y, "proxy:\n  remoteurl: {up}");
+        }
+        y
+    })
 }
 
 /// wharfie with one upstream named `up`; repositories are reached as `up/<name>`.
@@ -390,11 +382,5 @@ fn real_main() -> Res<()> {
 }
 
 fn main() -> ExitCode {
-    match real_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mirror bench: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("mirror bench", real_main())
 }

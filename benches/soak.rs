@@ -345,11 +345,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(real_main()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("soak: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::exit("soak", rt.block_on(real_main()))
 }

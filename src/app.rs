@@ -31,8 +31,6 @@ pub enum AppError {
     Bind { addr: String, source: std::io::Error },
     #[error("upstream {name}: {reason}")]
     Upstream { name: String, reason: String },
-    #[error("TLS: {0}")]
-    Tls(String),
     #[error("[auth] htpasswd: {0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error("cannot start the runtime: {0}")]
@@ -240,8 +238,8 @@ impl Server {
         self
     }
 
-    /// Bind, load TLS and auth, open the stores and recover: every error a start can
-    /// have, before anything is served (a held database is `AppError::Meta(MetaError::Locked)`).
+    /// Bind, load the htpasswd file, open the stores and recover (TLS was read and checked
+    /// with the configuration): every error a start can have, before anything is served (a held database is `AppError::Meta(MetaError::Locked)`).
     pub async fn start(self) -> Result<Started, AppError> {
         let s = &self.settings;
         let listeners = match self.listeners {
@@ -256,9 +254,7 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| AppError::Bind { addr: s.listen.to_string(), source })?;
         let tls = match (&s.tls, self.tls) {
-            (Some(t), true) => {
-                Some(crate::http::server::tls_acceptor(&t.cert, &t.key).map_err(AppError::Tls)?)
-            }
+            (Some(t), true) => Some(crate::http::server::tls_acceptor(t)),
             _ => None,
         };
         let auth = match self.auth {
@@ -385,8 +381,8 @@ struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Load the htpasswd file and compile the rules: a bad file is a startup error, never
-/// an open registry.
+/// Load the htpasswd file (the rules were compiled with the configuration): a bad file
+/// is a startup error, never an open registry.
 fn authenticator(settings: &Settings) -> Result<Arc<Authenticator>, AppError> {
     let auth = Authenticator::new(settings.auth.clone())?;
     if auth.enabled() {

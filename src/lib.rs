@@ -17,7 +17,7 @@
 //! | --- | --- | --- |
 //! | `cli` | the clap commands: `serve`, `gc`, `verify`, `import`, `export`, `inventory`, `prefetch`, `client-config`, `config check` | app, airgap, auth, config, meta, service, upstream, manifest, digest, names |
 //! | `app` | the one bootstrap (`Server`, `run`): open the stores, recover, background tasks (upload expiry, scheduled GC, event delivery, the web page's history), TLS, SIGHUP reload, `sd_notify`, serve | everything (it is the wiring) |
-//! | `config` | figment layering (defaults < TOML < `WHARFIE_*` < flags) → `Settings`, with the typed errors that name a bad key | names |
+//! | `config` | figment layering (defaults < TOML < `WHARFIE_*` < flags) → `Settings`, every value resolved once (CA files and `[tls]` read and checked, `[auth]` rules compiled), with the typed errors that name a bad key | names |
 //! | `http` | the wire: route parser, authenticate → dispatch → finish, handlers, body draining, the one error → status/OCI code table, accept loop and graceful drain | service, auth, config, events (request context), web, manifest, digest, names |
 //! | `web` | the operator's page at `/` and `/ui/…` (server-rendered HTML, the last hour's chart) | service, meta records, upstream (its errors), names |
 //! | `service` | registry semantics: `Registry`, a facade over uploads, manifests/tags, blobs, the mirror (routing, flights, fills) and the cache (access times, eviction); entitlement, GC, verify, metrics | meta, blob, upstream, flight, manifest, events (records), digest, names |

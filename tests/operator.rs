@@ -176,6 +176,19 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
     let junk_ca =
         write(tmp.path(), "junk-ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
     let junk = f("junkca.toml", &up("https://a.example", &format!("ca_file = \"{junk_ca}\"\n")));
+    // `[tls]` is read, parsed and matched at load too: a missing file, no certificate,
+    // no key, a key that is not the certificate's, a certificate that does not parse.
+    let tls = test_ca_and_cert();
+    let (cert, key) = (path_str(&tls.cert), path_str(&tls.key));
+    let other_key = path_str(&tls.ca.with_file_name("ca.key"));
+    let missing_cert = path_str(&tmp.path().join("missing-cert.pem"));
+    let tls_file =
+        |name: &str, cert: &str, key: &str| f(name, &format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"));
+    let no_cert = tls_file("nocert.toml", &missing_cert, &key);
+    let key_as_cert = tls_file("keyascert.toml", &key, &key);
+    let cert_as_key = tls_file("certaskey.toml", &cert, &cert);
+    let mismatch = tls_file("mismatch.toml", &cert, &other_key);
+    let junk_cert = tls_file("junkcert.toml", &junk_ca, &key);
     let low = f("low.toml", "[cache]\nlow_water_percent = 150\n");
     let syntax = f("syntax.toml", "[cache\n");
     let size_reason = "invalid value string \"lots\", expected a size such as \"512MiB\" or \"10GB\"";
@@ -240,6 +253,36 @@ fn config_errors_name_the_key_as_the_user_wrote_it_and_where() {
             vec!["--config", &junk],
             vec![],
             format!("[[upstreams]] #1 ca_file in {junk}: upstream \"a\": {junk_ca}: certificate 1 is not a usable CA certificate: BadEncoding"),
+        ),
+        (
+            vec!["--config", &no_cert],
+            vec![],
+            format!("[tls] cert in {no_cert}: {missing_cert}: cannot read it: No such file or directory (os error 2)"),
+        ),
+        (
+            vec![],
+            vec![("WHARFIE_TLS__CERT", missing_cert.as_str()), ("WHARFIE_TLS__KEY", key.as_str())],
+            format!("WHARFIE_TLS__CERT in the environment: {missing_cert}: cannot read it: No such file or directory (os error 2)"),
+        ),
+        (
+            vec!["--config", &key_as_cert],
+            vec![],
+            format!("[tls] cert in {key_as_cert}: {key}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ),
+        (
+            vec!["--config", &cert_as_key],
+            vec![],
+            format!("[tls] key in {cert_as_key}: {cert}: holds no PEM private key (-----BEGIN PRIVATE KEY-----, or RSA or EC PRIVATE KEY)"),
+        ),
+        (
+            vec!["--config", &mismatch],
+            vec![],
+            format!("[tls] key in {mismatch}: {other_key}: does not match the certificate in {cert}"),
+        ),
+        (
+            vec!["--config", &junk_cert],
+            vec![],
+            format!("[tls] cert in {junk_cert}: {junk_ca}: certificate 1 is not a usable server certificate: BadEncoding"),
         ),
         (vec!["--config", &low], vec![], format!("[cache] low_water_percent in {low}: must be 1 to 100, not 150")),
         (vec![], vec![("WHARFIE_CACHE__LOW_WATER_PERCENT", "0")], "WHARFIE_CACHE__LOW_WATER_PERCENT in the environment: must be 1 to 100, not 0".into()),

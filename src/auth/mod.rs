@@ -1,8 +1,8 @@
 //! `auth/`: who is asking ([`Principal`], from an htpasswd file and `Basic` credentials)
 //! and what they may do ([`Access`] on a repository, from `[auth]` rules).
 //!
-//! May import: [`crate::config::auth`] (the `[auth]` section's types and checks) and
-//! [`crate::names`]. Never
+//! May import: [`crate::config::auth`] (the `[auth]` section, resolved: its compiled
+//! rules) and [`crate::names`]. Never
 //! names warp/hyper: the caller hands over the `Authorization` header value and turns the
 //! answers into 401/403 responses.
 //!
@@ -94,9 +94,8 @@ use subtle::ConstantTimeEq;
 
 use crate::names::RepoName;
 
-use self::rules::CompiledRule;
 pub(crate) use self::scope::Grants;
-pub(crate) use crate::config::auth::{Access, Anonymous, AuthConfig, Rule};
+pub(crate) use crate::config::auth::{Access, Anonymous, AuthSettings};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,9 +165,6 @@ pub enum AuthError {
     /// A line of the htpasswd file (1-based) is not a bcrypt entry.
     #[error("{path}:{line}: {reason}")]
     Htpasswd { path: PathBuf, line: usize, reason: String },
-    /// A bad `[auth]` section: a rule, or an inconsistent combination.
-    #[error(transparent)]
-    Config(#[from] crate::config::auth::AuthConfigError),
     /// The `Authorization` header is present but unusable (→ 401 with the challenge).
     #[error("malformed Authorization header: {0}")]
     BadHeader(String),
@@ -282,16 +278,10 @@ struct CacheEntry {
     expires: Instant,
 }
 
-/// Check the section (see [`AuthConfig::check`]) and compile its rules.
-fn check(cfg: &AuthConfig) -> Result<Vec<CompiledRule>, AuthError> {
-    cfg.check()?;
-    Ok(rules::compile(&cfg.rules)?)
-}
-
 /// Answers "who is this" and "may they".
 pub struct Authenticator {
-    cfg: AuthConfig,
-    rules: Vec<CompiledRule>,
+    /// Resolved at configuration load: the rules arrive compiled.
+    cfg: AuthSettings,
     users: RwLock<Arc<Users>>,
     /// User name → the last password that verified (as a salted digest).
     cache: Mutex<HashMap<String, CacheEntry>>,
@@ -317,23 +307,21 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Check the configuration and load the htpasswd file (if any).
-    pub fn new(cfg: AuthConfig) -> Result<Self, AuthError> {
-        let rules = check(&cfg)?;
-        let me = Self::build(cfg, rules);
+    /// Load the htpasswd file (if any) of an `[auth]` section resolved by `config`.
+    pub fn new(cfg: AuthSettings) -> Result<Self, AuthError> {
+        let me = Self::build(cfg);
         me.reload()?;
         Ok(me)
     }
 
     /// Auth off: everyone may do everything (the in-process server of `wharfie import`).
     pub fn disabled() -> Self {
-        Self::build(AuthConfig::default(), Vec::new())
+        Self::build(AuthSettings::off())
     }
 
-    fn build(cfg: AuthConfig, rules: Vec<CompiledRule>) -> Self {
+    fn build(cfg: AuthSettings) -> Self {
         Authenticator {
             cfg,
-            rules,
             users: RwLock::new(Arc::new(Users {
                 map: HashMap::new(),
                 dummy: EMPTY_FILE_DUMMY.into(),
@@ -354,7 +342,7 @@ impl Authenticator {
             return Ok(());
         };
         let file = htpasswd::load(path)?;
-        for r in &self.rules {
+        for r in &self.cfg.rules {
             for u in r.named_users() {
                 if !file.users.contains_key(u) {
                     tracing::warn!(user = u, htpasswd = %path.display(), "an [auth] rule names a user the htpasswd file does not have");
@@ -379,7 +367,7 @@ impl Authenticator {
     }
 
     /// The configuration this was built from.
-    pub fn config(&self) -> &AuthConfig {
+    pub fn config(&self) -> &AuthSettings {
         &self.cfg
     }
 
@@ -624,10 +612,10 @@ impl Authenticator {
         if anonymous_pull && access == Access::Pull {
             return true;
         }
-        if self.rules.is_empty() {
+        if self.cfg.rules.is_empty() {
             return p.is_authenticated();
         }
-        rules::granted(&self.rules, p, repo.as_str()).contains(access)
+        rules::granted(&self.cfg.rules, p, repo.as_str()).contains(access)
     }
 }
 

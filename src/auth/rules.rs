@@ -1,4 +1,5 @@
-//! Per-repository access rules: repository-name globs, compiled once at load.
+//! Per-repository access rules: repository-name globs, compiled once at load (by
+//! `config::auth`, into [`CompiledRule`]s); here, what they grant a principal.
 //!
 //! Glob syntax (patterns are checked at load; a pattern that could never match a valid
 //! repository name is an error, not a silent no-op):
@@ -14,92 +15,16 @@
 //!   every repository);
 //! - anything else matches literally.
 
-use std::collections::HashSet;
+use super::{Access, Principal};
 
-use super::{Access, Principal, Rule};
-use crate::config::auth::{check_rule, AuthConfigError};
-
-pub(crate) use crate::config::auth::{Pattern, ANONYMOUS, ANY_USER};
-
-/// A set of [`Access`] kinds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct AccessSet(u8);
-
-impl AccessSet {
-    fn bit(a: Access) -> u8 {
-        match a {
-            Access::Pull => 1,
-            Access::Push => 2,
-            Access::Delete => 4,
-        }
-    }
-
-    pub(crate) fn with(self, a: Access) -> AccessSet {
-        AccessSet(self.0 | Self::bit(a))
-    }
-
-    pub(crate) fn contains(self, a: Access) -> bool {
-        self.0 & Self::bit(a) != 0
-    }
-}
-
-/// A compiled [`Rule`].
-#[derive(Debug, Clone)]
-pub(crate) struct CompiledRule {
-    pub(crate) pattern: Pattern,
-    any_user: bool,
-    anonymous: bool,
-    users: HashSet<String>,
-    access: AccessSet,
-}
-
-impl CompiledRule {
-    fn applies_to(&self, p: &Principal) -> bool {
-        match p {
-            Principal::Anonymous => self.anonymous,
-            Principal::User(u) => self.any_user || self.users.contains(u),
-        }
-    }
-
-    /// The user names this rule lists explicitly (for load-time warnings).
-    pub(crate) fn named_users(&self) -> impl Iterator<Item = &str> {
-        self.users.iter().map(String::as_str)
-    }
-}
-
-/// Compile every rule; errors (from [`check_rule`]) name the rule (1-based) and its
-/// pattern.
-pub(crate) fn compile(rules: &[Rule]) -> Result<Vec<CompiledRule>, AuthConfigError> {
-    rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let pattern = check_rule(i, r)?;
-            let (mut any_user, mut anonymous, mut users) = (false, false, HashSet::new());
-            for u in &r.users {
-                match u.as_str() {
-                    ANY_USER => any_user = true,
-                    ANONYMOUS => anonymous = true,
-                    name => {
-                        users.insert(name.to_string());
-                    }
-                }
-            }
-            let access = r.access.iter().fold(AccessSet::default(), |s, &a| s.with(a));
-            Ok(CompiledRule { pattern, any_user, anonymous, users, access })
-        })
-        .collect()
-}
+pub(crate) use crate::config::auth::{AccessSet, CompiledRule, ANONYMOUS};
 
 /// The union of the access the rules give `p` on the repository `repo`.
 ///
 /// `push` implies `pull`: a client pushing reads back what already exists (HEAD on blobs
 /// and manifests) and could not push without it.
 pub(crate) fn granted(rules: &[CompiledRule], p: &Principal, repo: &str) -> AccessSet {
-    let mut set = rules
-        .iter()
-        .filter(|r| r.applies_to(p) && r.pattern.matches(repo))
-        .fold(AccessSet::default(), |s, r| AccessSet(s.0 | r.access.0));
+    let mut set = rules.iter().fold(AccessSet::default(), |s, r| s.union(r.grants(p.user(), repo)));
     if set.contains(Access::Push) {
         set = set.with(Access::Pull);
     }
@@ -109,6 +34,7 @@ pub(crate) fn granted(rules: &[CompiledRule], p: &Principal, repo: &str) -> Acce
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::auth::{compile, Pattern, Rule};
 
     #[test]
     fn glob_table() {

@@ -4,6 +4,7 @@ use std::path::Path;
 use base64::Engine;
 
 use super::*;
+use crate::config::auth::{AuthConfig, Rule};
 
 const COST: u32 = 4;
 
@@ -25,7 +26,13 @@ fn write_htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
 fn auth_with(dir: &Path, users: &[(&str, &str)], f: impl FnOnce(&mut AuthConfig)) -> Authenticator {
     let mut cfg = AuthConfig { htpasswd: Some(write_htpasswd(dir, users)), ..AuthConfig::default() };
     f(&mut cfg);
-    Authenticator::new(cfg).expect("authenticator")
+    Authenticator::new(cfg.resolve().expect("resolves")).expect("authenticator")
+}
+
+/// An authenticator for the htpasswd file at `path` and otherwise default settings.
+fn auth_file(path: PathBuf) -> Result<Authenticator, AuthError> {
+    let cfg = AuthConfig { htpasswd: Some(path), ..AuthConfig::default() };
+    Authenticator::new(cfg.resolve().expect("resolves"))
 }
 
 fn repo(s: &str) -> RepoName {
@@ -46,7 +53,7 @@ fn user(u: &str) -> Principal {
 
 #[test]
 fn disabled_is_open_and_ignores_headers() {
-    let a = Authenticator::new(AuthConfig::default()).expect("default");
+    let a = Authenticator::new(AuthConfig::default().resolve().expect("default")).expect("default");
     assert!(!a.enabled());
     assert_eq!(a.authenticate(Some("Bearer whatever")).expect("ignored"), Principal::Anonymous);
     for access in [Access::Pull, Access::Push, Access::Delete] {
@@ -61,18 +68,18 @@ fn disabled_constructor_is_the_default_config() {
     let a = Authenticator::disabled();
     assert!(!a.enabled());
     assert!(a.authorize(&Principal::Anonymous, Some(&repo("x")), Access::Delete));
-    assert!(AuthConfig::default().check().is_ok());
+    assert_eq!(AuthConfig::default().resolve().expect("default"), AuthSettings::off());
     let bad = AuthConfig { anonymous: Anonymous::None, ..AuthConfig::default() };
-    assert!(bad.check().expect_err("no htpasswd").to_string().contains("anonymous = \"none\""));
+    assert!(bad.resolve().expect_err("no htpasswd").to_string().contains("anonymous = \"none\""));
 }
 
 #[test]
 fn rules_or_anonymous_none_without_htpasswd_are_errors() {
     let cfg = AuthConfig { rules: vec![rule("**", &["*"], &[Access::Pull])], ..AuthConfig::default() };
-    let err = Authenticator::new(cfg).expect_err("rules need htpasswd").to_string();
+    let err = cfg.resolve().expect_err("rules need htpasswd").to_string();
     assert!(err.contains("htpasswd"), "{err}");
     let cfg = AuthConfig { anonymous: Anonymous::None, ..AuthConfig::default() };
-    let err = Authenticator::new(cfg).expect_err("none needs htpasswd").to_string();
+    let err = cfg.resolve().expect_err("none needs htpasswd").to_string();
     assert!(err.contains("htpasswd"), "{err}");
 }
 
@@ -81,14 +88,10 @@ fn bad_htpasswd_file_fails_new() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("htpasswd");
     std::fs::write(&path, "alice:$apr1$xyz$abc\n").expect("write");
-    let err = Authenticator::new(AuthConfig { htpasswd: Some(path.clone()), ..AuthConfig::default() })
-        .expect_err("md5 rejected")
-        .to_string();
+    let err = auth_file(path.clone()).expect_err("md5 rejected").to_string();
     assert!(err.contains(&format!("{}:1:", path.display())) && err.contains("$apr1$"), "{err}");
     let missing = dir.path().join("nope");
-    let err = Authenticator::new(AuthConfig { htpasswd: Some(missing), ..AuthConfig::default() })
-        .expect_err("missing")
-        .to_string();
+    let err = auth_file(missing).expect_err("missing").to_string();
     assert!(err.contains("nope"), "{err}");
 }
 
@@ -429,7 +432,7 @@ fn real_htpasswd_tool_output_verifies() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(text.starts_with("user:$2y$"), "{text}");
-    let a = Authenticator::new(AuthConfig { htpasswd: Some(path), ..AuthConfig::default() }).expect("loads");
+    let a = auth_file(path).expect("loads");
     assert_eq!(a.user_count(), 2);
     assert_eq!(a.authenticate(Some(&basic("user", "pass"))).expect("ok"), user("user"));
     assert_eq!(a.authenticate(Some(&basic("user2", "p@ss:w0rd"))).expect("ok"), user("user2"));
@@ -443,9 +446,7 @@ fn real_htpasswd_tool_output_verifies() {
     let dir2 = tempfile::tempdir().expect("tempdir");
     let p2 = dir2.path().join("htpasswd");
     std::fs::write(&p2, &md5.stdout).expect("write");
-    let err = Authenticator::new(AuthConfig { htpasswd: Some(p2), ..AuthConfig::default() })
-        .expect_err("md5")
-        .to_string();
+    let err = auth_file(p2).expect_err("md5").to_string();
     assert!(err.contains(":1:") && err.contains("$apr1$") && err.contains("htpasswd -B"), "{err}");
 }
 
@@ -545,10 +546,10 @@ fn bearer_challenge_points_at_the_token_endpoint() {
             token_realm: Some(bad.into()),
             ..AuthConfig::default()
         };
-        assert!(cfg.check().expect_err(bad).to_string().contains("token_realm"), "{bad}");
+        assert!(cfg.resolve().expect_err(bad).to_string().contains("token_realm"), "{bad}");
     }
     let cfg = AuthConfig { token: true, ..AuthConfig::default() };
-    assert!(cfg.check().expect_err("no file").to_string().contains("token = true needs an htpasswd"));
+    assert!(cfg.resolve().expect_err("no file").to_string().contains("token = true needs an htpasswd"));
 }
 
 #[test]

@@ -384,30 +384,16 @@ impl BlobStore {
     /// Hash a blob file: blake3 (fast) or sha256 (`full`), as lowercase hex.
     pub fn hash_file(&self, digest: &Digest, full: bool) -> io::Result<(u64, String)> {
         let mut f = File::open(self.layout.blob_path(digest))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
         if full {
             use sha2::Digest as _;
             let mut h = sha2::Sha256::new();
-            loop {
-                let n = io::Read::read(&mut f, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                len += n as u64;
-            }
+            let len = read_all(&mut f, |b| h.update(b))?;
             Ok((len, hex::encode(h.finalize())))
         } else {
             let mut h = blake3::Hasher::new();
-            loop {
-                let n = io::Read::read(&mut f, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                len += n as u64;
-            }
+            let len = read_all(&mut f, |b| {
+                h.update(b);
+            })?;
             Ok((len, h.finalize().to_hex().to_string()))
         }
     }
@@ -451,6 +437,21 @@ unsafe fn map_immutable(file: &File) -> io::Result<Bytes> {
     }
     let map = memmap2::Mmap::map(file)?;
     Ok(Bytes::from_owner(map))
+}
+
+/// Read `f` to its end in 1 MiB pieces, handing each to `feed` (hashers' `update`);
+/// returns how many bytes there were.
+fn read_all(f: &mut File, mut feed: impl FnMut(&[u8])) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = io::Read::read(f, &mut buf)?;
+        if n == 0 {
+            return Ok(len);
+        }
+        feed(&buf[..n]);
+        len += n as u64;
+    }
 }
 
 fn fsync_dir(dir: &std::path::Path) -> io::Result<()> {

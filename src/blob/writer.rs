@@ -2,7 +2,7 @@
 //! byte in it, updated as the bytes arrive (never a second pass at commit).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -48,17 +48,10 @@ impl Staging {
         };
         let mut sha256 = Sha256::new();
         let mut blake3 = blake3::Hasher::new();
-        let mut len = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            sha256.update(&buf[..n]);
-            blake3.update(&buf[..n]);
-            len += n as u64;
-        }
+        let len = super::read_all(&mut file, |b| {
+            sha256.update(b);
+            blake3.update(b);
+        })?;
         Ok(Some(Staging { id: id.to_owned(), path, file, sha256, blake3, len, hook }))
     }
 

@@ -195,6 +195,15 @@ impl ConfigArgs {
         let o = Overrides { listen: self.listen.clone(), data_dir: self.data_dir.clone() };
         config::load(self.config.as_deref(), &o)
     }
+
+    /// The resolved configuration of a command that runs on it; a bad one is reported on
+    /// stderr, and is exit 2.
+    fn settings(&self) -> Result<config::Settings, ExitCode> {
+        self.load().map(|(_, s)| s).map_err(|e| {
+            eprintln!("wharfie: configuration error: {e}");
+            ExitCode::from(2)
+        })
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides `default_level`. Then the warnings loading
@@ -226,12 +235,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let (_, settings) = match args.load() {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("wharfie: configuration error: {e}");
-                    return ExitCode::from(2);
-                }
+            let settings = match args.settings() {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             init_tracing(&settings, "info");
             match crate::app::serve_blocking(settings) {
@@ -249,16 +255,13 @@ pub fn main() -> ExitCode {
             }
             config_check(&args)
         }
-        Command::ClientConfig { cfg, host } => match cfg.load() {
-            Ok((_, s)) => {
+        Command::ClientConfig { cfg, host } => match cfg.settings() {
+            Ok(s) => {
                 let host = host.unwrap_or_else(|| s.listen.to_string());
                 print!("{}", client_config::render(&s, &host));
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("wharfie: configuration error: {e}");
-                ExitCode::from(2)
-            }
+            Err(code) => code,
         },
         Command::Import { cfg, inputs, repo, quiet, json, remote } => {
             let target = match repo.as_deref().map(parse_target).transpose() {
@@ -529,12 +532,9 @@ where
     F: FnOnce(std::sync::Arc<crate::service::Registry>, config::Settings) -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, crate::service::Error>>,
 {
-    let settings = match args.load() {
-        Ok((_, s)) => s,
-        Err(e) => {
-            eprintln!("wharfie: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     init_tracing(&settings, "warn");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -586,12 +586,9 @@ fn with_client(
     remote: &RemoteArgs,
     f: impl FnOnce(&crate::upstream::client::RegistryClient) -> Result<(), crate::airgap::AirgapError>,
 ) -> ExitCode {
-    let settings = match args.load() {
-        Ok((_, s)) => s,
-        Err(e) => {
-            eprintln!("wharfie: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     init_tracing(&settings, "warn");
     let creds = remote.creds.as_deref().map(|c| {

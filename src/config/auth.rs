@@ -1,7 +1,9 @@
-//! `config/auth.rs`: the `[auth]` section — its types and the checks that need no
-//! file (rules compile, options consistent). `auth/` imports these; nothing here
-//! imports `auth/`.
+//! `config/auth.rs`: the `[auth]` section as written ([`AuthConfig`]) and resolved
+//! ([`AuthSettings`]): the rules compiled ([`CompiledRule`]), the options checked for
+//! consistency. Nothing here reads the htpasswd file: the authenticator reads it at
+//! startup and again on SIGHUP. `auth/` imports these; nothing here imports `auth/`.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -209,9 +211,67 @@ fn glob_component(pat: &[u8], s: &[u8]) -> bool {
     pat[p..].iter().all(|&c| c == b'*')
 }
 
-/// Check rule `i` (0-based) and return its compiled pattern; errors name the rule
-/// (1-based) and its pattern.
-pub(crate) fn check_rule(i: usize, r: &Rule) -> Result<Pattern, AuthConfigError> {
+/// A set of [`Access`] kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AccessSet(u8);
+
+impl AccessSet {
+    fn bit(a: Access) -> u8 {
+        match a {
+            Access::Pull => 1,
+            Access::Push => 2,
+            Access::Delete => 4,
+        }
+    }
+
+    pub(crate) fn with(self, a: Access) -> AccessSet {
+        AccessSet(self.0 | Self::bit(a))
+    }
+
+    pub(crate) fn union(self, other: AccessSet) -> AccessSet {
+        AccessSet(self.0 | other.0)
+    }
+
+    pub(crate) fn contains(self, a: Access) -> bool {
+        self.0 & Self::bit(a) != 0
+    }
+}
+
+/// A [`Rule`], compiled: its pattern parsed, its users sorted into the two wildcards
+/// and a set of names, its access a bit set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRule {
+    pattern: Pattern,
+    any_user: bool,
+    anonymous: bool,
+    users: HashSet<String>,
+    access: AccessSet,
+}
+
+impl CompiledRule {
+    /// What this rule grants `user` (`None`: the anonymous principal) on the repository
+    /// `repo`: its access when it names the user and its pattern matches, else nothing.
+    pub(crate) fn grants(&self, user: Option<&str>, repo: &str) -> AccessSet {
+        let names = match user {
+            None => self.anonymous,
+            Some(u) => self.any_user || self.users.contains(u),
+        };
+        if names && self.pattern.matches(repo) {
+            self.access
+        } else {
+            AccessSet::default()
+        }
+    }
+
+    /// The user names this rule lists explicitly (for load-time warnings).
+    pub(crate) fn named_users(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().map(String::as_str)
+    }
+}
+
+/// Check rule `i` (0-based) and compile it; errors name the rule (1-based) and its
+/// pattern.
+fn compile_rule(i: usize, r: &Rule) -> Result<CompiledRule, AuthConfigError> {
     let bad = |reason: String| AuthConfigError::Rule { number: i + 1, repos: r.repos.clone(), reason };
     let pattern = Pattern::parse(&r.repos).map_err(bad)?;
     if r.users.is_empty() {
@@ -222,25 +282,32 @@ pub(crate) fn check_rule(i: usize, r: &Rule) -> Result<Pattern, AuthConfigError>
     if r.access.is_empty() {
         return Err(bad("access is empty; list some of \"pull\", \"push\", \"delete\"".into()));
     }
+    let (mut any_user, mut anonymous, mut users) = (false, false, HashSet::new());
     for u in &r.users {
         match u.as_str() {
-            ANY_USER | ANONYMOUS => {}
+            ANY_USER => any_user = true,
+            ANONYMOUS => anonymous = true,
             "" => return Err(bad("an empty user name".into())),
             name if name.contains(':') || name.trim() != name => {
                 return Err(bad(format!("user name {name:?} cannot occur in an htpasswd file")))
             }
-            _ => {}
+            name => {
+                users.insert(name.to_string());
+            }
         }
     }
-    Ok(pattern)
+    let access = r.access.iter().fold(AccessSet::default(), |s, &a| s.with(a));
+    Ok(CompiledRule { pattern, any_user, anonymous, users, access })
 }
 
-/// Check an `[auth]` section without reading the htpasswd file: the rules compile, and
-/// rules or `anonymous = "none"` come with an htpasswd file.
-fn check(cfg: &AuthConfig) -> Result<(), AuthConfigError> {
-    for (i, r) in cfg.rules.iter().enumerate() {
-        check_rule(i, r)?;
-    }
+/// Compile every rule, in file order.
+pub(crate) fn compile(rules: &[Rule]) -> Result<Vec<CompiledRule>, AuthConfigError> {
+    rules.iter().enumerate().map(|(i, r)| compile_rule(i, r)).collect()
+}
+
+/// Check the options of an `[auth]` section (its rules compile apart): rules or
+/// `anonymous = "none"` come with an htpasswd file, and so on.
+fn check_options(cfg: &AuthConfig) -> Result<(), AuthConfigError> {
     if cfg.htpasswd.is_none() {
         if !cfg.rules.is_empty() {
             return Err(AuthConfigError::Config(
@@ -282,10 +349,49 @@ fn check(cfg: &AuthConfig) -> Result<(), AuthConfigError> {
     Ok(())
 }
 
+/// `[auth]`, resolved: what the authenticator is built from. The htpasswd path is made
+/// absolute by the loader; the file itself is the authenticator's to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Without it, auth is off.
+    pub htpasswd: Option<PathBuf>,
+    pub anonymous: Anonymous,
+    /// The realm named in the `Basic` challenge (and the `service` of a `Bearer` one).
+    pub realm: String,
+    /// In file order; when there are none, every user may do everything.
+    pub rules: Vec<CompiledRule>,
+    /// How long a verified password is remembered (zero: always run bcrypt).
+    pub cache_ttl: Duration,
+    pub token: bool,
+    pub token_ttl: Duration,
+    pub token_realm: Option<String>,
+}
+
+impl AuthSettings {
+    /// Auth off: what the default `[auth]` section resolves to.
+    pub fn off() -> Self {
+        AuthSettings::with_rules(&AuthConfig::default(), Vec::new())
+    }
+
+    fn with_rules(cfg: &AuthConfig, rules: Vec<CompiledRule>) -> Self {
+        AuthSettings {
+            htpasswd: cfg.htpasswd.clone(),
+            anonymous: cfg.anonymous,
+            realm: cfg.realm.clone(),
+            rules,
+            cache_ttl: cfg.cache_ttl,
+            token: cfg.token,
+            token_ttl: cfg.token_ttl,
+            token_realm: cfg.token_realm.clone(),
+        }
+    }
+}
+
 impl AuthConfig {
-    /// Check this section as `auth::Authenticator::new` would, without reading the htpasswd
-    /// file (for configuration loading; the file is read at startup).
-    pub fn check(&self) -> Result<(), AuthConfigError> {
-        check(self)
+    /// Check this section and compile its rules, without reading the htpasswd file.
+    pub fn resolve(&self) -> Result<AuthSettings, AuthConfigError> {
+        let rules = compile(&self.rules)?;
+        check_options(self)?;
+        Ok(AuthSettings::with_rules(self, rules))
     }
 }

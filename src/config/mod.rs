@@ -3,12 +3,15 @@
 //! resolved into `Settings`, the form the rest of the program uses.
 //!
 //! Every value is resolved here, once: an upstream's URL parsed, its CA file read and
-//! its certificates checked, its credentials paired (`upstream.rs`); the cache's byte
-//! figures computed; the `[auth]` rules compiled and the htpasswd path made absolute.
+//! its certificates checked, its credentials paired (`upstream.rs`); the `[tls]`
+//! certificate chain and key read, parsed and matched (`tls.rs`); the cache's byte
+//! figures computed; the `[auth]` rules compiled and the htpasswd path made absolute
+//! (`auth.rs`; the htpasswd file itself is the authenticator's, read at startup and
+//! again on SIGHUP).
 //! A bad value is a [`ConfigError`] naming the key as written and where it came from;
 //! `app` only hands the resolved values to constructors.
 //!
-//! May import: names (and figment, serde, url, rustls for checking CA certificates).
+//! May import: names (and figment, serde, url, rustls for the CA files and `[tls]`).
 //! `auth` reads its `[auth]` section from here (`config::auth`), never the reverse.
 
 use std::net::SocketAddr;
@@ -21,12 +24,14 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod auth;
+mod pem;
+mod tls;
 mod upstream;
 
-use self::auth::{AuthConfig, AuthConfigError};
-pub use self::upstream::{
-    split_image, CaFileError, Credentials, RawUpstream, UpstreamSettings, MIN_BYTES_PER_SEC,
-};
+use self::auth::{AuthConfig, AuthConfigError, AuthSettings};
+pub use self::pem::PemFileError;
+pub use self::tls::{TlsConfig, TlsSettings};
+pub use self::upstream::{split_image, Credentials, RawUpstream, UpstreamSettings, MIN_BYTES_PER_SEC};
 
 /// The commented default configuration, as shipped in /etc/wharfie/wharfie.toml.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -142,16 +147,6 @@ pub struct NotifySettings {
     pub repositories: Vec<auth::Pattern>,
 }
 
-/// `[tls]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Certificate chain, PEM.
-    pub cert: PathBuf,
-    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
 /// `[gc]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,10 +235,11 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSettings>,
     pub gc: GcConfig,
     pub cache: CacheSettings,
-    pub tls: Option<TlsConfig>,
-    /// Checked (rules compile, consistent); the htpasswd path is absolute. The file itself
-    /// is read at startup, and again on SIGHUP, by the authenticator (and by `config check`).
-    pub auth: AuthConfig,
+    /// `[tls]`: the chain and key read, parsed and matched.
+    pub tls: Option<TlsSettings>,
+    /// Rules compiled, options consistent, the htpasswd path absolute. The file itself is
+    /// read at startup, and again on SIGHUP, by the authenticator (and by `config check`).
+    pub auth: AuthSettings,
     /// `[[notify]]` endpoints.
     pub notify: Vec<NotifySettings>,
     pub notify_queue_max: u64,
@@ -313,7 +309,11 @@ pub enum ConfigError {
     /// An upstream's `ca_file` cannot be read, or holds no usable CA certificate. `key`
     /// and `origin` as in `Value`.
     #[error("{key} {origin}: upstream {upstream:?}: {}: {cause}", path.display())]
-    CaFile { key: String, origin: String, upstream: String, path: PathBuf, cause: Box<CaFileError> },
+    CaFile { key: String, origin: String, upstream: String, path: PathBuf, cause: Box<PemFileError> },
+    /// A `[tls]` file cannot be read, or holds no usable certificate chain or key, or
+    /// the key is not the certificate's. `key` and `origin` as in `Value`.
+    #[error("{key} {origin}: {}: {cause}", path.display())]
+    TlsFile { key: String, origin: String, path: PathBuf, cause: Box<PemFileError> },
     /// `auth.htpasswd` cannot be resolved against the working directory.
     #[error("[auth] htpasswd = {path:?}: {source}")]
     AuthPath { path: PathBuf, source: std::io::Error },
@@ -545,6 +545,10 @@ fn name_origin(fig: &Figment, e: ConfigError) -> ConfigError {
             let (key, origin) = named(&key);
             ConfigError::CaFile { key, origin, upstream, path, cause }
         }
+        ConfigError::TlsFile { key, origin, path, cause } if origin.is_empty() => {
+            let (key, origin) = named(&key);
+            ConfigError::TlsFile { key, origin, path, cause }
+        }
         e => e,
     }
 }
@@ -571,8 +575,9 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
     if raw.notify_queue_max == 0 {
         return Err(bad("notify_queue_max".into(), "must be at least 1".into()));
     }
-    raw.auth.check().map_err(ConfigError::Auth)?;
-    let mut auth = raw.auth.clone();
+    // The certificate chain and key: read, parsed and matched now, not at startup.
+    let tls = raw.tls.as_ref().map(tls::resolve).transpose()?;
+    let mut auth = raw.auth.resolve().map_err(ConfigError::Auth)?;
     if let Some(p) = &auth.htpasswd {
         // Relative to the working directory, like data_dir and the TLS files; made absolute
         // here so logs and errors say which file is meant.
@@ -592,7 +597,7 @@ fn resolve(raw: &RawConfig) -> Result<Settings, ConfigError> {
         upstreams,
         gc: raw.gc.clone(),
         cache: CacheSettings::resolve(&raw.cache),
-        tls: raw.tls.clone(),
+        tls,
         auth,
         notify,
         notify_queue_max: raw.notify_queue_max,
@@ -686,7 +691,7 @@ mod tests {
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn auth_section_resolves_and_errors_name_the_key() {
-        use self::auth::{Access, Anonymous, Rule};
+        use self::auth::{compile, Access, Anonymous, Rule};
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "w.toml",
@@ -698,14 +703,12 @@ mod tests {
             assert!(p.is_absolute() && p.ends_with("users/htpasswd"), "{}", p.display());
             assert_eq!(s.auth.anonymous, Anonymous::None);
             assert_eq!(s.auth.cache_ttl, Duration::from_secs(5));
-            assert_eq!(
-                s.auth.rules,
-                vec![Rule {
-                    repos: "team/**".into(),
-                    users: vec!["alice".into(), "*".into()],
-                    access: vec![Access::Pull, Access::Push]
-                }]
-            );
+            let rule = Rule {
+                repos: "team/**".into(),
+                users: vec!["alice".into(), "*".into()],
+                access: vec![Access::Pull, Access::Push],
+            };
+            assert_eq!(s.auth.rules, compile(&[rule]).expect("compiles"), "compiled once, at load");
 
             let cases = [
                 ("[auth]\nanonymous = \"maybe\"\nhtpasswd = \"h\"\n", "anonymous"),

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+use super::pem::{read_certs, reason, PemFileError};
 
 /// One `[[upstreams]]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,26 +149,12 @@ pub struct UpstreamSettings {
     pub warm_platforms: Vec<String>,
 }
 
-/// What is wrong with an upstream's `ca_file`.
-#[derive(Debug, thiserror::Error)]
-pub enum CaFileError {
-    #[error("cannot read it: {0}")]
-    Read(#[source] std::io::Error),
-    #[error("not a PEM file: {0}")]
-    Pem(String),
-    #[error("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
-    NoCertificates,
-    /// Certificate `number` (from 1, in file order) is not a usable trust anchor.
-    #[error("certificate {number} is not a usable CA certificate: {reason}")]
-    BadCertificate { number: usize, reason: String },
-}
-
 /// A bad `[[upstreams]]` entry; `key` is dotted (`upstreams.0.url`) until the loader
 /// names it as its source spells it.
 #[derive(Debug)]
 pub(super) enum Bad {
     Value { key: String, reason: String },
-    CaFile { key: String, upstream: String, path: PathBuf, cause: CaFileError },
+    CaFile { key: String, upstream: String, path: PathBuf, cause: PemFileError },
 }
 
 /// Check and resolve `[[upstreams]]`.
@@ -317,26 +304,14 @@ fn parse_url(s: &str) -> Result<Url, String> {
 }
 
 /// Read a CA file: every PEM certificate in it, each one a trust anchor rustls accepts.
-fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
-    let pem = std::fs::read(path).map_err(CaFileError::Read)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CaFileError::Pem(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(CaFileError::NoCertificates);
-    }
+fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    let certs = read_certs(path)?;
     for (i, c) in certs.iter().enumerate() {
         // What the client does with it when it is built: checked here, named here.
         let mut store = tokio_rustls::rustls::RootCertStore::empty();
-        store.add(c.clone()).map_err(|e| {
-            let reason = match e {
-                // rustls words these for a peer ("invalid peer certificate: …"); the kind
-                // alone reads right for a CA file.
-                tokio_rustls::rustls::Error::InvalidCertificate(kind) => format!("{kind:?}"),
-                other => other.to_string(),
-            };
-            CaFileError::BadCertificate { number: i + 1, reason }
-        })?;
+        store
+            .add(c.clone())
+            .map_err(|e| PemFileError::BadCaCertificate { number: i + 1, reason: reason(e) })?;
     }
     Ok(certs)
 }

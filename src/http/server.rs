@@ -3,7 +3,6 @@
 //! (rather than `warp::serve`) is what lets TLS slot in beside it later.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -23,25 +20,12 @@ use crate::service::Registry;
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Build a TLS acceptor from PEM files: HTTP/2 and HTTP/1.1 offered through ALPN.
-pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+/// A TLS acceptor for the `[tls]` the configuration resolved (chain and key already read
+/// and matched there): HTTP/2 and HTTP/1.1 offered through ALPN.
+pub(crate) fn tls_acceptor(tls: &crate::config::TlsSettings) -> TlsAcceptor {
+    let mut cfg = tokio_rustls::rustls::ServerConfig::clone(&tls.server);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    TlsAcceptor::from(Arc::new(cfg))
 }
 
 /// Per-connection limits.

@@ -399,28 +399,8 @@ impl Uploads {
         body: Body,
     ) -> Result<u64, Error> {
         let mut guard = self.session(repo, id).await?;
-        let Some(staging) = guard.staging.take() else {
-            return Err(Error::BlobUploadUnknown);
-        };
-        if let Some((start, _)) = range {
-            if start != staging.len() {
-                let offset = staging.len();
-                guard.staging = Some(staging);
-                return Err(Error::UploadOutOfOrder { start, offset });
-            }
-        }
-        let before = staging.len();
-        let (staging, outcome) = pump(staging, body).await?;
+        let (staging, before) = self.append(&mut guard, id, range, body).await?;
         let len = staging.len();
-        if let Err(e) = outcome {
-            if matches!(e, Error::BodyRead(_)) {
-                // The client broke off: keep what arrived (it asks for the offset).
-                guard.staging = Some(staging);
-                return Err(e);
-            }
-            self.undo_failed_write(&mut guard, id, staging, before).await;
-            return Err(e);
-        }
         if let Some((start, end)) = range {
             if len - before != end - start + 1 {
                 // A chunked body that disagrees with its Content-Range: undo the append
@@ -448,6 +428,27 @@ impl Uploads {
         body: Body,
     ) -> Result<(), Error> {
         let mut guard = self.session(repo, id).await?;
+        let (staging, _) = self.append(&mut guard, id, range, body).await?;
+        guard.closed = true;
+        let r = self.commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed).await;
+        // Either way the session is over: the commit's transaction or its cleanup
+        // ended the row and removed the staging.
+        self.lock_sessions().remove(id);
+        r
+    }
+
+    /// PATCH's and PUT's common step: take the staging out of the session and append
+    /// `body` to it, after checking that a `Content-Range` starts at the current offset.
+    /// A body that broke off keeps what arrived (the client asks for the offset); any
+    /// other failure cuts the append off. Returns the staging, for the caller to put back
+    /// or commit, and its length before the append.
+    async fn append(
+        &self,
+        guard: &mut Slot,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: Body,
+    ) -> Result<(Staging, u64), Error> {
         let Some(staging) = guard.staging.take() else {
             return Err(Error::BlobUploadUnknown);
         };
@@ -464,16 +465,11 @@ impl Uploads {
             if matches!(e, Error::BodyRead(_)) {
                 guard.staging = Some(staging);
             } else {
-                self.undo_failed_write(&mut guard, id, staging, before).await;
+                self.undo_failed_write(guard, id, staging, before).await;
             }
             return Err(e);
         }
-        guard.closed = true;
-        let r = self.commit(repo, digest, staging, Some(id.to_owned()), Origin::Pushed).await;
-        // Either way the session is over: the commit's transaction or its cleanup
-        // ended the row and removed the staging.
-        self.lock_sessions().remove(id);
-        r
+        Ok((staging, before))
     }
 
     /// A chunk's write failed (I/O error, full disk): cut the staging back to the

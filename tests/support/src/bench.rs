@@ -1,5 +1,6 @@
 //! What the side-by-side benchmarks share: child processes that die with the bench,
-//! ephemeral ports, curl for small requests, and starting the wharfie under test.
+//! ephemeral ports, curl for small requests, and starting the wharfie under test and
+//! Distribution beside it.
 
 use std::error::Error;
 use std::fs::{self, File};
@@ -8,13 +9,25 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::common::built_wharfie;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 pub type Res<T> = Result<T, Box<dyn Error>>;
 
 pub fn fail<T>(msg: impl Into<String>) -> Res<T> {
     Err(msg.into().into())
+}
+
+/// A bench's `main` ends here: success, or the error on stderr (after the bench's
+/// `name`) and exit 1.
+pub fn exit(name: &str, r: Res<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A child process killed (SIGKILL) when dropped, and when we die (PDEATHSIG).
@@ -115,6 +128,22 @@ pub fn wait_ready(p: &mut Proc, url: &str) -> Res<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     fail(format!("{url} did not answer 200 within 30 s"))
+}
+
+/// Distribution (`/usr/bin/docker-registry serve`) on 127.0.0.1 with its storage in
+/// `dir/storage`; `config` writes its YAML, given the port to listen on and the storage
+/// directory. Returns the process and its base URL once `/v2/` answers.
+pub fn start_distribution(dir: &Path, config: impl FnOnce(u16, &Path) -> String) -> Res<(Proc, String)> {
+    let port = port()?;
+    let storage = dir.join("storage");
+    fs::create_dir_all(&storage)?;
+    fs::write(dir.join("config.yml"), config(port, &storage))?;
+    let mut cmd = Command::new("/usr/bin/docker-registry");
+    cmd.arg("serve").arg(dir.join("config.yml"));
+    let mut p = Proc::spawn(cmd, dir)?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&mut p, &format!("{base}/v2/"))?;
+    Ok((p, base))
 }
 
 /// The wharfie under test: `$WHARFIE_BIN`, else the one cargo built ([`built_wharfie`]).
