@@ -102,6 +102,7 @@ impl BlobStore {
         // counts on them: a commit fsyncs only the shard and `blobs/sha256`.
         create_dir_durable(&layout.blobs_root(), hook.as_ref())?;
         create_dir_durable(&layout.uploads_root(), hook.as_ref())?;
+        create_shards(&layout.blobs_root(), hook.as_ref())?;
         let open = OpenCache::with_weighter(4096, CACHE_WEIGHT, BlobWeight);
         Ok(BlobStore { layout: Arc::new(layout), hook, open: Arc::new(open) })
     }
@@ -280,10 +281,16 @@ impl BlobStore {
 
     fn move_inner(&self, v: &Verified) -> Result<(), BlobError> {
         let dest = self.layout.blob_path(&v.digest);
+        let dir = self.layout.blob_dir(&v.digest);
         if dest.exists() {
+            // Same content, committed by another upload or fill that may not have
+            // synced the shard yet: sync it before our row says the file is there, or a
+            // power cut in between would leave that row without its file.
+            self.hook.check(FsOp::Fsync)?;
+            self.hook.before_sync(SyncTarget::Dir(&dir));
+            fsync_dir(&dir)?;
             return Ok(());
         }
-        let dir = self.layout.blob_dir(&v.digest);
         let created_dir = !dir.exists();
         if created_dir {
             std::fs::create_dir_all(&dir)?;
@@ -461,6 +468,26 @@ fn fsync_dir(dir: &std::path::Path) -> io::Result<()> {
 /// `create_dir_all`, then fsync the parent of every directory it created, so that the
 /// new entries survive a power cut (a created directory is not durable until its
 /// parent is synced).
+/// Every shard directory (`00` … `ff`) exists, durably, before the first commit: a
+/// commit then never creates one, so no commit can count on a shard whose entry a
+/// concurrent commit has created but not yet synced. (A shard removed by hand is still
+/// created, and synced, by the commit that needs it.)
+fn create_shards(root: &std::path::Path, hook: &dyn FaultHook) -> io::Result<()> {
+    let mut created = false;
+    for i in 0..=255u8 {
+        let shard = root.join(format!("{i:02x}"));
+        if !shard.exists() {
+            std::fs::create_dir(&shard)?;
+            created = true;
+        }
+    }
+    if created {
+        hook.before_sync(SyncTarget::Dir(root));
+        fsync_dir(root)?;
+    }
+    Ok(())
+}
+
 fn create_dir_durable(dir: &std::path::Path, hook: &dyn FaultHook) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut p = dir;
