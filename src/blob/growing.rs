@@ -5,13 +5,16 @@
 //! remembers the chunks it just wrote (a window of the last [`WINDOW`] bytes, shared as
 //! `Bytes`, not copied), and a reader at an offset inside the window gets a slice of a
 //! chunk without a syscall or a copy — what a warm reader of the mapped blob costs.
-//! A reader that fell behind the window reads the file on the blocking pool.
+//! A reader that fell behind the window reads the file on the blocking pool while the
+//! fill is still writing; once the fill has committed (the file is complete and never
+//! written again), it takes slices of the mapped file instead, as warm readers of a
+//! stored blob do: no read, no copy, no trip to the blocking pool.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 
@@ -24,7 +27,13 @@ pub(super) const WINDOW: u64 = 8 << 20;
 pub struct GrowingReader {
     file: Arc<File>,
     recent: Arc<RwLock<Recent>>,
+    /// The whole file, mapped once the fill committed (see [`GrowingReader::committed_at`]).
+    mapped: Arc<OnceLock<Bytes>>,
 }
+
+/// At most this many bytes per slice of the committed map: large, since a slice is free,
+/// but bounded so one reader's write to a slow socket does not pin the map for long.
+const MAPPED_CHUNK: u64 = 4 << 20;
 
 /// The last chunks written, in file order, each with its offset.
 #[derive(Debug, Default)]
@@ -35,7 +44,7 @@ struct Recent {
 
 impl GrowingReader {
     pub(super) fn new(file: File) -> Self {
-        GrowingReader { file: Arc::new(file), recent: Arc::default() }
+        GrowingReader { file: Arc::new(file), recent: Arc::default(), mapped: Arc::default() }
     }
 
     /// The writer has written `chunk` at `pos` (contiguous with the chunk before):
@@ -75,6 +84,29 @@ impl GrowingReader {
         (start < end).then(|| c.slice(start..end))
     }
 
+    /// For a fill that has committed `total` bytes: the bytes from `pos` (at most
+    /// [`MAPPED_CHUNK`]) as a slice of the mapped file. The map is made once per fill.
+    /// `Ok(None)` when the file is shorter than `total` (never, for a committed fill)
+    /// or empty.
+    pub fn committed_at(&self, pos: u64, total: u64) -> io::Result<Option<Bytes>> {
+        let map = match self.mapped.get() {
+            Some(m) => m,
+            None => {
+                // SAFETY: only called once the fill has committed: the file then holds
+                // the blob's whole content and is never written or truncated again (a
+                // blob file is only ever unlinked), which is what `map_immutable` needs.
+                let m = unsafe { super::map_immutable(&self.file)? };
+                self.mapped.get_or_init(|| m)
+            }
+        };
+        let (Ok(pos), Ok(end)) = (usize::try_from(pos), usize::try_from(total.min(pos + MAPPED_CHUNK)))
+        else {
+            return Ok(None);
+        };
+        let whole = u64::try_from(map.len()).is_ok_and(|n| n >= total);
+        Ok((whole && pos < end).then(|| map.slice(pos..end)))
+    }
+
     /// Read exactly `len` bytes at `pos`, on the blocking pool. The caller only asks for
     /// bytes the writer has already published; a short file is an error.
     pub async fn read_at(&self, pos: u64, len: u64) -> io::Result<Bytes> {
@@ -110,6 +142,26 @@ mod tests {
         assert_eq!(r.recent_at(6, 10).as_deref(), Some(&b"worl"[..]), "cut at the limit");
         assert_eq!(r.recent_at(10, 10), None, "nothing published beyond the limit");
         assert_eq!(r.recent_at(11, 20), None, "past the last chunk");
+    }
+
+    #[test]
+    fn a_committed_fill_is_read_as_slices_of_one_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let total = MAPPED_CHUNK + 10;
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let r = GrowingReader::new(File::open(&p).unwrap());
+        let first = r.committed_at(0, total).unwrap().unwrap();
+        assert_eq!(first.len() as u64, MAPPED_CHUNK, "at most one chunk per slice");
+        assert_eq!(&first[..], &data[..first.len()]);
+        let rest = r.committed_at(MAPPED_CHUNK, total).unwrap().unwrap();
+        assert_eq!(&rest[..], &data[usize::try_from(MAPPED_CHUNK).unwrap()..]);
+        assert!(r.committed_at(total, total).unwrap().is_none(), "nothing past the end");
+        // The map is made once and outlives the name (a commit renames, GC unlinks).
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(&r.committed_at(5, total).unwrap().unwrap()[..3], &data[5..8]);
+        assert!(r.committed_at(0, total + 1).unwrap().is_none(), "a file shorter than promised");
     }
 
     #[test]

@@ -437,7 +437,7 @@ impl Drop for StagingCleanup {
 /// The file must never be written or truncated while mapped: a truncation would turn
 /// reads of the map into SIGBUS. Blob files satisfy this: they are renamed into place
 /// complete and are only ever unlinked, which leaves existing maps valid.
-unsafe fn map_immutable(file: &File) -> io::Result<Bytes> {
+pub(super) unsafe fn map_immutable(file: &File) -> io::Result<Bytes> {
     let len = file.metadata()?.len();
     if len == 0 {
         return Ok(Bytes::new());

@@ -898,6 +898,17 @@ fn fill_reader(rx: FillWatch) -> impl Stream<Item = io::Result<Bytes>> + Send {
                     let n = b.len() as u64;
                     return Some((Ok(b), (rx, pos + n, false)));
                 }
+                // Behind the window of a committed fill: slices of the mapped file.
+                if committed {
+                    match reader.committed_at(pos, limit) {
+                        Ok(Some(b)) => {
+                            let n = b.len() as u64;
+                            return Some((Ok(b), (rx, pos + n, false)));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Some((Err(e), (rx, pos, true))),
+                    }
+                }
                 let n = (limit - pos).min(READ_CHUNK);
                 return match reader.read_at(pos, n).await {
                     Ok(b) => Some((Ok(b), (rx, pos + n, false))),
