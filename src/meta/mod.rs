@@ -1410,6 +1410,15 @@ mod tests {
         assert!(meta.repo_blob("app", &blob).unwrap().is_none());
     }
 
+    /// Make the closed `meta.redb` at `path` look like a file from an older version:
+    /// `change` drops the tables that version did not have.
+    fn as_older_file(path: &Path, change: impl FnOnce(&WriteTransaction)) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        change(&txn);
+        txn.commit().unwrap();
+    }
+
     /// `index_drift` is empty: every kept index equals a scan of its rows.
     fn assert_exact(meta: &Meta) {
         let drift = meta.index_drift().unwrap();
@@ -1488,12 +1497,7 @@ mod tests {
         puts.push(tagged("other", "m0", "t00"));
         put_all(&meta, puts).await;
         drop(meta);
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            assert!(txn.delete_table(TAG_DIGESTS).unwrap());
-            txn.commit().unwrap();
-        }
+        as_older_file(&path, |txn| assert!(txn.delete_table(TAG_DIGESTS).unwrap()));
         let meta = Meta::open(&path).unwrap();
         assert_exact(&meta);
         meta.delete_manifest("app".into(), d("m0"), None).await.unwrap();
@@ -1603,12 +1607,7 @@ mod tests {
         drop(meta);
 
         // An older file without the table: the counters are computed once at open.
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            assert!(txn.delete_table(STATS).unwrap());
-            txn.commit().unwrap();
-        }
+        as_older_file(&path, |txn| assert!(txn.delete_table(STATS).unwrap()));
         let meta = Meta::open(&path).unwrap();
         check(&meta, st(3, 320, 1, 300));
         // Reopened as is: still exact. Then the same for a file without the indexes.
@@ -1616,14 +1615,11 @@ mod tests {
         let meta = Meta::open(&path).unwrap();
         check(&meta, st(3, 320, 1, 300));
         drop(meta);
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
+        as_older_file(&path, |txn| {
             assert!(txn.delete_table(LRU).unwrap());
             assert!(txn.delete_table(REFERENCED_BY).unwrap());
             assert!(txn.delete_table(MANIFEST_REPOS).unwrap());
-            txn.commit().unwrap();
-        }
+        });
         let meta = Meta::open(&path).unwrap();
         check(&meta, st(3, 320, 1, 300));
         assert_eq!(meta.lru_oldest(None, 10).unwrap().len(), 1);
