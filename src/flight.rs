@@ -154,10 +154,7 @@ where
         Fut: Future<Output = V> + Send + 'static,
     {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        // A flight that has its result is over, even while its entry is still being
-        // removed: a request that comes after must do the work again, not take an old
-        // answer (a 404 from before the content existed, say).
-        if let Some(e) = map.get(&key).filter(|e| e.tx.borrow().done.is_none()) {
+        if let Some(e) = map.get(&key) {
             let rx = e.tx.subscribe();
             let admitted = admit(&rx.borrow().progress);
             return if admitted { Joined::Follower(rx) } else { Joined::Refused };
