@@ -210,12 +210,17 @@ fn serve(
 fn config(dir: &Path, url: &str, timeout: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).expect("mkdir");
     let p = dir.join("wharfie.toml");
-    let text = format!(
-        "[[notify]]\nname = \"ci\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\nbackoff_min = \"50ms\"\n\
-         backoff_max = \"200ms\"\nheaders = {{ Authorization = \"Bearer t0ken\" }}\n"
-    );
+    let text = endpoint("ci", url, timeout, "headers = { Authorization = \"Bearer t0ken\" }\n");
     std::fs::write(&p, text).expect("write config");
     p
+}
+
+/// One `[[notify]]` table: `name` at `url`, short backoffs, then `extra` lines.
+fn endpoint(name: &str, url: &str, timeout: &str, extra: &str) -> String {
+    format!(
+        "[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\nbackoff_min = \"50ms\"\n\
+         backoff_max = \"200ms\"\n{extra}"
+    )
 }
 
 fn start(dir: &Path, cfg: Option<&Path>) -> Wharfie {
@@ -497,16 +502,10 @@ fn filtered_endpoints_receive_exactly_the_actions_and_repositories_they_name() {
     let tmp = tempfile::tempdir().expect("tmp");
     std::fs::create_dir_all(tmp.path()).expect("mkdir");
     let cfg = tmp.path().join("wharfie.toml");
-    let endpoint = |name: &str, url: &str, filters: &str| {
-        format!(
-            "[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"2s\"\nbackoff_min = \"50ms\"\n\
-             backoff_max = \"200ms\"\n{filters}"
-        )
-    };
     let text = [
-        endpoint("team", &team.url, "actions = [\"push\"]\nrepositories = [\"team/**\"]\n"),
-        endpoint("deletes", &deletes.url, "actions = [\"delete\"]\nrepositories = [\"*/app\"]\n"),
-        endpoint("all", &all.url, ""),
+        endpoint("team", &team.url, "2s", "actions = [\"push\"]\nrepositories = [\"team/**\"]\n"),
+        endpoint("deletes", &deletes.url, "2s", "actions = [\"delete\"]\nrepositories = [\"*/app\"]\n"),
+        endpoint("all", &all.url, "2s", ""),
     ]
     .join("\n");
     std::fs::write(&cfg, text).expect("write config");

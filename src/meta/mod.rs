@@ -1351,31 +1351,7 @@ mod tests {
     async fn memoised_answers_are_exactly_as_fresh_as_redb() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
-        let put = |n: u8, tag: &str| {
-            let body = format!(r#"{{"schemaVersion":2,"n":{n}}}"#).into_bytes();
-            PutManifest {
-                repo: "app".into(),
-                digest: Digest::of(&body),
-                record: ManifestRecord {
-                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                    size: body.len() as u64,
-                    subject: None,
-                    artifact_type: None,
-                    annotations: None,
-                    created: 1,
-                    origin: Origin::Pushed,
-                    refs: Vec::new(),
-                },
-                body,
-                blobs: Vec::new(),
-                manifests: Vec::new(),
-                tag: Some(tag.into()),
-                tag_checked: None,
-                referrer: None,
-                check_refs: false,
-                event: None,
-            }
-        };
+        let put = |n: u8, tag: &str| tagged("app", &format!(r#"{{"schemaVersion":2,"n":{n}}}"#), tag);
         let served = |key: ManifestKey<'_>| meta.serve_manifest("app", key, true).unwrap().map(|m| m.digest);
         let (a, b) = (put(1, "v1"), put(2, "v1"));
         let (da, db) = (a.digest.clone(), b.digest.clone());
