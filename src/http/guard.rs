@@ -42,8 +42,9 @@ pub struct Caller {
     pub who: Principal,
     /// What the caller's Bearer token grants; `None` without a token.
     pub grants: Option<crate::auth::Grants>,
-    /// The `WWW-Authenticate` value of this request's 401s.
-    challenge: String,
+    /// The `WWW-Authenticate` value of this request's 401s; `None`: the plain `Basic`
+    /// one, written only if a 401 is ever answered (most open requests never need it).
+    challenge: Option<String>,
 }
 
 impl Caller {
@@ -56,7 +57,9 @@ impl Caller {
         challenge: String,
     ) -> Result<Caller, ApiError> {
         match auth.identify_async(header).await {
-            Ok(Identity { principal: who, grants }) => Ok(Caller { auth, who, grants, challenge }),
+            Ok(Identity { principal: who, grants }) => {
+                Ok(Caller { auth, who, grants, challenge: Some(challenge) })
+            }
             Err(e) if e.is_unauthorized() => {
                 Err(ApiError::Unauthorized { message: e.to_string(), challenge })
             }
@@ -66,12 +69,12 @@ impl Caller {
 
     /// A request that needs no credentials (or auth is off).
     pub fn open(auth: Arc<Authenticator>) -> Caller {
-        let challenge = auth.challenge();
-        Caller { auth, who: Principal::Anonymous, grants: None, challenge }
+        Caller { auth, who: Principal::Anonymous, grants: None, challenge: None }
     }
 
     fn unauthorized(&self, message: String) -> ApiError {
-        ApiError::Unauthorized { message, challenge: self.challenge.clone() }
+        let challenge = self.challenge.clone().unwrap_or_else(|| self.auth.challenge());
+        ApiError::Unauthorized { message, challenge }
     }
 
     /// `GET /v2/`: with auth on, only users get 200.

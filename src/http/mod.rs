@@ -1,4 +1,4 @@
-//! `http/`: the wire. One warp catch-all hands every request to `handle`:
+//! `http/`: the wire. One hyper service hands every request to `handle`:
 //! authenticate → dispatch → finish, the route parsed once (by the pure parser in
 //! `route.rs`) and handed to `handlers::dispatch`; request bodies a handler leaves
 //! unread are drained here and only here. Errors become OCI JSON bodies in one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use bytes::Buf;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method};
-use warp::{Filter, Reply as _};
+use warp::Reply as _;
 
 use crate::auth::Authenticator;
 use crate::service::Registry;
 use guard::Caller;
 use handlers::Req;
 
+const API_VERSION_HEADER: http::HeaderName = http::HeaderName::from_static("docker-distribution-api-version");
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 
 fn parse_query(raw: &str) -> Vec<(String, String)> {
@@ -135,28 +136,57 @@ struct Ctx {
     scheme: &'static str,
 }
 
-/// One request's head as warp hands it over, its route parsed once.
+/// One request's head as hyper hands it over, its route parsed once.
 struct Head {
-    host: Option<warp::host::Authority>,
+    /// The URI's authority (HTTP/2's `:authority`); HTTP/1's `Host` is in `headers`.
+    host: Option<http::uri::Authority>,
     method: Method,
     path: String,
     route: Result<route::Endpoint, error::ApiError>,
     query: String,
     headers: HeaderMap,
+    /// hyper knows the request has no body (no Content-Length, or zero, and not
+    /// chunked): nothing for a handler to read, nothing to drain.
+    bodiless: bool,
 }
 
-/// Run one request: authenticate → dispatch → finish.
+/// Run one request: authenticate → dispatch → finish, in one future: each step is
+/// awaited here, not wrapped in another, so the request's future is the size of its
+/// largest step rather than of the steps nested (a pull's future is what every request
+/// moves into place).
 async fn handle(ctx: Arc<Ctx>, head: Head, body: crate::service::Body) -> warp::reply::Response {
     let started = Instant::now();
     let caller = authenticate(&ctx, &head).await;
-    let user = caller.as_ref().map_or("-", Caller::log_name).to_owned();
+    // The request log line's own copies, made only when that line is written.
+    let logged = tracing::enabled!(target: "wharfie::request", tracing::Level::INFO);
+    let user = if logged { caller.as_ref().map_or("-", Caller::log_name).to_owned() } else { String::new() };
     let family = head.route.as_ref().map_or("unknown", route::Endpoint::family);
-    let (method, path) = (head.method.clone(), head.path.clone());
-    // Not boxed: the writes box their own (large) futures in `handlers::dispatch`, so
-    // this one is a pull's size.
-    let (result, cache) =
-        crate::service::metrics::with_cache_outcome(dispatch(&ctx, caller, head, body)).await;
-    finish(&ctx, Done { started, method, path, family, user, cache }, result)
+    let Head { method, path, route, query, headers, bodiless, .. } = head;
+    let logged_path = if logged { path.clone() } else { String::new() };
+    // Dispatch: hand the request to its handler (when authenticated), then drain what
+    // it left of the body before the answer goes out.
+    let (drain, body) = if bodiless {
+        (None, body)
+    } else {
+        let (drain, body) = Drain::new(&headers, body);
+        (Some(drain), body)
+    };
+    let result = match (caller, route) {
+        (Ok(caller), Ok(ep)) => {
+            let query = parse_query(&query);
+            let req = Req { method: method.clone(), path, query, headers, body };
+            handlers::dispatch(&ctx.reg, &caller, ep, req).await
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            drop(body);
+            Err(e)
+        }
+    };
+    if let Some(drain) = drain {
+        drain.finish().await;
+    }
+    let cache = crate::service::metrics::cache_outcome();
+    finish(&ctx, Done { started, method, path: logged_path, family, user, cache }, result)
 }
 
 /// Every `/v2` request is authenticated before anything else (a wrong password is a
@@ -177,7 +207,13 @@ async fn authenticate(ctx: &Ctx, req: &Head) -> Result<Caller, error::ApiError> 
         auth.challenge()
     } else {
         let scope = req.route.as_ref().ok().and_then(|ep| handlers::scope_needed(ep, &req.method));
-        let realm = req.host.as_ref().map(|h| format!("{}://{h}", ctx.scheme));
+        // A malformed Host only loses the Bearer challenge's URL (Basic is offered
+        // instead).
+        let host = req.host.clone().or_else(|| {
+            let h = req.headers.get(http::header::HOST)?;
+            h.to_str().ok()?.parse::<http::uri::Authority>().ok()
+        });
+        let realm = host.map(|h| format!("{}://{h}", ctx.scheme));
         auth.challenge_at(realm.as_deref(), scope.as_deref())
     };
     match req.headers.get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
@@ -190,31 +226,8 @@ async fn authenticate(ctx: &Ctx, req: &Head) -> Result<Caller, error::ApiError> 
     }
 }
 
-/// Hand the request to its handler (when authenticated), then drain what it left of
-/// the body before the answer goes out.
-async fn dispatch(
-    ctx: &Ctx,
-    caller: Result<Caller, error::ApiError>,
-    head: Head,
-    body: crate::service::Body,
-) -> Result<handlers::Reply, error::ApiError> {
-    let (drain, body) = Drain::new(&head.headers, body);
-    let result = match (caller, head.route) {
-        (Ok(caller), Ok(ep)) => {
-            let query = parse_query(&head.query);
-            let req = Req { method: head.method, path: head.path, query, headers: head.headers, body };
-            handlers::dispatch(&ctx.reg, &caller, ep, req).await
-        }
-        (Err(e), _) | (Ok(_), Err(e)) => {
-            drop(body);
-            Err(e)
-        }
-    };
-    drain.finish().await;
-    result
-}
-
-/// What [`finish`] logs and counts of a request.
+/// What [`finish`] logs and counts of a request (`path` and `user` are empty when the
+/// request log is off).
 struct Done {
     started: Instant,
     method: Method,
@@ -243,7 +256,7 @@ fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError
             r
         }
     };
-    resp.headers_mut().insert("docker-distribution-api-version", API_VERSION);
+    resp.headers_mut().insert(API_VERSION_HEADER, API_VERSION);
     if let Some(c) = done.cache.status {
         resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static(c.as_str()));
     }
@@ -279,12 +292,13 @@ fn finish(ctx: &Ctx, done: Done, result: Result<handlers::Reply, error::ApiError
     resp
 }
 
-/// warp's body stream as the service's `Body`, failing with `TimedOut` when no bytes
+/// hyper's body stream as the service's `Body`, failing with `TimedOut` when no bytes
 /// arrive for `idle` (a stalled client must not hold an upload session forever).
-fn into_body<S, B>(s: S, idle: Duration) -> crate::service::Body
+fn into_body<S, B, E>(s: S, idle: Duration) -> crate::service::Body
 where
-    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    S: futures_util::Stream<Item = Result<B, E>> + Send + 'static,
     B: Buf,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let s = Box::pin(s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())).map_err(std::io::Error::other)));
     Box::pin(futures_util::stream::unfold(Some(s), move |state| async move {
@@ -300,36 +314,59 @@ where
     }))
 }
 
-/// The whole API as one warp filter.
+/// The whole API as one hyper service: every request, whatever its method and path, goes
+/// to [`handle`]. No warp filter chain runs in front of it: the head is taken apart once,
+/// by value (no header map cloned), and a request without a body gets no body plumbing.
+/// warp is only the replies' vocabulary.
 ///
 /// `scheme` (`http` or `https`) and the request's `Host` make the Bearer challenge's
 /// token URL.
-pub fn routes(
+pub(crate) fn service(
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
     scheme: &'static str,
     body_timeout: Duration,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
-       + Clone
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = warp::reply::Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<warp::reply::Response, std::convert::Infallible>> + Send,
+> + Clone
        + Send
        + Sync
        + 'static {
     let ctx = Arc::new(Ctx { reg, auth, scheme });
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    // A malformed Host only loses the Bearer challenge's URL (Basic is offered instead).
-    let host = warp::host::optional().or(warp::any().map(|| None)).unify();
-    host.and(warp::method())
-        .and(warp::path::full())
-        .and(query)
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .then(move |host, method, path: warp::path::FullPath, query, headers, body| {
-            let path = path.as_str().to_owned();
-            let head = Head { host, method, route: route::parse(&path), path, query, headers };
-            handle(ctx.clone(), head, into_body(body, body_timeout))
-        })
-        .recover(|_rej: warp::Rejection| async move {
-            Ok::<_, std::convert::Infallible>(error::ApiError::NoRoute.render().into_response())
-        })
-        .unify()
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let ctx = ctx.clone();
+        // Not boxed: hyper moves the future it is handed into its dispatcher, which
+        // costs its size; with each step awaited in `handle` rather than nested, a
+        // pull's future is ~2.6 KiB (nested, it was 18 KiB, and that move was a third
+        // of a manifest GET's instructions). A box would only move the copy.
+        async move { Ok(request(ctx, req, body_timeout).await) }
+    })
+}
+
+/// Take the head apart once, by value (no header map cloned); give a request without a
+/// body no body plumbing; then [`handle`] it.
+fn request(
+    ctx: Arc<Ctx>,
+    req: http::Request<hyper::body::Incoming>,
+    body_timeout: Duration,
+) -> impl std::future::Future<Output = warp::reply::Response> + Send {
+    let (parts, body) = req.into_parts();
+    let http::request::Parts { method, uri, headers, .. } = parts;
+    // HTTP/2 carries the host as the URI's authority (HTTP/1, in the Host header, is
+    // parsed only when a challenge needs it).
+    let host = uri.authority().cloned();
+    let path = uri.path().to_owned();
+    let query = uri.query().unwrap_or_default().to_owned();
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let body: crate::service::Body = if bodiless {
+        // Nothing to read or drain: a stream of no items, boxed without allocating.
+        Box::pin(futures_util::stream::empty())
+    } else {
+        into_body(http_body_util::BodyDataStream::new(body), body_timeout)
+    };
+    let head = Head { host, method, route: route::parse(&path), path, query, headers, bodiless };
+    crate::service::metrics::with_cache_outcome(handle(ctx, head, body))
 }

@@ -72,9 +72,9 @@ impl Endpoint {
 }
 
 /// Decode `%XX` escapes into ASCII; anything else is kept as it is.
-fn decode_segment(s: &str) -> String {
+fn decode_segment(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('%') {
-        return s.to_owned();
+        return std::borrow::Cow::Borrowed(s);
     }
     let hex = |c: u8| (c as char).to_digit(16);
     let b = s.as_bytes();
@@ -95,7 +95,7 @@ fn decode_segment(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| s.to_owned()))
 }
 
 fn upload_id_ok(id: &str) -> bool {
@@ -125,49 +125,54 @@ pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Err(ApiError::NoRoute);
     };
-    let seg: Vec<&str> = rest.split('/').collect();
-    let n = seg.len();
-    let name = |k: usize| -> Result<RepoName, ApiError> {
-        Ok(RepoName::parse(&seg[..k].join("/")).map_err(Error::from)?)
+    // The last three segments, and what is before them (the name, or part of it):
+    // taken from the end without collecting, and a name is a slice of the path itself.
+    let mut from_end = rest.rsplitn(4, '/');
+    let s0 = from_end.next().unwrap_or_default();
+    let (s1, s2, s3) = (from_end.next(), from_end.next(), from_end.next());
+    // The name: what stands before the last `tail` segments (and their slashes).
+    let name = |tail: &[&str]| -> Result<RepoName, ApiError> {
+        let cut = tail.iter().map(|t| t.len() + 1).sum::<usize>();
+        let name = rest.get(..rest.len().saturating_sub(cut)).unwrap_or_default();
+        Ok(RepoName::parse(name).map_err(Error::from)?)
     };
-    let at = |i: usize, s: &str| n > i && seg[n - 1 - i] == s;
-    if n >= 4 && at(2, "blobs") && at(1, "uploads") {
-        let id = seg[n - 1];
-        let name = name(n - 3)?;
-        if id.is_empty() {
+    let (Some(s1), Some(s2)) = (s1, s2) else {
+        return Err(ApiError::NoRoute);
+    };
+    if s3.is_some() && s2 == "blobs" && s1 == "uploads" {
+        let name = name(&[s2, s1, s0])?;
+        if s0.is_empty() {
             return Ok(Endpoint::Uploads { name });
         }
-        if !upload_id_ok(id) {
+        if !upload_id_ok(s0) {
             return Err(Error::BlobUploadUnknown.into());
         }
-        return Ok(Endpoint::Upload { name, id: id.to_owned() });
+        return Ok(Endpoint::Upload { name, id: s0.to_owned() });
     }
-    if n >= 3 && at(1, "blobs") && at(0, "uploads") {
-        return Ok(Endpoint::Uploads { name: name(n - 2)? });
+    if s1 == "blobs" && s0 == "uploads" {
+        return Ok(Endpoint::Uploads { name: name(&[s1, s0])? });
     }
-    if n >= 3 {
-        let last = decode_segment(seg[n - 1]);
-        match seg[n - 2] {
-            "manifests" => {
-                let name = name(n - 2)?;
-                return Ok(match Reference::parse(&last) {
-                    Ok(reference) => Endpoint::Manifest { name, reference },
-                    Err(error) => Endpoint::InvalidReference { name, error },
-                });
-            }
-            "blobs" => {
-                let name = name(n - 2)?;
-                let digest = last.parse().map_err(Error::from)?;
-                return Ok(Endpoint::Blob { name, digest });
-            }
-            "tags" if last == "list" => return Ok(Endpoint::Tags { name: name(n - 2)? }),
-            "referrers" => {
-                let name = name(n - 2)?;
-                let digest = last.parse().map_err(Error::from)?;
-                return Ok(Endpoint::Referrers { name, digest });
-            }
-            _ => {}
+    let last = decode_segment(s0);
+    match s1 {
+        "manifests" => {
+            let name = name(&[s1, s0])?;
+            return Ok(match Reference::parse(&last) {
+                Ok(reference) => Endpoint::Manifest { name, reference },
+                Err(error) => Endpoint::InvalidReference { name, error },
+            });
         }
+        "blobs" => {
+            let name = name(&[s1, s0])?;
+            let digest = last.parse().map_err(Error::from)?;
+            return Ok(Endpoint::Blob { name, digest });
+        }
+        "tags" if last == "list" => return Ok(Endpoint::Tags { name: name(&[s1, s0])? }),
+        "referrers" => {
+            let name = name(&[s1, s0])?;
+            let digest = last.parse().map_err(Error::from)?;
+            return Ok(Endpoint::Referrers { name, digest });
+        }
+        _ => {}
     }
     Err(ApiError::NoRoute)
 }

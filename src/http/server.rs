@@ -9,7 +9,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -60,7 +59,7 @@ pub(crate) async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let svc = warp::service(super::routes(reg, auth, scheme, limits.body_timeout));
+    let svc = super::service(reg, auth, scheme, limits.body_timeout);
     let graceful = Arc::new(GracefulShutdown::new());
     let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -94,7 +93,7 @@ pub(crate) async fn serve_with(
                     _ = stop.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
-                let hyper_svc = TowerToHyperService::new(svc.clone());
+                let hyper_svc = svc.clone();
                 match &tls {
                     None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc).into_owned();

@@ -1,9 +1,9 @@
-//! Memos of pull-path reads (`Meta::serve_manifest`, `Meta::repo_blob`), exactly as
+//! Memos of pull-path reads (`Meta::serve_manifest`, `Meta::repo_blob_size`), exactly as
 //! fresh as redb.
 //!
 //! A manifest GET by tag costs four table opens, three B-tree lookups and a JSON
 //! decode in redb (~26k instructions of ~76k per request, callgrind), a blob GET three
-//! `repo_blob` reads (~39k of ~79k); a registry under pull load answers the same few
+//! `repo_blob_size` reads (~39k of ~79k); a registry under pull load answers the same few
 //! (repository, reference) pairs over and over. A memo keeps their answers in memory,
 //! each stamped with the commit generation it was read at, and serves one only while
 //! that generation is still current.
@@ -26,7 +26,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
-use super::{BlobRecord, ManifestKey, ServedManifest};
+use super::{ManifestKey, ServedManifest};
 
 const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: usize = 32 << 20;
@@ -61,9 +61,10 @@ impl Weigh for ServedManifest {
     }
 }
 
-impl Weigh for BlobRecord {
+/// A blob's size: what the pull path asks of a linked blob's row.
+impl Weigh for u64 {
     fn weight(&self) -> usize {
-        self.blake3.len() + 64
+        64
     }
 }
 

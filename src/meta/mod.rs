@@ -170,7 +170,7 @@ pub struct Meta {
     /// (`memo.rs`).
     generation: Arc<memo::Generation>,
     served: Arc<memo::Memo<ServedManifest>>,
-    blobs: Arc<memo::Memo<BlobRecord>>,
+    blobs: Arc<memo::Memo<u64>>,
 }
 
 /// At most this many manifest rows are read by one [`Meta::references`] walk.
@@ -404,8 +404,8 @@ impl Meta {
         Ok(rec.filter(|r| !r.deleting))
     }
 
-    /// The blob row if `repo` links the blob.
-    pub fn repo_blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+    /// The blob's size if `repo` links the blob (all the pull path needs of its row).
+    pub fn repo_blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, MetaError> {
         // Loaded before the read begins: see `memo.rs` for why that makes a hit exact.
         let generation = self.generation.now();
         let key = memo::Key::blob(repo, digest);
@@ -418,11 +418,11 @@ impl Meta {
         }
         let t = rtx.open_table(BLOBS)?;
         let rec: Option<BlobRecord> = t.get(digest.as_str())?.map(|v| decode(v.value())).transpose()?;
-        let rec = rec.filter(|r| !r.deleting);
-        if let Some(r) = &rec {
-            self.blobs.put(&self.generation, generation, key, r);
+        let size = rec.filter(|r| !r.deleting).map(|r| r.size);
+        if let Some(size) = &size {
+            self.blobs.put(&self.generation, generation, key, size);
         }
-        Ok(rec)
+        Ok(size)
     }
 
     /// Resolve a tag to a digest.
@@ -1379,11 +1379,14 @@ mod tests {
         let blob = d("layer");
         meta.commit_blob("app".into(), blob.clone(), rec(7, Origin::Pushed, 1), None, None).await.unwrap();
         for _ in 0..2 {
-            assert_eq!(meta.repo_blob("app", &blob).unwrap().map(|r| r.size), Some(7));
+            assert_eq!(meta.repo_blob_size("app", &blob).unwrap(), Some(7));
         }
-        assert!(meta.repo_blob("other", &blob).unwrap().is_none(), "a memo hit never crosses repositories");
+        assert!(
+            meta.repo_blob_size("other", &blob).unwrap().is_none(),
+            "a memo hit never crosses repositories"
+        );
         meta.delete_blob("app".into(), blob.clone()).await.unwrap();
-        assert!(meta.repo_blob("app", &blob).unwrap().is_none());
+        assert!(meta.repo_blob_size("app", &blob).unwrap().is_none());
     }
 
     /// Make the closed `meta.redb` at `path` look like a file from an older version:

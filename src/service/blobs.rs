@@ -24,7 +24,7 @@ impl Blobs {
 
     /// The size of a blob linked in `repo`.
     pub(super) fn size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Error> {
-        self.meta.repo_blob(repo.as_str(), digest)?.map(|r| r.size).ok_or(Error::BlobUnknown)
+        self.meta.repo_blob_size(repo.as_str(), digest)?.ok_or(Error::BlobUnknown)
     }
 
     /// The whole blob, memory-mapped (slices of it are free).

@@ -55,7 +55,7 @@ impl Registry {
     ) -> Result<Entitlement, Error> {
         let links = |repo: &RepoName| -> Result<bool, Error> {
             Ok(match what {
-                Content::Blob => self.meta.repo_blob(repo.as_str(), digest)?.is_some(),
+                Content::Blob => self.meta.repo_blob_size(repo.as_str(), digest)?.is_some(),
                 Content::Manifest => self.meta.repo_manifest(repo.as_str(), digest, false)?.is_some(),
             })
         };

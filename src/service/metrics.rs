@@ -25,7 +25,7 @@ pub struct Metrics {
     /// upstream → up (not marked down).
     upstream_up: Mutex<BTreeMap<String, bool>>,
     /// (route, method, status) → responses.
-    http_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    http_requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     /// route → response bytes sent (as `Content-Length` announces them).
     http_bytes: Mutex<BTreeMap<&'static str, u64>>,
     pub gc_runs: AtomicU64,
@@ -99,16 +99,18 @@ tokio::task_local! {
     static OUTCOME: RefCell<CacheOutcome>;
 }
 
-/// Run `f` (one request) and return what it counted of the cache. Counting outside
-/// such a scope (the warm lists' background rounds) records no outcome.
-pub(crate) async fn with_cache_outcome<F: std::future::Future>(f: F) -> (F::Output, CacheOutcome) {
-    OUTCOME
-        .scope(RefCell::new(CacheOutcome::default()), async move {
-            let out = f.await;
-            let outcome = OUTCOME.try_with(RefCell::take).unwrap_or_default();
-            (out, outcome)
-        })
-        .await
+/// Run `f` (one request) inside a scope that records what it counts of the cache, for
+/// [`cache_outcome`] to read. Counting outside such a scope (the warm lists' background
+/// rounds) records no outcome.
+pub(crate) fn with_cache_outcome<F: std::future::Future>(
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    OUTCOME.scope(RefCell::new(CacheOutcome::default()), f)
+}
+
+/// What the request so far has counted of the cache (inside [`with_cache_outcome`]).
+pub(crate) fn cache_outcome() -> CacheOutcome {
+    OUTCOME.try_with(RefCell::take).unwrap_or_default()
 }
 
 fn note(status: CacheStatus, up: &Arc<UpstreamCounters>) {
@@ -117,6 +119,22 @@ fn note(status: CacheStatus, up: &Arc<UpstreamCounters>) {
         o.status = Some(status);
         o.upstream = Some(up.clone());
     });
+}
+
+/// A request method as its metrics label: the methods the API answers by name, any
+/// other as `OTHER` (a client cannot grow the label set with made-up methods, and a
+/// count costs no allocation).
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// Appends metric families to the `/metrics` text.
@@ -193,7 +211,7 @@ impl Metrics {
     /// One response: `route` is the endpoint family (`blob`, `manifest`, …).
     pub fn http_request(&self, route: &'static str, method: &str, status: u16, bytes: u64) {
         let mut m = self.http_requests.lock().unwrap_or_else(PoisonError::into_inner);
-        *m.entry((route, method.to_owned(), status)).or_default() += 1;
+        *m.entry((route, method_label(method), status)).or_default() += 1;
         drop(m);
         *self.http_bytes.lock().unwrap_or_else(PoisonError::into_inner).entry(route).or_default() += bytes;
     }

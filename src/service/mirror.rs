@@ -211,6 +211,15 @@ pub enum BlobRead {
     Filling { size: u64, body: super::Body },
 }
 
+/// How far a blob read got without waiting.
+enum Held {
+    /// Answered from what is linked.
+    Here(BlobRead),
+    /// Not linked where the name leads: the rest of the way, `confirmed` when the
+    /// upstream's manifests already vouch for the digest.
+    Elsewhere { confirmed: bool },
+}
+
 /// Staging ids of fills start with this (uploads use bare uuids).
 const FILL_STAGING: &str = "fill-";
 
@@ -514,38 +523,70 @@ impl Registry {
         digest: &Digest,
         head: bool,
     ) -> Result<BlobRead, Error> {
-        let stored = |repo: &RepoName| -> Result<BlobRead, Error> {
-            let size = self.stored.size(repo, digest)?;
-            let bytes = if head { None } else { Some(self.stored.bytes(repo, digest)?) };
-            Ok(BlobRead::Stored { size, bytes })
-        };
+        match self.read_blob_held(loc, digest, head)? {
+            Held::Here(read) => Ok(read),
+            // Boxed: the upstream's part is many times the size of a hit's, and a hit
+            // should not carry (and copy) it.
+            Held::Elsewhere { confirmed } => {
+                Box::pin(self.read_blob_elsewhere(loc, digest, head, confirmed)).await
+            }
+        }
+    }
+
+    /// A blob read as far as it goes without waiting on anything: what is linked here
+    /// (the hit), or where the rest of the way starts.
+    fn read_blob_held(&self, loc: &Located, digest: &Digest, head: bool) -> Result<Held, Error> {
         let ent = self.entitled(loc, digest, Content::Blob)?;
-        let Some((m, remote)) = &loc.mirror else {
+        let Some((m, _)) = &loc.mirror else {
             return match ent {
-                Entitlement::Linked(r) => stored(&r),
+                Entitlement::Linked(r) => self.stored_blob(&r, digest, head).map(Held::Here),
                 _ => Err(Error::BlobUnknown),
             };
         };
         let local = &loc.repo;
         if let Entitlement::Linked(r) = &ent {
             if r != local {
-                return stored(r);
+                return self.stored_blob(r, digest, head).map(Held::Here);
             }
         }
         self.cache.touch(digest);
-        let mut confirmed = match ent {
-            Entitlement::Linked(_) => match stored(local) {
+        let confirmed = match ent {
+            Entitlement::Linked(_) => match self.stored_blob(local, digest, head) {
                 // Unlinked since (a DELETE, GC): ask again, as for any unlinked blob.
                 Err(Error::BlobUnknown) => false,
                 r => {
                     self.metrics.hit(&m.counters);
-                    return r;
+                    return r.map(Held::Here);
                 }
             },
             Entitlement::Referenced => true,
             Entitlement::AskUpstream => false,
             Entitlement::Unknown => return Err(Error::BlobUnknown),
         };
+        Ok(Held::Elsewhere { confirmed })
+    }
+
+    /// A blob linked into `repo`: its size, and its bytes unless `head`.
+    fn stored_blob(&self, repo: &RepoName, digest: &Digest, head: bool) -> Result<BlobRead, Error> {
+        let size = self.stored.size(repo, digest)?;
+        let bytes = if head { None } else { Some(self.stored.bytes(repo, digest)?) };
+        Ok(BlobRead::Stored { size, bytes })
+    }
+
+    /// The rest of a mirrored blob read: stored for another repository (link it once
+    /// entitled), else the upstream through the one fill for the digest.
+    async fn read_blob_elsewhere(
+        self: &Arc<Self>,
+        loc: &Located,
+        digest: &Digest,
+        head: bool,
+        mut confirmed: bool,
+    ) -> Result<BlobRead, Error> {
+        let stored = |repo: &RepoName| self.stored_blob(repo, digest, head);
+        let Some((m, remote)) = &loc.mirror else {
+            return Err(Error::BlobUnknown);
+        };
+        let local = &loc.repo;
         // Stored for another repository: link it here once entitled, no download.
         if self.stored.stored(digest)? {
             if !confirmed {

@@ -20,10 +20,10 @@ pub(super) async fn get(
 ) -> Result<Response<Bytes>, ApiError> {
     let m = reg.read_manifest(loc, reference, !head).await?;
     let mut resp = empty(StatusCode::OK);
-    set(&mut resp, header::CONTENT_TYPE, &m.media_type);
-    set(&mut resp, header::CONTENT_LENGTH, &m.size.to_string());
-    set(&mut resp, HeaderName::from_static("docker-content-digest"), m.digest.as_str());
-    set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
+    if let Some(v) = super::media_type_value(&m.media_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    super::set_content(&mut resp, &m.digest, m.size);
     if let Some(b) = m.body {
         *resp.body_mut() = b;
     }
