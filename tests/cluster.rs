@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use cluster::{make_blob, parallel_pulls, seed_image, Topology, HAPROXY_CFG, MIB};
 
+/// Each curl's --max-time. The pulls take a minute alone, through shaped links; under a
+/// loaded machine one took 180 s, so the bound is a hang's, not a speed target.
+const PULL_SECS: u32 = 300;
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 fn require_root() {
@@ -75,7 +78,7 @@ fn sharded_cluster_behind_haproxy() {
 
     // 1. A cold mirrored blob, 100 clients through the balancer: one upstream GET, one node.
     let url = format!("{lb}/v2/docker.io/library/big/blobs/{big}");
-    let (res, wall) = parallel_pulls(&t, "cl", std::slice::from_ref(&url), 100, 170);
+    let (res, wall) = parallel_pulls(&t, "cl", std::slice::from_ref(&url), 100, PULL_SECS);
     let bad: Vec<_> =
         res.iter().filter(|r| r.len() != 1 || r[0].code != 200 || r[0].size != big_mib * MIB).collect();
     assert!(bad.is_empty(), "{} of 100 clients failed: {:?}", bad.len(), bad.first());
@@ -121,7 +124,7 @@ fn sharded_cluster_behind_haproxy() {
         u
     };
     let before = served_now(&t, &NODES);
-    let (res, wall_b) = parallel_pulls(&t, "cl", &urls(&lb), 20, 170);
+    let (res, wall_b) = parallel_pulls(&t, "cl", &urls(&lb), 20, PULL_SECS);
     check_pulls(&res, &img.layers);
     let by_digest = served_since(&t, &before);
     let layer_home: BTreeMap<String, String> =
@@ -131,7 +134,7 @@ fn sharded_cluster_behind_haproxy() {
     };
     let gets_b = layer_gets(&t);
     let before = served_now(&t, &NODES);
-    let (res, wall_a) = parallel_pulls(&t, "cl", &urls(&lb_by_repo), 20, 170);
+    let (res, wall_a) = parallel_pulls(&t, "cl", &urls(&lb_by_repo), 20, PULL_SECS);
     check_pulls(&res, &img.layers);
     let by_repo = served_since(&t, &before);
     let gets_a = layer_gets(&t) - gets_b;
@@ -193,7 +196,7 @@ fn sharded_cluster_behind_haproxy() {
         })
         .collect();
     let refill_start = Instant::now();
-    let (res, _) = parallel_pulls(&t, "cl", &urls(&lb), 20, 170);
+    let (res, _) = parallel_pulls(&t, "cl", &urls(&lb), 20, PULL_SECS);
     let refill = refill_start.elapsed().as_secs_f64();
     check_pulls(&res, &img.layers);
     let lost: Vec<&String> = layer_home.iter().filter(|(_, n)| **n == victim).map(|(d, _)| d).collect();
@@ -433,7 +436,7 @@ fn tiered_mirrors_site_regional_upstream() {
         t.metric("cl", host, "wharfie_upstream_requests_total", &["kind=\"blob\"", "status=\"200\""])
     };
     let url1 = format!("{}/v2/docker.io/{}/blobs/{layer}", site("site1"), img.repo);
-    let (res, wall1) = parallel_pulls(&t, "cl", std::slice::from_ref(&url1), 100, 170);
+    let (res, wall1) = parallel_pulls(&t, "cl", std::slice::from_ref(&url1), 100, PULL_SECS);
     assert!(
         res.iter().all(|r| r.len() == 1 && r[0].code == 200 && r[0].size == size),
         "site1 clients: {:?}",
@@ -448,7 +451,7 @@ fn tiered_mirrors_site_regional_upstream() {
     assert_eq!((s1, rg, up_gets), (1, 1, 1));
 
     let url2 = format!("{}/v2/docker.io/{}/blobs/{layer}", site("site2"), img.repo);
-    let (res, wall2) = parallel_pulls(&t, "cl2", std::slice::from_ref(&url2), 100, 170);
+    let (res, wall2) = parallel_pulls(&t, "cl2", std::slice::from_ref(&url2), 100, PULL_SECS);
     assert!(res.iter().all(|r| r.len() == 1 && r[0].code == 200 && r[0].size == size), "site2 clients");
     let (s2, rg) = (blob_gets(&t, "site2"), blob_gets(&t, "regional"));
     let (up_gets, _) = t.upstream_count(reg, &format!("/v2/{}/blobs/{layer}", img.repo));
