@@ -1,7 +1,7 @@
 //! `http/`: the wire. One hyper service hands every request to `handle`:
 //! authenticate → dispatch → finish, the route parsed once (by the pure parser in
 //! `route.rs`) and handed to `handlers::dispatch`; request bodies a handler leaves
-//! unread are drained here and only here. Errors become OCI JSON bodies in one place (`error.rs`); `server.rs` owns the accept loop and graceful drain;
+//! unread are drained here and only here. Errors become OCI JSON bodies in one place (`error.rs`); `server.rs` owns the accept loops (one single-threaded runtime per core) and the graceful drain;
 //! `guard.rs` authenticates every `/v2` request and names the access each endpoint
 //! needs.
 //!
