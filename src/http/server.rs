@@ -55,8 +55,8 @@ impl Limits {
 /// every listener (nginx's shape: one event loop a core), not by the caller's
 /// work-stealing runtime. A small request's work is a few microseconds, and on the
 /// work-stealing runtime its workers woke each other through futexes for nearly every
-/// one: per core, the manifest-GET rows went from 0.9–1.07× nginx's req/s to 1.2–1.4×,
-/// at two thirds of the server CPU per request. Everything heavy a request starts
+/// one: per core, the server CPU per small GET went from 8.2–12.5 µs to 5.5–9.0 µs
+/// (`cargo bench --bench compare`, beside nginx's 6.7–10.0). Everything heavy a request starts
 /// (hashing, file I/O) is on a blocking pool already, so one connection cannot stall
 /// the others on its core.
 pub(crate) async fn serve_with(
@@ -83,20 +83,13 @@ pub(crate) async fn serve_with(
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let core =
+        Core { reg, auth, limits, tls, graceful: graceful.clone(), limit, stop: stop_rx, alive: alive_tx };
     let mut threads = Vec::new();
     for i in 0..cores {
         let mine: Vec<std::net::TcpListener> =
             std_listeners.iter().filter_map(|l| l.try_clone().ok()).collect();
-        let core = Core {
-            reg: reg.clone(),
-            auth: auth.clone(),
-            limits,
-            tls: tls.clone(),
-            graceful: graceful.clone(),
-            limit: limit.clone(),
-            stop: stop_rx.clone(),
-            alive: alive_tx.clone(),
-        };
+        let core = core.clone();
         let drained = drained_rx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wharfie-http-{i}"))
@@ -106,7 +99,7 @@ pub(crate) async fn serve_with(
             Err(e) => tracing::warn!(error = %e, "an HTTP thread could not be started"),
         }
     }
-    drop((std_listeners, alive_tx, drained_rx, stop_rx));
+    drop((std_listeners, core, drained_rx));
     shutdown.await;
     tracing::info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
@@ -129,7 +122,9 @@ pub(crate) async fn serve_with(
     .await;
 }
 
-/// What one core's runtime serves with: its share of everything the accept loops need.
+/// What one core's runtime serves with: its share of everything the accept loops need
+/// (each loop holds a clone).
+#[derive(Clone)]
 struct Core {
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
@@ -157,7 +152,7 @@ impl Core {
             let mut loops = Vec::new();
             for l in listeners {
                 match TcpListener::from_std(l) {
-                    Ok(l) => loops.push(tokio::spawn(self.accept_loop(l))),
+                    Ok(l) => loops.push(tokio::spawn(self.clone().accept_loop(l))),
                     Err(e) => tracing::warn!(error = %e, "a listener could not join an HTTP thread"),
                 }
             }
@@ -172,22 +167,8 @@ impl Core {
         rt.shutdown_timeout(Duration::from_secs(5));
     }
 
-    /// A clone of what one accept loop needs.
-    fn share(&self) -> Core {
-        Core {
-            reg: self.reg.clone(),
-            auth: self.auth.clone(),
-            limits: self.limits,
-            tls: self.tls.clone(),
-            graceful: self.graceful.clone(),
-            limit: self.limit.clone(),
-            stop: self.stop.clone(),
-            alive: self.alive.clone(),
-        }
-    }
-
-    fn accept_loop(&self, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
-        let Core { reg, auth, limits, tls, graceful, limit, mut stop, alive } = self.share();
+    fn accept_loop(self, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
+        let Core { reg, auth, limits, tls, graceful, limit, mut stop, alive } = self;
         async move {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let svc = super::service(reg, auth, scheme, limits.body_timeout);

@@ -45,7 +45,7 @@ pub(super) async fn put(
     let out = reg.put_manifest(name, reference, content_type.as_deref(), req.take_body()).await?;
     let mut resp = empty(StatusCode::CREATED);
     set(&mut resp, header::LOCATION, &format!("/v2/{name}/manifests/{}", out.digest));
-    set(&mut resp, HeaderName::from_static("docker-content-digest"), out.digest.as_str());
+    set(&mut resp, super::CONTENT_DIGEST, out.digest.as_str());
     if let Some(s) = out.subject {
         set(&mut resp, HeaderName::from_static("oci-subject"), s.as_str());
     }

@@ -29,7 +29,7 @@ fn accepted(name: &RepoName, id: &str, len: u64) -> Response<Bytes> {
 fn created(name: &RepoName, digest: &Digest) -> Response<Bytes> {
     let mut r = empty(StatusCode::CREATED);
     set(&mut r, header::LOCATION, &format!("/v2/{name}/blobs/{digest}"));
-    set(&mut r, HeaderName::from_static("docker-content-digest"), digest.as_str());
+    set(&mut r, super::CONTENT_DIGEST, digest.as_str());
     set(&mut r, header::CONTENT_LENGTH, "0");
     r
 }
