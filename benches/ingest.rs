@@ -23,7 +23,7 @@
 //! to a file with fsync and one sha256 over them cost this process, with no HTTP. Both servers run with fresh data in a
 //! temp dir under `target/tmp/` and fsync as they normally do (wharfie: file, then
 //! directory, then the redb commit; Distribution: none). Knobs: `BENCH_ROUNDS`, `BENCH_MIB`,
-//! `BENCH_CHUNK_MIB`, `BENCH_SERVERS=wharfie,distribution`, `BENCH_MODES=monolithic,chunked`,
+//! `BENCH_CHUNK_MIB`, `BENCH_PARALLEL`, `BENCH_SERVERS=wharfie,distribution`, `BENCH_MODES=monolithic,chunked`,
 //! `WHARFIE_BIN`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails by panicking
 #![allow(clippy::pedantic)] // pedantic is for src/; test and bench code reads as scenarios
@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 use wharfie_testkit::bench::{self, fail, start_wharfie, Proc, Res};
 
-const PARALLEL: usize = 8;
+/// Pushes per round (`BENCH_PARALLEL`, 8 by default; 1 shows a lone push's speed).
+static PARALLEL: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| env_usize("BENCH_PARALLEL", 8));
 const REPO: &str = "bench/ingest";
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -55,7 +56,7 @@ struct Blob {
 }
 
 fn blobs(base: &[u8], tag: u64) -> Vec<Blob> {
-    (0..PARALLEL as u64)
+    (0..*PARALLEL as u64)
         .map(|i| {
             let mut prefix = [0u8; 16];
             prefix[..8].copy_from_slice(&tag.to_le_bytes());
@@ -238,14 +239,14 @@ fn thread_cpu_secs() -> f64 {
 /// sha256 over as many bytes (the same crate and CPU features the server uses). Best of 3.
 fn floor(dir: &Path, base: &[u8]) -> Res<(f64, f64)> {
     // As many bytes as one round pushes, so the tick-grained CPU clock is precise enough.
-    let gib = (PARALLEL * base.len()) as f64 / (1u64 << 30) as f64;
+    let gib = (*PARALLEL * base.len()) as f64 / (1u64 << 30) as f64;
     let (mut write, mut hash) = (f64::MAX, f64::MAX);
     for i in 0..3 {
         reset_page_cache();
         let path = dir.join(format!("floor-{i}"));
         let c0 = thread_cpu_secs();
         let mut f = fs::File::create(&path)?;
-        for _ in 0..PARALLEL {
+        for _ in 0..*PARALLEL {
             for part in base.chunks(1 << 20) {
                 f.write_all(part)?;
             }
@@ -259,7 +260,7 @@ fn floor(dir: &Path, base: &[u8]) -> Res<(f64, f64)> {
         // and written) when it hashes them.
         let piece = &base[..base.len().min(1 << 20)];
         let mut h = Sha256::new();
-        for _ in 0..PARALLEL * base.len() / piece.len() {
+        for _ in 0..*PARALLEL * base.len() / piece.len() {
             h.update(piece);
         }
         std::hint::black_box(h.finalize());
@@ -284,7 +285,7 @@ fn round(host: &str, pid: u32, base: &Arc<Vec<u8>>, blobs: Vec<Blob>, chunk: Opt
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_secs(pid)? - cpu0;
-    let mib = (PARALLEL * base.len()) as f64 / (1 << 20) as f64;
+    let mib = (*PARALLEL * base.len()) as f64 / (1 << 20) as f64;
     Ok(Round { mib_s: mib / wall, cpu_per_gib: cpu / (mib / 1024.0) })
 }
 
@@ -362,7 +363,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         drop(proc_);
     }
     println!(
-        "{PARALLEL} parallel pushes of distinct {mib} MiB blobs, {rounds} round(s); chunks {} MiB\n",
+        "{} parallel pushes of distinct {mib} MiB blobs, {rounds} round(s); chunks {} MiB\n",
+        *PARALLEL,
         chunk >> 20
     );
     let _ = writeln!(

@@ -26,6 +26,7 @@ use crate::digest::Digest;
 pub use fs::{FaultHook, FsOp, NoFaults, SyncTarget};
 pub use growing::GrowingReader;
 use layout::Layout;
+use writer::DirectIo;
 pub use writer::Staging;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,9 @@ pub struct BlobStore {
     /// Recently served blobs, already read or mapped. Sound because blob files are
     /// immutable; whoever unlinks a blob file must `forget` it here.
     open: Arc<OpenCache>,
+    /// Whether pushes' stagings may be written with `O_DIRECT` (until the file system
+    /// refuses it once).
+    direct: DirectIo,
 }
 
 impl BlobStore {
@@ -104,18 +108,19 @@ impl BlobStore {
         create_dir_durable(&layout.uploads_root(), hook.as_ref())?;
         create_shards(&layout.blobs_root(), hook.as_ref())?;
         let open = OpenCache::with_weighter(4096, CACHE_WEIGHT, BlobWeight);
-        Ok(BlobStore { layout: Arc::new(layout), hook, open: Arc::new(open) })
+        Ok(BlobStore { layout: Arc::new(layout), hook, open: Arc::new(open), direct: DirectIo::default() })
     }
 
-    /// Start a new, empty staging area `id`.
+    /// Start a push's new, empty staging area `id` (written with `O_DIRECT` where the
+    /// filesystem allows: nothing reads it before its commit).
     pub fn create_staging(&self, id: &str) -> io::Result<Staging> {
-        Staging::create(&self.layout, id, self.hook.clone())
+        Staging::create(&self.layout, id, self.hook.clone(), Some(&self.direct))
     }
 
     /// Reopen staging area `id` (after a restart or between `PATCH` requests), re-hashing what
     /// is already there. `None` when it does not exist.
     pub fn open_staging(&self, id: &str) -> io::Result<Option<Staging>> {
-        Staging::reopen(&self.layout, id, self.hook.clone())
+        Staging::reopen(&self.layout, id, self.hook.clone(), &self.direct)
     }
 
     /// A read handle on staging area `id`'s data file (followers of a fill read it as
@@ -128,7 +133,8 @@ impl BlobStore {
     pub async fn create_fill(&self, id: String) -> io::Result<(Staging, GrowingReader)> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let staging = me.create_staging(&id)?;
+            // Buffered: followers read the file as it grows.
+            let staging = Staging::create(&me.layout, &id, me.hook.clone(), None)?;
             match me.open_staging_reader(&id) {
                 Ok(r) => Ok((staging, r)),
                 Err(e) => {
@@ -261,7 +267,7 @@ impl BlobStore {
     /// The staging area stays (the caller's cleanup removes it on failure).
     pub fn validate(&self, staging: Staging, expected: &Digest) -> Result<Verified, BlobError> {
         let id = staging.id().to_owned();
-        let (file, path, actual, committed) = staging.finish();
+        let (file, path, actual, committed) = staging.finish()?;
         if &actual != expected {
             return Err(BlobError::DigestMismatch { expected: expected.clone(), actual });
         }

@@ -85,6 +85,11 @@ async fn pump_inner(
             }
             batch.clear();
         }
+        // The body is over (or broke off): whatever waits in the staging's buffer goes
+        // on the file, which then holds `len` bytes, as the session's offset says.
+        if res.is_ok() {
+            res = staging.flush();
+        }
         (staging, res)
     });
     let mut body_err = None;
