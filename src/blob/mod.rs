@@ -1,8 +1,8 @@
 //! `blob/`: content-addressed blob files and the staging areas that become them.
 //!
-//! May import: memmap2, sha2, blake3, digest, tokio (its blocking pool, for the async
-//! calls that service/ uses so that no filesystem call runs on an async worker). Only this module knows blob paths or maps
-//! files.
+//! May import: memmap2, sha2, blake3, digest, libc (`O_DIRECT`), tokio (its blocking
+//! pool, for the async calls that service/ uses so that no filesystem call runs on an
+//! async worker). Only this module knows blob paths or maps files.
 //!
 //! Invariants:
 //! - A file under `blobs/` is complete, verified, fsynced, and never modified or
