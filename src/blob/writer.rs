@@ -2,11 +2,12 @@
 //! byte in it, updated as the bytes arrive (never a second pass at commit).
 //!
 //! A push's bytes go to the file with `O_DIRECT` where the filesystem allows it: they
-//! are gathered in one aligned buffer and written from there, with no copy into the
-//! page cache (a fifth of a push's CPU when it went through the cache; issue 12). The
-//! partial block at the end of each body is written through the page cache, so after
-//! every [`Staging::flush`] the file holds exactly [`Staging::len`] bytes, and the next
-//! body reads that block back and rewrites it whole. A fill's staging is read by its
+//! are gathered in one aligned buffer and written from there: no copy into the page
+//! cache, and no dirty pages for the commit's fsync to wait on (issue 12: 1.5× the
+//! ingest throughput, 5–8 % less CPU per GiB). The partial block at the end of each
+//! body is written through the page cache, so after every [`Staging::flush`] the file
+//! holds exactly [`Staging::len`] bytes, and the next body reads that block back and
+//! rewrites it whole. A fill's staging is read by its
 //! followers as it grows and stays buffered.
 
 use std::fs::{File, OpenOptions};
