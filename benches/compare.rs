@@ -4,7 +4,7 @@
 //! wharfie/nginx and wharfie/distribution.
 //!
 //! ```sh
-//! cargo bench --bench compare                         # full run, about 5 minutes
+//! cargo bench --bench compare                         # full run, about 25 minutes
 //! BENCH_QUICK=1 cargo bench --bench compare           # smoke run, under a minute
 //! BENCH_SCENARIOS=a,b cargo bench --bench compare     # only some scenarios
 //! ```
@@ -30,8 +30,13 @@
 //!
 //! Scenarios:
 //! - a: manifest GET by tag, manifest GET by digest, 4 KiB blob GET, each with
-//!   `wrk -t2 -c8` and `-c64` for 10 s: requests/s, and server CPU time (utime+stime from
-//!   `/proc/PID/stat`, nginx's master and workers summed) per request.
+//!   `wrk -t2 -c8` and `-c64` for 10 s, 3 rounds with the servers interleaved, the median
+//!   round shown: requests/s, and server CPU time (utime+stime from
+//!   `/proc/PID/stat`, nginx's master and workers summed) per request. Then the same three
+//!   URLs by HEAD, which wrk cannot send (its parser waits for the body a HEAD response
+//!   announces): the bench's own client in wrk's shape (two threads, each an event loop over
+//!   its share of the keep-alive connections, HEADs back to back on each), 8 and 64
+//!   connections, the same rounds and figures.
 //! - b: one 256 MiB blob: single-stream `curl -o /dev/null` 3 times (best, median), 8 concurrent
 //!   streams (aggregate, best of 2 rounds), and server CPU seconds per GiB sent.
 //! - c: `skopeo copy --preserve-digests` of a 3-layer OCI layout (1 + 64 + 256 MiB of gzip-
@@ -45,7 +50,7 @@
 //!
 //! Knobs (environment): `BENCH_QUICK=1` (3 s wrk runs, 32 MiB big blob, 1+8+32 MiB push,
 //! single rounds), `BENCH_SCENARIOS=a,b,c` (d always rides along), `BENCH_SERVERS=wharfie,
-//! distribution,nginx`, `BENCH_WRK_SECS=N`, `BENCH_KEEP=1` (keep the temp dir and the servers'
+//! distribution,nginx`, `BENCH_WRK_SECS=N`, `BENCH_A_ROUNDS=N` (scenario a's rounds, default 3), `BENCH_KEEP=1` (keep the temp dir and the servers'
 //! logs), `WHARFIE_BIN=PATH`, `RUST_LOG` (wharfie's log filter). Run it on an otherwise idle
 //! machine: anything else on the 2 cores shows up in every number.
 
@@ -91,6 +96,8 @@ struct Cfg {
     scenarios: Vec<char>,
     servers: Vec<Kind>,
     wrk_secs: u64,
+    /// Scenario a: runs per row and server; the row shows the median.
+    a_rounds: usize,
     warmup_secs: u64,
     big_size: u64,
     single_reps: usize,
@@ -141,11 +148,20 @@ impl Cfg {
         if !(1..=120).contains(&wrk_secs) {
             bail!("BENCH_WRK_SECS must be 1..=120");
         }
+        let a_rounds = match std::env::var("BENCH_A_ROUNDS") {
+            Ok(s) => s.parse().map_err(|_| format!("BENCH_A_ROUNDS: not a number: {s:?}"))?,
+            Err(_) if quick => 1,
+            Err(_) => 3,
+        };
+        if !(1..=9).contains(&a_rounds) {
+            bail!("BENCH_A_ROUNDS must be 1..=9");
+        }
         Ok(Cfg {
             quick,
             scenarios,
             servers,
             wrk_secs,
+            a_rounds,
             warmup_secs: if quick { 1 } else { 2 },
             big_size: if quick { 32 * MIB } else { 256 * MIB },
             single_reps: 3,
@@ -1137,6 +1153,136 @@ fn wrk(url: &str, conns: u32, secs: u64, accept_manifest: bool) -> Res<WrkOut> {
     }
 }
 
+/// `conns` keep-alive connections, one thread each, sending HEAD requests back to back for
+/// `secs` (wrk cannot send HEAD: its parser waits for the body a HEAD response announces).
+/// Every response must be a 200 with headers only; anything else is counted as bad.
+fn head_load(url: &str, conns: u32, secs: u64, accept: Option<&str>) -> Res<WrkOut> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut req = format!("HEAD {path} HTTP/1.1\r\nHost: {host}\r\n");
+    if let Some(a) = accept {
+        let _ = write!(req, "Accept: {a}\r\n");
+    }
+    req.push_str("\r\n");
+    let req = std::sync::Arc::new(req.into_bytes());
+    // wrk's shape: two client threads, each an event loop over its share of the
+    // connections (a thread per connection costs both sides a wakeup per request).
+    const THREADS: u32 = 2;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(THREADS as usize + 1));
+    let mut threads = Vec::new();
+    for t in 0..THREADS {
+        let share = conns / THREADS + u32::from(t < conns % THREADS);
+        let (req, start, host) = (req.clone(), start.clone(), host.to_owned());
+        threads.push(std::thread::spawn(move || {
+            head_thread(&host, &req, share, &start, secs).map_err(|e| e.to_string())
+        }));
+    }
+    start.wait();
+    let t0 = Instant::now();
+    let (mut ok, mut bad, mut errors) = (0u64, 0u64, Vec::new());
+    for t in threads {
+        match t.join() {
+            Ok(Ok((o, b))) => {
+                ok += o;
+                bad += b;
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a client thread panicked".into()),
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    if !errors.is_empty() {
+        bail!("HEAD {url}: {} of {THREADS} client threads failed: {}", errors.len(), errors[0]);
+    }
+    let mut notes = String::new();
+    if bad > 0 {
+        notes = format!("Non-2xx responses: {bad}");
+    }
+    match ok + bad {
+        0 => bail!("HEAD {url}: no responses"),
+        requests => Ok(WrkOut { rps: requests as f64 / wall, requests, bad: notes }),
+    }
+}
+
+/// One client thread of [`head_load`]: a single-threaded event loop driving `conns`
+/// keep-alive connections; (200 responses, other responses) summed over them.
+fn head_thread(host: &str, req: &[u8], conns: u32, start: &std::sync::Barrier, secs: u64) -> Res<(u64, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    // Every thread reaches the barrier, whatever failed, so a failure cannot hang it.
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            start.wait();
+            return Err(e.into());
+        }
+    };
+    rt.block_on(async {
+        let mut socks = Vec::new();
+        let mut failed = None;
+        for _ in 0..conns {
+            match tokio::net::TcpStream::connect(host).await.and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                Ok(s) => socks.push(s),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        start.wait();
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut set = tokio::task::JoinSet::new();
+        for s in socks {
+            let req = req.to_vec();
+            set.spawn(async move { head_conn(s, &req, deadline).await.map_err(|e| e.to_string()) });
+        }
+        let (mut ok, mut bad) = (0u64, 0u64);
+        while let Some(r) = set.join_next().await {
+            let (o, b) = r.map_err(|e| e.to_string())??;
+            ok += o;
+            bad += b;
+        }
+        Ok((ok, bad))
+    })
+}
+
+/// One connection of [`head_load`]: HEADs back to back until `deadline`; (200
+/// responses, other responses). A response that does not come within 5 s fails it.
+async fn head_conn(
+    mut s: tokio::net::TcpStream,
+    req: &[u8],
+    deadline: tokio::time::Instant,
+) -> Res<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 4096];
+    let (mut ok, mut bad) = (0u64, 0u64);
+    while tokio::time::Instant::now() < deadline {
+        s.write_all(req).await?;
+        let mut n = 0;
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[n..])).await??;
+            if got == 0 {
+                bail!("connection closed after {ok} responses");
+            }
+            n += got;
+            if buf[..n].ends_with(b"\r\n\r\n") {
+                break;
+            }
+            if n == buf.len() {
+                bail!("a HEAD response over {n} bytes");
+            }
+        }
+        if buf.starts_with(b"HTTP/1.1 200 ") {
+            ok += 1;
+        } else {
+            bad += 1;
+        }
+    }
+    Ok((ok, bad))
+}
+
 impl Bench {
     fn check_alive(&mut self) {
         let mut dead = Vec::new();
@@ -1161,13 +1307,26 @@ impl Bench {
 
     fn scenario_a(&mut self, content: &Seeded) {
         let tests = [
-            ("manifest GET by tag", format!("/v2/{REPO}/manifests/latest"), true),
-            ("manifest GET by digest", format!("/v2/{REPO}/manifests/{}", content.manifest.digest), true),
-            ("4 KiB blob GET", format!("/v2/{REPO}/blobs/{}", content.small.digest), false),
+            ("manifest GET by tag", format!("/v2/{REPO}/manifests/latest"), true, false),
+            (
+                "manifest GET by digest",
+                format!("/v2/{REPO}/manifests/{}", content.manifest.digest),
+                true,
+                false,
+            ),
+            ("4 KiB blob GET", format!("/v2/{REPO}/blobs/{}", content.small.digest), false, false),
+            ("manifest HEAD by tag", format!("/v2/{REPO}/manifests/latest"), true, true),
+            (
+                "manifest HEAD by digest",
+                format!("/v2/{REPO}/manifests/{}", content.manifest.digest),
+                true,
+                true,
+            ),
+            ("4 KiB blob HEAD", format!("/v2/{REPO}/blobs/{}", content.small.digest), false, true),
         ];
         let secs = self.cfg.wrk_secs;
         eprintln!("[a] warm-up: {} s per URL and server", self.cfg.warmup_secs);
-        for (name, path, accept) in &tests {
+        for (name, path, accept, _) in tests.iter().filter(|t| !t.3) {
             for i in 0..self.servers.len() {
                 let url = self.servers[i].url(path);
                 if let Err(e) = wrk(&url, 8, self.cfg.warmup_secs, *accept) {
@@ -1176,38 +1335,69 @@ impl Bench {
                 }
             }
         }
-        for (name, path, accept) in &tests {
+        let rounds = self.cfg.a_rounds;
+        for (name, path, accept, head) in &tests {
             for conns in [8u32, 64] {
-                let mut rps = [Cell::NA; 3];
-                let mut us = [Cell::NA; 3];
-                for i in 0..self.servers.len() {
-                    let (kind, url) = (self.servers[i].kind, self.servers[i].url(path));
-                    eprintln!("[a] {name}, c={conns}, {} for {secs} s", kind.name());
-                    let t0 = self.servers[i].cpu_ticks();
-                    let r = wrk(&url, conns, secs, *accept);
-                    let t1 = self.servers[i].cpu_ticks();
-                    match r {
-                        Ok(w) => {
-                            rps[kind.idx()] = Cell::Val(w.rps);
-                            let cpu_us = (t1.saturating_sub(t0)) as f64 / self.clk_tck * 1e6;
-                            us[kind.idx()] = Cell::Val(cpu_us / w.requests as f64);
-                            if !w.bad.is_empty() {
-                                self.report.note(format!(
-                                    "a. {name}, c={conns}, {}: {} (of {} requests)",
-                                    kind.name(),
-                                    w.bad,
-                                    w.requests
-                                ));
-                            }
+                // Each round runs every server once, so drift in the machine (this is a
+                // 2-core VM whose throughput moves by tens of percent between runs) lands
+                // on all of them alike; the row is each server's median round.
+                let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
+                let mut failed = [false; 3];
+                for round in 1..=rounds {
+                    for i in 0..self.servers.len() {
+                        let (kind, url) = (self.servers[i].kind, self.servers[i].url(path));
+                        if failed[kind.idx()] {
+                            continue;
                         }
-                        Err(e) => {
-                            rps[kind.idx()] = Cell::Err;
-                            us[kind.idx()] = Cell::Err;
-                            self.report.note(format!("a. {name}, c={conns}, {}: {e}", kind.name()));
+                        eprintln!(
+                            "[a] {name}, c={conns}, {} for {secs} s, round {round}/{rounds}",
+                            kind.name()
+                        );
+                        let t0 = self.servers[i].cpu_ticks();
+                        let r = if *head {
+                            head_load(&url, conns, secs, accept.then_some(OCI_MANIFEST))
+                        } else {
+                            wrk(&url, conns, secs, *accept)
+                        };
+                        let t1 = self.servers[i].cpu_ticks();
+                        match r {
+                            Ok(w) => {
+                                let cpu_us = (t1.saturating_sub(t0)) as f64 / self.clk_tck * 1e6;
+                                runs[kind.idx()].push((w.rps, cpu_us / w.requests as f64));
+                                if !w.bad.is_empty() {
+                                    self.report.note(format!(
+                                        "a. {name}, c={conns}, {}: {} (of {} requests)",
+                                        kind.name(),
+                                        w.bad,
+                                        w.requests
+                                    ));
+                                }
+                            }
+                            Err(e) => {
+                                failed[kind.idx()] = true;
+                                self.report.note(format!("a. {name}, c={conns}, {}: {e}", kind.name()));
+                            }
                         }
                     }
                 }
-                let sc = format!("a. {name}, wrk -t2 -c{conns} -d{secs}s");
+                let mut rps = [Cell::NA; 3];
+                let mut us = [Cell::NA; 3];
+                for k in 0..3 {
+                    if failed[k] {
+                        rps[k] = Cell::Err;
+                        us[k] = Cell::Err;
+                    } else {
+                        let mut r: Vec<f64> = runs[k].iter().map(|r| r.0).collect();
+                        let mut c: Vec<f64> = runs[k].iter().map(|r| r.1).collect();
+                        if let (Some(r), Some(c)) = (median(&mut r), median(&mut c)) {
+                            rps[k] = Cell::Val(r);
+                            us[k] = Cell::Val(c);
+                        }
+                    }
+                }
+                let client = if *head { "HEAD client" } else { "wrk -t2" };
+                let of = if rounds > 1 { format!(", median of {rounds}") } else { String::new() };
+                let sc = format!("a. {name}, {client} -c{conns} -d{secs}s{of}");
                 self.report.row(sc.clone(), "req/s ↑", 0, rps);
                 self.report.row(sc, "server CPU µs/req ↓", 1, us);
             }

@@ -8,10 +8,13 @@
 //! BENCH_QUICK=1 cargo bench --bench mirror      # 32 MiB blob, N = 1, 8, 32 (smoke run)
 //! BENCH_MIRROR_NS=1,100 cargo bench --bench mirror
 //! BENCH_MIRROR_ONLY=wharfie cargo bench --bench mirror   # skip Distribution
+//! BENCH_MIRROR_CLIENT=curl cargo bench --bench mirror     # one curl process per client
 //! ```
 //!
 //! For each N and each mirror, a fresh mirror (empty data directory, so the blob is cold)
-//! gets N concurrent `curl` GETs of one blob, all started together. Measured per run:
+//! gets N concurrent GETs of one blob, all started together: by default from N threads of
+//! this process, each on its own connection (so that a client's TTFB is not the time 100
+//! processes take to start on 2 cores), or from N `curl` processes. Measured per run:
 //! upstream GETs and HEADs of that blob (from the upstream's access log), each client's
 //! time to first byte and the time until the last client finished; then the same N GETs
 //! again, now warm, whose wall time gives the server's aggregate warm throughput. Every
@@ -124,6 +127,86 @@ fn wave(url: &str, n: usize, size: u64) -> Res<Wave> {
     Ok(w)
 }
 
+/// The same wave from in-process clients: one thread per client, all released together by
+/// a barrier, each on its own connection (`Connection: close`, a `Content-Length` body read
+/// to its end into a reused buffer). TTFB is from the thread's release, before its connect,
+/// to the first byte of the response: what curl's `time_starttransfer` measures, without
+/// 100 processes starting on 2 cores inside the measurement.
+fn wave_threads(url: &str, n: usize, size: u64) -> Res<Wave> {
+    let rest = url.strip_prefix("http://").ok_or(format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let go = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let mut kids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (go, host, req) = (go.clone(), host.to_owned(), req.clone());
+        kids.push(std::thread::spawn(move || {
+            go.wait();
+            one_get(&host, &req, size).map_err(|e| e.to_string())
+        }));
+    }
+    go.wait();
+    let start = Instant::now();
+    let mut w = Wave { ttfb: Vec::new(), wall: 0.0, errors: Vec::new() };
+    for k in kids {
+        match k.join() {
+            Ok(Ok(t)) => w.ttfb.push(t),
+            Ok(Err(e)) => w.errors.push(e),
+            Err(_) => w.errors.push("a client thread panicked".into()),
+        }
+    }
+    w.wall = start.elapsed().as_secs_f64();
+    Ok(w)
+}
+
+/// One client of [`wave_threads`]: its TTFB in seconds once the whole body has arrived.
+fn one_get(host: &str, req: &str, size: u64) -> Res<f64> {
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(req.as_bytes())?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = s.read(&mut buf)?;
+    let ttfb = t0.elapsed().as_secs_f64();
+    let head_end = loop {
+        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if n == 0 || n == buf.len() {
+            return fail(format!("no response head in {n} bytes"));
+        }
+        let got = s.read(&mut buf[n..])?;
+        if got == 0 {
+            return fail(format!("closed after {n} bytes of response head"));
+        }
+        n += got;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200 ") {
+        return fail(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or("no Content-Length")?;
+    if len != size {
+        return fail(format!("Content-Length {len}, want {size}"));
+    }
+    let mut got = (n - head_end) as u64;
+    loop {
+        let r = s.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
+    if got != size {
+        return fail(format!("body of {got} bytes, want {size}"));
+    }
+    Ok(ttfb)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -212,6 +295,13 @@ fn real_main() -> Res<()> {
         Ok("distribution") => vec!["distribution"],
         _ => vec!["wharfie", "distribution"],
     };
+    // BENCH_MIRROR_CLIENT=curl: one curl process per client (the figures before the
+    // in-process clients); the default is one thread per client in this process.
+    let threads = match std::env::var("BENCH_MIRROR_CLIENT").as_deref() {
+        Ok("curl") => false,
+        Ok("threads") | Ok("") | Err(_) => true,
+        Ok(other) => return fail(format!("BENCH_MIRROR_CLIENT: {other:?} (use threads or curl)")),
+    };
     for (tool, pkg) in [("/usr/bin/docker-registry", "docker-registry"), ("curl", "curl")] {
         if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             return fail(format!("{tool} not found: apt-get install -y {pkg}"));
@@ -280,10 +370,10 @@ fn real_main() -> Res<()> {
             let url = format!("{base}/v2/{prefix}{REPO}/blobs/{big}");
             let before = upstream_count(&up, &blob_needle);
             eprintln!("mirror bench: {server}, N = {n}: cold");
-            let cold = wave(&url, n, size)?;
+            let cold = if threads { wave_threads(&url, n, size)? } else { wave(&url, n, size)? };
             let after = settled_count(&up, &blob_needle);
             eprintln!("mirror bench: {server}, N = {n}: warm");
-            let warm = wave(&url, n, size)?;
+            let warm = if threads { wave_threads(&url, n, size)? } else { wave(&url, n, size)? };
             rows.push(Row {
                 n,
                 server,
@@ -326,8 +416,9 @@ fn real_main() -> Res<()> {
     let _ = writeln!(out, "\n## Cold pull through a mirror: wharfie vs Distribution (proxy mode)\n");
     let _ = writeln!(
         out,
-        "blob {} MiB; upstream Distribution on loopback; {}; wall time {:.0} s\n",
+        "blob {} MiB; upstream Distribution on loopback; clients: {}; {}; wall time {:.0} s\n",
         size / MIB,
+        if threads { "one thread each, in the bench's process" } else { "one curl process each" },
         if quick { "BENCH_QUICK (smoke run)" } else { "full run" },
         started.elapsed().as_secs_f64()
     );
