@@ -140,22 +140,8 @@ impl Cfg {
             }
             _ => Kind::ALL.to_vec(),
         };
-        let wrk_secs = match std::env::var("BENCH_WRK_SECS") {
-            Ok(s) => s.parse().map_err(|_| format!("BENCH_WRK_SECS: not a number: {s:?}"))?,
-            Err(_) if quick => 3,
-            Err(_) => 10,
-        };
-        if !(1..=120).contains(&wrk_secs) {
-            bail!("BENCH_WRK_SECS must be 1..=120");
-        }
-        let a_rounds = match std::env::var("BENCH_A_ROUNDS") {
-            Ok(s) => s.parse().map_err(|_| format!("BENCH_A_ROUNDS: not a number: {s:?}"))?,
-            Err(_) if quick => 1,
-            Err(_) => 3,
-        };
-        if !(1..=9).contains(&a_rounds) {
-            bail!("BENCH_A_ROUNDS must be 1..=9");
-        }
+        let wrk_secs = env_num("BENCH_WRK_SECS", if quick { 3 } else { 10 }, 120)?;
+        let a_rounds = env_num("BENCH_A_ROUNDS", if quick { 1 } else { 3 }, 9)? as usize;
         Ok(Cfg {
             quick,
             scenarios,
@@ -1084,6 +1070,18 @@ impl Report {
     }
 }
 
+/// A whole-number knob from the environment: `default` when unset, else 1..=`max`.
+fn env_num(name: &str, default: u64, max: u64) -> Res<u64> {
+    let n = match std::env::var(name) {
+        Ok(s) => s.parse().map_err(|_| format!("{name}: not a number: {s:?}"))?,
+        Err(_) => default,
+    };
+    if !(1..=max).contains(&n) {
+        bail!("{name} must be 1..={max}");
+    }
+    Ok(n)
+}
+
 fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -1306,24 +1304,21 @@ impl Bench {
     }
 
     fn scenario_a(&mut self, content: &Seeded) {
-        let tests = [
-            ("manifest GET by tag", format!("/v2/{REPO}/manifests/latest"), true, false),
-            (
-                "manifest GET by digest",
-                format!("/v2/{REPO}/manifests/{}", content.manifest.digest),
-                true,
-                false,
-            ),
-            ("4 KiB blob GET", format!("/v2/{REPO}/blobs/{}", content.small.digest), false, false),
-            ("manifest HEAD by tag", format!("/v2/{REPO}/manifests/latest"), true, true),
-            (
-                "manifest HEAD by digest",
-                format!("/v2/{REPO}/manifests/{}", content.manifest.digest),
-                true,
-                true,
-            ),
-            ("4 KiB blob HEAD", format!("/v2/{REPO}/blobs/{}", content.small.digest), false, true),
+        // (object, how it is named, path, manifest Accept): each by GET, then by HEAD.
+        let urls = [
+            ("manifest", " by tag", format!("/v2/{REPO}/manifests/latest"), true),
+            ("manifest", " by digest", format!("/v2/{REPO}/manifests/{}", content.manifest.digest), true),
+            ("4 KiB blob", "", format!("/v2/{REPO}/blobs/{}", content.small.digest), false),
         ];
+        let tests: Vec<(String, String, bool, bool)> = [false, true]
+            .into_iter()
+            .flat_map(|head| {
+                let method = if head { "HEAD" } else { "GET" };
+                urls.iter().map(move |(what, by, path, accept)| {
+                    (format!("{what} {method}{by}"), path.clone(), *accept, head)
+                })
+            })
+            .collect();
         let secs = self.cfg.wrk_secs;
         eprintln!("[a] warm-up: {} s per URL and server", self.cfg.warmup_secs);
         for (name, path, accept, _) in tests.iter().filter(|t| !t.3) {
