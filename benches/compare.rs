@@ -1155,8 +1155,7 @@ fn wrk(url: &str, conns: u32, secs: u64, accept_manifest: bool) -> Res<WrkOut> {
 /// `secs` (wrk cannot send HEAD: its parser waits for the body a HEAD response announces).
 /// Every response must be a 200 with headers only; anything else is counted as bad.
 fn head_load(url: &str, conns: u32, secs: u64, accept: Option<&str>) -> Res<WrkOut> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, path) = wharfie_testkit::bench::host_and_path(url)?;
     let mut req = format!("HEAD {path} HTTP/1.1\r\nHost: {host}\r\n");
     if let Some(a) = accept {
         let _ = write!(req, "Accept: {a}\r\n");

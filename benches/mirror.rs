@@ -133,8 +133,7 @@ fn wave(url: &str, n: usize, size: u64) -> Res<Wave> {
 /// to the first byte of the response: what curl's `time_starttransfer` measures, without
 /// 100 processes starting on 2 cores inside the measurement.
 fn wave_threads(url: &str, n: usize, size: u64) -> Res<Wave> {
-    let rest = url.strip_prefix("http://").ok_or(format!("not an http URL: {url}"))?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, path) = bench::host_and_path(url)?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let go = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     let mut kids = Vec::with_capacity(n);
@@ -302,6 +301,7 @@ fn real_main() -> Res<()> {
         Ok("threads") | Ok("") | Err(_) => true,
         Ok(other) => return fail(format!("BENCH_MIRROR_CLIENT: {other:?} (use threads or curl)")),
     };
+    let clients = if threads { wave_threads } else { wave };
     for (tool, pkg) in [("/usr/bin/docker-registry", "docker-registry"), ("curl", "curl")] {
         if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             return fail(format!("{tool} not found: apt-get install -y {pkg}"));
@@ -370,10 +370,10 @@ fn real_main() -> Res<()> {
             let url = format!("{base}/v2/{prefix}{REPO}/blobs/{big}");
             let before = upstream_count(&up, &blob_needle);
             eprintln!("mirror bench: {server}, N = {n}: cold");
-            let cold = if threads { wave_threads(&url, n, size)? } else { wave(&url, n, size)? };
+            let cold = clients(&url, n, size)?;
             let after = settled_count(&up, &blob_needle);
             eprintln!("mirror bench: {server}, N = {n}: warm");
-            let warm = if threads { wave_threads(&url, n, size)? } else { wave(&url, n, size)? };
+            let warm = clients(&url, n, size)?;
             rows.push(Row {
                 n,
                 server,

@@ -44,6 +44,11 @@ impl Digest {
     }
 }
 
+/// A sha256 encoded part: 64 lowercase hex digits.
+fn is_sha256_hex(enc: &str) -> bool {
+    enc.len() == 64 && enc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
 
@@ -51,7 +56,7 @@ impl FromStr for Digest {
         // The form nearly every request carries, checked in one pass (the general checks
         // below cost a manifest or blob request ~5 % of its instructions, callgrind).
         if let Some(hex) = s.strip_prefix("sha256:") {
-            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            if is_sha256_hex(hex) {
                 return Ok(Digest(s.to_owned()));
             }
         }
@@ -70,7 +75,7 @@ impl FromStr for Digest {
         if algo != "sha256" {
             return Err(DigestError::Unsupported(algo.into()));
         }
-        if enc.len() != 64 || !enc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !is_sha256_hex(enc) {
             return Err(DigestError::Malformed(s.into()));
         }
         Ok(Digest(s.to_owned()))

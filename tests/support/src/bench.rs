@@ -86,6 +86,13 @@ pub fn access_log_count(log: &str, needle: &str) -> (usize, usize) {
     n
 }
 
+/// An `http://host[:port]/path` URL as (host, path), for a bench's own raw HTTP/1.1
+/// client: the `Host` it connects to and the request target it sends.
+pub fn host_and_path(url: &str) -> Res<(&str, &str)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    Ok(rest.split_at(rest.find('/').unwrap_or(rest.len())))
+}
+
 pub fn port() -> Res<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
