@@ -29,7 +29,12 @@ impl Blobs {
 
     /// The whole blob, memory-mapped (slices of it are free).
     pub(super) fn bytes(&self, repo: &RepoName, digest: &Digest) -> Result<Bytes, Error> {
-        let size = self.size(repo, digest)?;
+        self.mapped(digest, self.size(repo, digest)?)
+    }
+
+    /// The blob's file, memory-mapped, checked against the `size` its row records (for a
+    /// caller that has just read the size and would otherwise read it again).
+    pub(super) fn mapped(&self, digest: &Digest, size: u64) -> Result<Bytes, Error> {
         let bytes = match self.blobs.open_blob(digest) {
             Ok(b) => b,
             // A row whose file is gone (GC between unlink and row removal): unknown.

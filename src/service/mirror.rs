@@ -569,7 +569,7 @@ impl Registry {
     /// A blob linked into `repo`: its size, and its bytes unless `head`.
     fn stored_blob(&self, repo: &RepoName, digest: &Digest, head: bool) -> Result<BlobRead, Error> {
         let size = self.stored.size(repo, digest)?;
-        let bytes = if head { None } else { Some(self.stored.bytes(repo, digest)?) };
+        let bytes = if head { None } else { Some(self.stored.mapped(digest, size)?) };
         Ok(BlobRead::Stored { size, bytes })
     }
 
