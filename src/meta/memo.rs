@@ -2,8 +2,8 @@
 //! fresh as redb.
 //!
 //! A manifest GET by tag costs four table opens, three B-tree lookups and a JSON
-//! decode in redb (~26k instructions of ~76k per request, callgrind), a blob GET three
-//! `repo_blob_size` reads (~39k of ~79k); a registry under pull load answers the same few
+//! decode in redb (~26k instructions of ~76k per request, callgrind, when the memo
+//! came in), a blob GET two `repo_blob_size` reads (three then: ~39k of ~79k); a registry under pull load answers the same few
 //! (repository, reference) pairs over and over. A memo keeps their answers in memory,
 //! each stamped with the commit generation it was read at, and serves one only while
 //! that generation is still current.
